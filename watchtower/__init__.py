@@ -1,0 +1,29 @@
+"""Watchtower: a job ledger, supervisor, Prometheus exporter and control API for Dramatiq.
+
+Importing this package has no side effects: no settings are read and no
+connection is opened until one of its objects is constructed.
+"""
+
+from .config import Settings, SupervisorSettings, load_settings
+from .errors import ConfigError, WatchtowerError
+from .middleware import WatchtowerMiddleware
+from .models import Job, JobStatus, Worker, WorkerStatus
+from .recorder import Recorder
+from .store import connect
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Job",
+    "JobStatus",
+    "Recorder",
+    "Settings",
+    "SupervisorSettings",
+    "WatchtowerError",
+    "WatchtowerMiddleware",
+    "Worker",
+    "WorkerStatus",
+    "connect",
+    "load_settings",
+]

@@ -1,0 +1,40 @@
+"""Exceptions raised by Watchtower.
+
+The tree::
+
+    WatchtowerError
+     +-- ConfigError        a setting is unknown, malformed or of the wrong type
+     +-- DatabaseURLError   a database URL cannot be understood
+     +-- SchemaError        the ledger's schema is newer than this release
+     +-- BusError           the command bus cannot be reached or answered badly
+     +-- WorkerError        a worker cannot be found, started or steered
+
+The command line turns every one of them into a one-line message and a
+non-zero exit code; the HTTP API turns them into JSON errors.
+"""
+
+from __future__ import annotations
+
+
+class WatchtowerError(Exception):
+    """The root of every error that Watchtower raises on purpose."""
+
+
+class ConfigError(WatchtowerError):
+    """A setting is unknown, malformed, or of the wrong type."""
+
+
+class DatabaseURLError(ConfigError):
+    """A database URL names an unknown scheme or is malformed."""
+
+
+class SchemaError(WatchtowerError):
+    """The ledger's schema cannot be used by this release."""
+
+
+class BusError(WatchtowerError):
+    """The command bus is unreachable or gave an unusable answer."""
+
+
+class WorkerError(WatchtowerError):
+    """A worker cannot be found, started or steered."""

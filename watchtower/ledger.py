@@ -1,0 +1,266 @@
+"""Writing events into the job table: coalescing, upserts and rollups.
+
+A batch of events is first coalesced per message in memory (with the same
+rule the SQL applies), then written in one transaction as one upsert per
+message plus the per-minute rollup counts.  The upsert applies the ordering
+rule of :mod:`watchtower.events` inside the database, so that batches from
+different processes converge to the same row whatever order they commit in:
+
+- the status, attempts and ordering columns take the incoming values only
+  when the incoming event is newer;
+- columns an event may not know (payload, worker, eta, times, traceback,
+  broker id) take the newer side's value when it has one and otherwise keep
+  the other side's.
+
+MySQL evaluates ``ON DUPLICATE KEY UPDATE`` assignments left to right, each
+seeing the columns already assigned, so the ordering columns are assigned
+last there and everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import peewee
+
+from .events import PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
+from .models import Job, JobStatus, Rollup, Worker, now_ms
+from .store import dialect
+
+__all__ = ["coalesce", "write_batch", "mark_lost", "ROLLUP_KINDS"]
+
+# Fields an event may not know: kept from the other side when missing.
+_OPTIONAL = ("payload", "worker_id", "eta", "started_at", "finished_at", "exception", "broker_message_id")
+
+# Job columns written by an upsert, and the event attribute that feeds each.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("message_id", "message_id"),
+    ("queue", "queue"),
+    ("actor", "actor"),
+    ("connection", "connection"),
+    ("queued_at", "queued_at"),
+    ("payload", "payload"),
+    ("worker_id", "worker_id"),
+    ("eta", "eta"),
+    ("started_at", "started_at"),
+    ("completed_at", "finished_at"),
+    ("exception", "exception"),
+    ("broker_message_id", "broker_message_id"),
+    ("status", "status"),
+    ("attempts", "attempts"),
+    ("progress", "progress"),
+    ("progress_at", "at"),
+)
+_COALESCED = ("payload", "worker_id", "eta", "started_at", "completed_at", "exception", "broker_message_id")
+_VERSIONED = ("status", "attempts")
+
+#: Rollup kinds: one row per (minute, queue, actor, kind).
+ROLLUP_KINDS = {
+    Kind.ENQUEUED: "enqueued",
+    Kind.DELAYED: "enqueued",
+    Kind.STARTED: "started",
+    Kind.COMPLETED: "completed",
+    Kind.RETRIED: "retried",
+    Kind.FAILED: "failed",
+    Kind.SKIPPED: "skipped",
+}
+
+# Rows per INSERT statement: well under SQLite's limit of bound parameters.
+_CHUNK = 400
+
+
+def coalesce(events: Iterable[JobEvent]) -> dict[str, JobEvent]:
+    """Fold events per message into one event that carries the row's new values.
+
+    The result for each message is its newest event, with the optional
+    fields it lacks filled from older ones: what the SQL upsert would leave
+    in the row if the events were written one by one, in any order.
+    """
+    merged: dict[str, JobEvent] = {}
+    for event in events:
+        current = merged.get(event.message_id)
+        if current is None:
+            merged[event.message_id] = _copy(event)
+            continue
+        if event.is_newer_than(current.progress, current.at):
+            newer, older = _copy(event), current
+        else:
+            newer, older = current, event
+        for name in _OPTIONAL:
+            if getattr(newer, name) is None:
+                setattr(newer, name, getattr(older, name))
+        merged[event.message_id] = newer
+    return merged
+
+
+def _copy(event: JobEvent) -> JobEvent:
+    return JobEvent(**{name: getattr(event, name) for name in JobEvent.__slots__})  # type: ignore[attr-defined]
+
+
+def write_batch(db: peewee.Database, events: Sequence[JobEvent], workers: Sequence[WorkerEvent] = ()) -> None:
+    """Write ``events`` and ``workers`` in one transaction (raises on failure)."""
+    kind = dialect(db)
+    rows = sorted(coalesce(events).values(), key=lambda e: e.message_id)  # one lock order: fewer deadlocks
+    rollups = _rollups(events)
+    atomic = db.atomic("IMMEDIATE") if kind == "sqlite" else db.atomic()
+    with atomic:
+        for start in range(0, len(rows), _CHUNK):
+            _upsert_jobs(db, kind, rows[start:start + _CHUNK])
+        if rollups:
+            _upsert_rollups(db, kind, rollups)
+        for worker in _merge_workers(workers):
+            _upsert_worker(worker)
+
+
+def _upsert_jobs(db: peewee.Database, kind: str, rows: Sequence[JobEvent]) -> None:
+    param = db.param
+    names = [column for column, _ in _COLUMNS]
+    placeholders = "(" + ", ".join([param] * len(names)) + ")"
+    values: list[Any] = []
+    for event in rows:
+        for column, attribute in _COLUMNS:
+            if attribute == "status":
+                values.append(event.kind.status)
+            else:
+                values.append(getattr(event, attribute))
+    table = Job._meta.table_name
+    if kind == "mysql":
+        def old(column: str) -> str:
+            return column
+
+        def new(column: str) -> str:
+            return f"VALUES({column})"
+
+        head = f"INSERT INTO {table} ({', '.join(names)}) VALUES "
+        conflict = " ON DUPLICATE KEY UPDATE "
+    else:
+        def old(column: str) -> str:
+            return f"t.{column}"
+
+        def new(column: str) -> str:
+            return f"excluded.{column}"
+
+        head = f"INSERT INTO {table} AS t ({', '.join(names)}) VALUES "
+        conflict = " ON CONFLICT (message_id) DO UPDATE SET "
+    newer = (
+        f"({new('progress')} > {old('progress')} OR ({new('progress')} = {old('progress')} "
+        f"AND {new('progress_at')} >= {old('progress_at')}))"
+    )
+    sets = []
+    for column in _COALESCED:
+        sets.append(
+            f"{column} = CASE WHEN {newer} THEN COALESCE({new(column)}, {old(column)}) "
+            f"ELSE COALESCE({old(column)}, {new(column)}) END"
+        )
+    for column in _VERSIONED:
+        sets.append(f"{column} = CASE WHEN {newer} THEN {new(column)} ELSE {old(column)} END")
+    # progress_at before progress: each compares against the other's old value.
+    sets.append(
+        f"progress_at = CASE WHEN {newer} THEN {new('progress_at')} ELSE {old('progress_at')} END"
+    )
+    if kind == "mysql":
+        # progress_at was just assigned: compare progress on its own.  When the
+        # progress is equal, progress_at already took the newer time and the
+        # progress stays the same either way.
+        sets.append(
+            f"progress = CASE WHEN {new('progress')} > {old('progress')} THEN {new('progress')} "
+            f"ELSE {old('progress')} END"
+        )
+    else:
+        sets.append(f"progress = CASE WHEN {newer} THEN {new('progress')} ELSE {old('progress')} END")
+    sql = head + ", ".join([placeholders] * len(rows)) + conflict + ", ".join(sets)
+    db.execute_sql(sql, values)
+
+
+def _rollups(events: Iterable[JobEvent]) -> dict[tuple[int, str, str, str], list[float]]:
+    totals: dict[tuple[int, str, str, str], list[float]] = {}
+    for event in events:
+        name = ROLLUP_KINDS.get(event.kind)
+        if name is None:
+            continue
+        key = (event.at // 60_000_000, event.queue, event.actor, name)
+        total = totals.setdefault(key, [0, 0.0])
+        total[0] += 1
+        total[1] += event.duration or 0.0
+    return totals
+
+
+def _upsert_rollups(db: peewee.Database, kind: str, totals: dict[tuple[int, str, str, str], list[float]]) -> None:
+    param = db.param
+    table = Rollup._meta.table_name
+    values: list[Any] = []
+    for (minute, queue, actor, name), (count, duration) in sorted(totals.items()):
+        values.extend((minute, queue, actor, name, int(count), float(duration)))
+    rows = ", ".join(["(" + ", ".join([param] * 6) + ")"] * len(totals))
+    head = f"INSERT INTO {table} (minute, queue, actor, kind, count, duration_sum) VALUES {rows}"
+    if kind == "mysql":
+        tail = " ON DUPLICATE KEY UPDATE count = count + VALUES(count), duration_sum = duration_sum + VALUES(duration_sum)"
+    else:
+        tail = (
+            " ON CONFLICT (minute, queue, actor, kind) DO UPDATE SET "
+            f"count = {table}.count + excluded.count, duration_sum = {table}.duration_sum + excluded.duration_sum"
+        )
+    db.execute_sql(head + tail, values)
+
+
+def _merge_workers(workers: Iterable[WorkerEvent]) -> list[WorkerEvent]:
+    merged: dict[str, dict[str, object]] = {}
+    for worker in workers:
+        merged.setdefault(worker.worker_id, {}).update(worker.fields)
+    return [WorkerEvent(worker_id, fields) for worker_id, fields in sorted(merged.items())]
+
+
+def _upsert_worker(worker: WorkerEvent) -> None:
+    fields = dict(worker.fields)
+    for name in ("queues", "options"):
+        if name in fields and not isinstance(fields[name], str):
+            fields[name] = json.dumps(fields[name])
+    updated = Worker.update(**fields).where(Worker.worker_id == worker.worker_id).execute()
+    if not updated:
+        Worker.insert(worker_id=worker.worker_id, **fields).on_conflict_ignore().execute()
+        if fields:
+            Worker.update(**fields).where(Worker.worker_id == worker.worker_id).execute()
+
+
+def mark_lost(worker_id: str, reason: str, *, at_us: int | None = None) -> list[Job]:
+    """Return the jobs that ``worker_id`` was running to pending, as lost attempts.
+
+    Called by whoever saw the worker die.  The row's progress drops from
+    "started" to "lost" of the same attempt, so that the broker's redelivery
+    of the message (the same attempt, "started" again) wins over it.
+    Returns the jobs that were marked, for counting.
+    """
+    at = at_us if at_us is not None else now_ms() * 1000
+    jobs = list(
+        Job.select(Job.id, Job.message_id, Job.queue, Job.actor, Job.progress)
+        .where((Job.worker_id == worker_id) & (Job.status == JobStatus.PROCESSING))
+    )
+    marked = []
+    for job in jobs:
+        attempt_started = job.progress
+        if attempt_started % 8 != PHASE_STARTED:
+            continue
+        count = (
+            Job.update(
+                status=JobStatus.PENDING,
+                progress=attempt_started - PHASE_STARTED + PHASE_LOST,
+                progress_at=at,
+                lost_attempts=Job.lost_attempts + 1,
+                exception=f"lost: {reason}",
+            )
+            .where((Job.id == job.id) & (Job.progress == attempt_started) & (Job.status == JobStatus.PROCESSING))
+            .execute()
+        )
+        if count:
+            marked.append(job)
+    if marked:
+        minute = at // 60_000_000
+        for job in marked:
+            Rollup.insert(minute=minute, queue=job.queue, actor=job.actor, kind="lost", count=1).on_conflict(
+                conflict_target=[Rollup.minute, Rollup.queue, Rollup.actor, Rollup.kind],
+                preserve=[],
+                update={Rollup.count: Rollup.count + 1},
+            ).execute()
+    return marked

@@ -1,0 +1,350 @@
+"""WatchtowerMiddleware: Dramatiq's hooks turned into ledger events.
+
+``broker.add_middleware(WatchtowerMiddleware())`` is all a user writes.  The
+hooks build a :class:`~watchtower.events.JobEvent` and hand it to the
+recorder (an append to a deque) and to any listeners (the metrics); they
+never touch the database and never raise into Dramatiq.
+
+Where the outcome of an attempt is decided (see shared notes on hook order):
+
+- ``after_process_message`` runs before Retries has looked at the exception
+  when this middleware is added after it (the usual case: ``after_*`` hooks
+  run in reverse order), so it only notes the exception and the end time;
+- ``after_ack`` / ``after_nack`` see the final word: an ack after an
+  exception means Retries scheduled another attempt, a nack means the
+  message was dead-lettered (retries exhausted, ``throws``, age limit).
+- The delay consumer also acks messages it moves from ``q.DQ`` to ``q``;
+  those acks are not outcomes and are ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import Retries
+
+from .config import Settings, load_settings
+from .events import JobEvent, Kind, WorkerEvent
+from .models import WorkerStatus
+from .recorder import Recorder
+
+__all__ = ["WatchtowerMiddleware", "EXCEPTION_LIMIT"]
+
+logger = logging.getLogger(__name__)
+
+#: Tracebacks are kept up to this many characters (their last part).
+EXCEPTION_LIMIT = 16_384
+
+# Attributes this middleware keeps on a MessageProxy while it is processed.
+_ATTEMPT = "_watchtower_attempt"
+_STARTED = "_watchtower_started"
+_CLOCK = "_watchtower_clock"
+_FINISHED = "_watchtower_finished"
+_DURATION = "_watchtower_duration"
+_EXCEPTION = "_watchtower_exception"
+_SKIPPED = "_watchtower_skipped"
+
+#: Option set on a message moved from the delay queue, so the worker that
+#: runs it knows when it became ready (Dramatiq deletes the eta then).
+READY_AT_OPTION = "watchtower_ready_at"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(hook: F) -> F:
+    """A hook that logs and counts its own failures instead of raising them."""
+
+    @functools.wraps(hook)
+    def wrapper(self: WatchtowerMiddleware, *args: Any, **kwargs: Any) -> None:
+        try:
+            hook(self, *args, **kwargs)
+        except Exception:
+            self.hook_errors += 1
+            now = time.monotonic()
+            if now - self._last_error_log >= 10.0:
+                self._last_error_log = now
+                logger.exception("watchtower hook %s failed (%d failures so far)", hook.__name__, self.hook_errors)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _broker_kind(broker: dramatiq.Broker) -> str:
+    name = type(broker).__name__.lower()
+    for kind in ("redis", "rabbitmq", "stub"):
+        if kind in name:
+            return kind
+    return name.removesuffix("broker")
+
+
+def format_exception(exception: BaseException) -> str:
+    """The traceback of ``exception``, capped to its last EXCEPTION_LIMIT characters."""
+    text = "".join(traceback.format_exception(exception))
+    if len(text) > EXCEPTION_LIMIT:
+        text = "...(truncated)...\n" + text[-EXCEPTION_LIMIT:]
+    return text
+
+
+def _cap(text: str | None) -> str | None:
+    if text is not None and len(text) > EXCEPTION_LIMIT:
+        return "...(truncated)...\n" + text[-EXCEPTION_LIMIT:]
+    return text
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class WatchtowerMiddleware(dramatiq.Middleware):
+    """Records every message's life into the Watchtower ledger.
+
+    Parameters (all keyword-only, all optional):
+
+    - ``settings``: a loaded :class:`~watchtower.config.Settings`; by default
+      they are loaded from the usual places (file, environment);
+    - ``database_url``: overrides ``settings.database_url``;
+    - ``recorder``: a ready :class:`~watchtower.recorder.Recorder` to use
+      instead of making one;
+    - ``worker_id``: this process's worker id (default ``HOST-PID``);
+    - ``register_worker``: keep this process's row in the workers table
+      (status, heartbeat, counts).  ``watchtower worker`` turns it off and
+      keeps the row itself.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        database_url: str | None = None,
+        recorder: Recorder | None = None,
+        worker_id: str | None = None,
+        register_worker: bool = True,
+    ) -> None:
+        if settings is None:
+            settings = load_settings(overrides={"database_url": database_url})
+        self.settings = settings
+        if recorder is None:
+            recorder = Recorder(
+                database_url or settings.database_url,
+                flush_interval=settings.recorder_flush_interval,
+                buffer_size=settings.recorder_buffer_size,
+                batch_size=settings.recorder_batch_size,
+            )
+        self.recorder = recorder
+        self.worker_id = worker_id
+        self.register_worker = register_worker
+        self.listeners: list[Callable[[JobEvent], None]] = []
+        self.hook_errors = 0
+        self._last_error_log = 0.0
+        self._connection = "unknown"
+        self._retries = True
+        # Ids of delayed messages this process's delay consumer holds: their
+        # next enqueue without a delay is a move, not a new job.
+        self._delayed_here: set[str] = set()
+        self._counts_lock = threading.Lock()
+        self.jobs_processed = 0
+        self.jobs_failed = 0
+        self.in_progress = 0
+        self._worker: dramatiq.Worker | None = None
+
+    # Setup ----------------------------------------------------------------
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        self._inspect(broker)
+
+    def _inspect(self, broker: dramatiq.Broker) -> None:
+        self._connection = _broker_kind(broker)
+        self._retries = any(isinstance(m, Retries) for m in broker.middleware)
+
+    @_guarded
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._inspect(broker)
+        self._worker = worker
+        if self.worker_id is None:
+            self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        if self.register_worker:
+            now = time.time_ns() // 1_000_000
+            self.recorder.record_worker(WorkerEvent(self.worker_id, {
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": sorted({q_name(q) for q in (worker.consumer_whitelist or broker.get_declared_queues())}),
+                "status": WorkerStatus.RUNNING,
+                "started_at": now,
+                "last_heartbeat": now,
+                "stopped_at": None,
+            }))
+            interval = self.settings.heartbeat_interval or 1.0
+            self.recorder.every(interval, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        if self.worker_id is None or self._worker is None:
+            return
+        self.recorder.record_worker(WorkerEvent(self.worker_id, self.worker_counts()))
+
+    def worker_counts(self) -> dict[str, object]:
+        """This process's heartbeat and counts, as worker-row fields."""
+        return {
+            "last_heartbeat": time.time_ns() // 1_000_000,
+            "jobs_processed": self.jobs_processed,
+            "jobs_failed": self.jobs_failed,
+        }
+
+    @_guarded
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.register_worker and self.worker_id is not None:
+            self.recorder.record_worker(WorkerEvent(self.worker_id, {"status": WorkerStatus.STOPPING}))
+
+    @_guarded
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.register_worker and self.worker_id is not None:
+            fields = self.worker_counts()
+            fields.update(status=WorkerStatus.STOPPED, stopped_at=time.time_ns() // 1_000_000, exit_code=0)
+            self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
+        self.recorder.flush(timeout=10.0)
+
+    # Events ---------------------------------------------------------------
+
+    def _emit(self, event: JobEvent) -> None:
+        self.recorder.record(event)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                self.hook_errors += 1
+                logger.exception("watchtower listener %r failed", listener)
+
+    def _event(self, message: Any, kind: Kind, attempt: int, **fields: Any) -> JobEvent:
+        options = message.options
+        return JobEvent(
+            message_id=message.message_id,
+            kind=kind,
+            attempt=attempt,
+            at=_now_us(),
+            queue=q_name(message.queue_name),
+            actor=message.actor_name,
+            connection=self._connection,
+            queued_at=message.message_timestamp,
+            broker_message_id=options.get("redis_message_id"),
+            **fields,
+        )
+
+    @_guarded
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
+        if not delay and message.message_id in self._delayed_here:
+            message.options[READY_AT_OPTION] = time.time_ns() // 1_000_000
+
+    @_guarded
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
+        if self._connection == "unknown":
+            self._inspect(broker)
+        options = message.options
+        attempt = options.get("retries", 0) + 1
+        payload = None
+        if not delay and message.message_id in self._delayed_here:
+            self._delayed_here.discard(message.message_id)
+            kind = Kind.MOVED
+        elif attempt > 1:
+            kind = Kind.REQUEUED
+        else:
+            kind = Kind.DELAYED if delay else Kind.ENQUEUED
+            payload = message.encode().decode("utf-8")
+        self._emit(self._event(
+            message, kind, attempt,
+            payload=payload,
+            eta=options.get("eta") if delay else None,
+            exception=_cap(options.get("traceback")),
+        ))
+
+    @_guarded
+    def before_delay_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        self._delayed_here.add(message.message_id)
+
+    @_guarded
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        options = message.options
+        attempt = options.get("retries", 0) + 1
+        started = time.time_ns() // 1_000_000
+        setattr(message, _ATTEMPT, attempt)
+        setattr(message, _STARTED, started)
+        setattr(message, _CLOCK, time.perf_counter())
+        with self._counts_lock:
+            self.in_progress += 1
+        ready = options.get(READY_AT_OPTION) or max(message.message_timestamp, options.get("eta") or 0)
+        self._emit(self._event(
+            message, Kind.STARTED, attempt,
+            worker_id=self.worker_id,
+            started_at=started,
+            ready_at=ready,
+            exception=_cap(options.get("traceback")),
+        ))
+
+    @_guarded
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        self._finish(message, exception)
+
+    @_guarded
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        setattr(message, _SKIPPED, True)
+        self._finish(message, None)
+
+    def _finish(self, message: Any, exception: BaseException | None) -> None:
+        setattr(message, _FINISHED, time.time_ns() // 1_000_000)
+        clock = getattr(message, _CLOCK, None)
+        if clock is not None:
+            setattr(message, _DURATION, time.perf_counter() - clock)
+            with self._counts_lock:
+                self.in_progress -= 1
+        if exception is not None:
+            setattr(message, _EXCEPTION, format_exception(exception))
+
+    @_guarded
+    def after_ack(self, broker: dramatiq.Broker, message: Any) -> None:
+        if message.queue_name.endswith(".DQ"):
+            return  # the delay consumer moved it to its queue: not an outcome
+        if getattr(message, _SKIPPED, False):
+            kind = Kind.SKIPPED
+        elif getattr(message, _EXCEPTION, None) is not None:
+            kind = Kind.RETRIED if self._retries else Kind.FAILED
+        else:
+            kind = Kind.COMPLETED
+        self._outcome(message, kind)
+
+    @_guarded
+    def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
+        kind = Kind.SKIPPED if getattr(message, _SKIPPED, False) else Kind.FAILED
+        self._outcome(message, kind)
+
+    def _outcome(self, message: Any, kind: Kind) -> None:
+        attempt = getattr(message, _ATTEMPT, None)
+        if attempt is None:  # never started: skipped before it ran, or no such actor
+            attempt = message.options.get("retries", 0) + 1
+        exception = getattr(message, _EXCEPTION, None)
+        if exception is None and kind is Kind.FAILED and message._exception is not None:
+            exception = format_exception(message._exception)
+        finished = getattr(message, _FINISHED, None) or time.time_ns() // 1_000_000
+        started = getattr(message, _STARTED, None)
+        if started is not None:
+            with self._counts_lock:
+                self.jobs_processed += 1
+                if kind in (Kind.FAILED, Kind.RETRIED):
+                    self.jobs_failed += 1
+        self._emit(self._event(
+            message, kind, attempt,
+            payload=message.encode().decode("utf-8") if kind in (Kind.FAILED, Kind.SKIPPED) else None,
+            worker_id=self.worker_id if started is not None else None,
+            started_at=started,
+            finished_at=finished if kind.is_final else None,
+            duration=getattr(message, _DURATION, None),
+            exception=exception,
+        ))

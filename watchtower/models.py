@@ -1,0 +1,358 @@
+"""The ledger's tables as Peewee models: Job, Worker, Command, Rollup, Meta.
+
+The models are bound to a :class:`peewee.DatabaseProxy`; :func:`watchtower.store.connect`
+points it at a real database, so the models can be imported before any
+database is chosen.
+
+Times are stored as integer milliseconds since the epoch (one portable,
+sortable column type on SQLite, PostgreSQL and MySQL) and read back as
+timezone-aware UTC datetimes.
+
+``Job.worker_id`` is a plain indexed column rather than a database foreign
+key: job events and worker records reach the database from different
+processes in any order, and pruning old worker rows must not break (or
+cascade into) the jobs that name them.  ``job.worker`` and ``worker.jobs``
+give the relation in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import peewee
+
+__all__ = ["Job", "Worker", "Command", "Rollup", "Meta", "JobStatus", "WorkerStatus", "database"]
+
+#: Every model is bound to this proxy; ``store.connect`` initialises it.
+database = peewee.DatabaseProxy()
+
+
+class JobStatus:
+    """The statuses a job row can have."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    ALL = (PENDING, PROCESSING, COMPLETED, FAILED, SKIPPED)
+    FINISHED = (COMPLETED, FAILED, SKIPPED)
+
+
+class WorkerStatus:
+    """The statuses a worker row can have."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    LOST = "lost"
+    CRASHLOOPING = "crashlooping"
+
+    ALL = (STARTING, RUNNING, PAUSED, STOPPING, STOPPED, LOST, CRASHLOOPING)
+    ALIVE = (STARTING, RUNNING, PAUSED, STOPPING)
+
+
+def now_ms() -> int:
+    """The current time in epoch milliseconds, the unit of every time column."""
+    return time.time_ns() // 1_000_000
+
+
+def to_datetime(ms: int | None) -> datetime | None:
+    """Epoch milliseconds to an aware UTC datetime."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def to_ms(value: datetime | int | float | None) -> int | None:
+    """An aware or naive-UTC datetime, or a number of ms, to epoch milliseconds."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+class TimestampField(peewee.BigIntegerField):
+    """Epoch milliseconds in the database, aware UTC datetimes in Python."""
+
+    def db_value(self, value: Any) -> int | None:
+        return to_ms(value)
+
+    def python_value(self, value: Any) -> datetime | None:
+        return to_datetime(None if value is None else int(value))
+
+
+class BigTextField(peewee.TextField):
+    """TEXT on SQLite and PostgreSQL, LONGTEXT on MySQL (TEXT stops at 64 KiB there)."""
+
+    field_type = "BIGTEXT"
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Worker(BaseModel):
+    """One worker process, as it registered itself and as its supervisor saw it."""
+
+    worker_id = peewee.CharField(max_length=128, primary_key=True)
+    supervisor = peewee.CharField(max_length=128, null=True)
+    hostname = peewee.CharField(max_length=255, default="")
+    pid = peewee.IntegerField(null=True)
+    queues = peewee.TextField(default="[]")
+    options = peewee.TextField(default="{}")
+    status = peewee.CharField(max_length=16, default=WorkerStatus.STARTING)
+    started_at = TimestampField(null=True)
+    last_heartbeat = TimestampField(null=True)
+    stopped_at = TimestampField(null=True)
+    exit_code = peewee.IntegerField(null=True)
+    exit_reason = peewee.TextField(null=True)
+    restarts = peewee.IntegerField(default=0)
+    jobs_processed = peewee.BigIntegerField(default=0)
+    jobs_failed = peewee.BigIntegerField(default=0)
+    memory_rss = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "watchtower_workers"
+        indexes = (
+            (("supervisor", "status"), False),
+            (("status", "last_heartbeat"), False),
+        )
+
+    # Scopes ---------------------------------------------------------------
+
+    @classmethod
+    def running(cls) -> peewee.ModelSelect:
+        """Workers that are alive and taking jobs."""
+        return cls.select().where(cls.status == WorkerStatus.RUNNING)
+
+    @classmethod
+    def with_status(cls, status: str) -> peewee.ModelSelect:
+        """Workers in ``status`` (one of :class:`WorkerStatus`)."""
+        return cls.select().where(cls.status == status)
+
+    @classmethod
+    def for_supervisor(cls, name: str) -> peewee.ModelSelect:
+        """Workers that belong to the supervisor called ``name``."""
+        return cls.select().where(cls.supervisor == name)
+
+    @classmethod
+    def stale(cls, seconds: float = 60) -> peewee.ModelSelect:
+        """Workers said to be alive whose last heartbeat is older than ``seconds``."""
+        cutoff = now_ms() - int(seconds * 1000)
+        return cls.select().where(
+            cls.status.in_(WorkerStatus.ALIVE)
+            & ((cls.last_heartbeat < cutoff) | cls.last_heartbeat.is_null())
+        )
+
+    # Instance methods -----------------------------------------------------
+
+    def is_running(self) -> bool:
+        return self.status == WorkerStatus.RUNNING
+
+    def is_paused(self) -> bool:
+        return self.status == WorkerStatus.PAUSED
+
+    def is_stopped(self) -> bool:
+        return self.status in (WorkerStatus.STOPPED, WorkerStatus.LOST)
+
+    def is_healthy(self, seconds: float = 30) -> bool:
+        """Alive, with a heartbeat within the last ``seconds``."""
+        if self.status not in WorkerStatus.ALIVE or self.last_heartbeat is None:
+            return False
+        return datetime.now(timezone.utc) - self.last_heartbeat <= timedelta(seconds=seconds)
+
+    def get_uptime(self) -> float:
+        """Seconds since the worker started (until it stopped, if it did)."""
+        if self.started_at is None:
+            return 0.0
+        end = self.stopped_at or datetime.now(timezone.utc)
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    def get_jobs_processed_count(self) -> int:
+        """Jobs this worker finished, successfully or not."""
+        return int(self.jobs_processed)
+
+    def get_jobs_failed_count(self) -> int:
+        """Attempts that raised in this worker (retried or final)."""
+        return int(self.jobs_failed)
+
+    def get_queues(self) -> list[str]:
+        return list(json.loads(self.queues or "[]"))
+
+    @property
+    def jobs(self) -> peewee.ModelSelect:
+        """The jobs this worker ran last, newest first."""
+        return Job.select().where(Job.worker_id == self.worker_id).order_by(Job.id.desc())
+
+
+class Job(BaseModel):
+    """One Dramatiq message and the life it has had so far."""
+
+    id = peewee.BigAutoField()
+    message_id = peewee.CharField(max_length=64, unique=True)
+    queue = peewee.CharField(max_length=255)
+    actor = peewee.CharField(max_length=255)
+    connection = peewee.CharField(max_length=32, default="")
+    payload = BigTextField(null=True)
+    status = peewee.CharField(max_length=16)
+    worker_id = peewee.CharField(max_length=128, null=True)
+    attempts = peewee.IntegerField(default=0)
+    lost_attempts = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
+    exception = peewee.TextField(null=True)
+    queued_at = TimestampField()
+    eta = TimestampField(null=True)
+    started_at = TimestampField(null=True)
+    completed_at = TimestampField(null=True)
+    broker_message_id = peewee.CharField(max_length=64, null=True)
+    retried_from = peewee.CharField(max_length=64, null=True)
+    retried_by = peewee.CharField(max_length=64, null=True)
+    # Ordering state: the newest event applied so far, as attempt * 8 + phase
+    # and its time in microseconds.  An event changes the row only when it is
+    # newer than this (see watchtower.events).
+    progress = peewee.IntegerField(default=0)
+    progress_at = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "watchtower_jobs"
+        indexes = (
+            (("status", "id"), False),
+            (("queue", "id"), False),
+            (("actor", "id"), False),
+            (("worker_id", "id"), False),
+            (("status", "completed_at"), False),
+            (("queued_at",), False),
+        )
+
+    # Scopes ---------------------------------------------------------------
+
+    @classmethod
+    def with_status(cls, status: str) -> peewee.ModelSelect:
+        """Jobs in ``status`` (one of :class:`JobStatus`), newest first."""
+        if status not in JobStatus.ALL:
+            raise ValueError(f"unknown job status {status!r}: use one of {', '.join(JobStatus.ALL)}")
+        return cls.select().where(cls.status == status).order_by(cls.id.desc())
+
+    @classmethod
+    def on_queue(cls, queue: str) -> peewee.ModelSelect:
+        """Jobs of ``queue`` (its canonical name), newest first."""
+        return cls.select().where(cls.queue == queue).order_by(cls.id.desc())
+
+    @classmethod
+    def recent(cls, limit: int = 50) -> peewee.ModelSelect:
+        """The ``limit`` newest jobs."""
+        return cls.select().order_by(cls.id.desc()).limit(limit)
+
+    @classmethod
+    def failed(cls) -> peewee.ModelSelect:
+        return cls.with_status(JobStatus.FAILED)
+
+    @classmethod
+    def completed(cls) -> peewee.ModelSelect:
+        return cls.with_status(JobStatus.COMPLETED)
+
+    @classmethod
+    def pending(cls) -> peewee.ModelSelect:
+        return cls.with_status(JobStatus.PENDING)
+
+    @classmethod
+    def processing(cls) -> peewee.ModelSelect:
+        return cls.with_status(JobStatus.PROCESSING)
+
+    # Instance methods -----------------------------------------------------
+
+    @property
+    def job_id(self) -> str:
+        """The seed's name for the message id."""
+        return str(self.message_id)
+
+    def is_completed(self) -> bool:
+        return self.status == JobStatus.COMPLETED
+
+    def is_failed(self) -> bool:
+        return self.status == JobStatus.FAILED
+
+    def is_pending(self) -> bool:
+        return self.status == JobStatus.PENDING
+
+    def is_processing(self) -> bool:
+        return self.status == JobStatus.PROCESSING
+
+    def is_skipped(self) -> bool:
+        return self.status == JobStatus.SKIPPED
+
+    def get_duration(self) -> float | None:
+        """Seconds from the start of the last attempt to its end, if it ended."""
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return max(0.0, (self.completed_at - self.started_at).total_seconds())
+
+    def get_job_class(self) -> str:
+        """The actor's name (Laravel's "job class")."""
+        return str(self.actor)
+
+    def get_payload(self) -> dict[str, Any] | None:
+        """The stored message as a dict (Dramatiq's own encoding), if it was kept."""
+        return None if self.payload is None else dict(json.loads(self.payload))
+
+    @property
+    def worker(self) -> Worker | None:
+        """The worker that ran the last attempt, if its record still exists."""
+        if self.worker_id is None:
+            return None
+        return Worker.get_or_none(Worker.worker_id == self.worker_id)
+
+
+class Command(BaseModel):
+    """One entry of the database command bus: a key, a value and an expiry."""
+
+    key = peewee.CharField(max_length=255, primary_key=True)
+    value = peewee.TextField()
+    expires_at = TimestampField(index=True)
+
+    class Meta:
+        table_name = "watchtower_commands"
+
+
+class Rollup(BaseModel):
+    """Per-minute counts of job events, written in the same transaction as the jobs.
+
+    ``kind`` is one of enqueued, started, completed, failed, retried, skipped,
+    lost; ``duration_sum`` adds the durations (seconds) of the attempts that
+    finished in that minute, so averages come without scanning the job table.
+    """
+
+    minute = peewee.BigIntegerField()  # epoch minutes
+    queue = peewee.CharField(max_length=255)
+    actor = peewee.CharField(max_length=255)
+    kind = peewee.CharField(max_length=16)
+    count = peewee.BigIntegerField(default=0)
+    duration_sum = peewee.DoubleField(default=0.0)
+
+    class Meta:
+        table_name = "watchtower_rollups"
+        primary_key = peewee.CompositeKey("minute", "queue", "actor", "kind")
+
+
+class Meta(BaseModel):
+    """Key/value facts about the ledger itself (the schema version)."""
+
+    key = peewee.CharField(max_length=64, primary_key=True)
+    value = peewee.TextField()
+
+    class Meta:
+        table_name = "watchtower_meta"
+
+
+MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, Rollup)

@@ -1,0 +1,187 @@
+"""Opening the ledger's database from a URL and creating or checking its schema.
+
+Supported URLs::
+
+    sqlite:///relative/path.db      sqlite:////absolute/path.db
+    postgresql://user:password@host:5432/dbname   (also postgres://)
+    mysql://user:password@host:3306/dbname        (also mariadb://)
+
+``?option=value`` pairs after the URL are passed to the driver (for example
+``?connect_timeout=5``).  SQLite runs in WAL mode with a busy timeout so that
+many processes can record into one file at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+
+from . import models
+from .errors import DatabaseURLError, SchemaError
+
+__all__ = ["connect", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION", "dialect"]
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever a release changes the tables; ``ensure_schema`` refuses a
+#: database written by a newer release and will migrate older ones.
+SCHEMA_VERSION = 1
+
+_SCHEMES = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
+
+_HOW = (
+    "write it as sqlite:///path/to/file.db, postgresql://user@host:5432/dbname "
+    "or mysql://user:password@host:3306/dbname"
+)
+
+# SQLite: how long a writer waits for the lock before giving up, in seconds.
+# Long, because the recorder's writes are short and off the jobs' threads.
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    kind: str  # sqlite, postgresql or mysql
+    database: str
+    params: dict[str, Any]
+
+
+def check_database_url(url: str, *, source: str = "the argument") -> DatabaseURL:
+    """Parse ``url``, or raise DatabaseURLError saying how to write a good one."""
+    if not isinstance(url, str) or "://" not in url:
+        raise DatabaseURLError(f"database_url {url!r} from {source} is not a URL: {_HOW}")
+    parsed = urllib.parse.urlparse(url)
+    kind = _SCHEMES.get(parsed.scheme.lower())
+    if kind is None:
+        raise DatabaseURLError(
+            f"database_url {url!r} from {source} has the unknown scheme {parsed.scheme!r}: {_HOW}"
+        )
+    query = {key: value for key, value in urllib.parse.parse_qsl(parsed.query)}
+    if kind == "sqlite":
+        path = url.split("://", 1)[1].split("?", 1)[0]
+        if not path.startswith("/") or len(path) < 2:
+            raise DatabaseURLError(f"database_url {url!r} from {source} names no file: {_HOW}")
+        return DatabaseURL(kind, path[1:], dict(query))
+    name = parsed.path.lstrip("/")
+    if not parsed.hostname or not name:
+        raise DatabaseURLError(
+            f"database_url {url!r} from {source} must name a host and a database: {_HOW}"
+        )
+    try:
+        port = parsed.port
+    except ValueError:
+        raise DatabaseURLError(f"database_url {url!r} from {source} has a bad port: {_HOW}") from None
+    params: dict[str, Any] = {"host": parsed.hostname}
+    if port is not None:
+        params["port"] = port
+    if parsed.username:
+        params["user"] = urllib.parse.unquote(parsed.username)
+    if parsed.password is not None:
+        params["password"] = urllib.parse.unquote(parsed.password)
+    for key, value in query.items():
+        params[key] = int(value) if value.isdigit() else value
+    return DatabaseURL(kind, urllib.parse.unquote(name), params)
+
+
+def open_database(url: str) -> peewee.Database:
+    """A Peewee database for ``url``, not yet connected."""
+    spec = check_database_url(url)
+    if spec.kind == "sqlite":
+        return peewee.SqliteDatabase(
+            spec.database,
+            timeout=SQLITE_BUSY_TIMEOUT,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",
+                "busy_timeout": int(SQLITE_BUSY_TIMEOUT * 1000),
+            },
+            field_types={"BIGTEXT": "TEXT"},
+            **spec.params,
+        )
+    if spec.kind == "postgresql":
+        params = {"connect_timeout": 5, **spec.params}
+        return peewee.PostgresqlDatabase(spec.database, field_types={"BIGTEXT": "TEXT"}, **params)
+    params = {"connect_timeout": 5, "charset": "utf8mb4", **spec.params}
+    return peewee.MySQLDatabase(spec.database, field_types={"BIGTEXT": "LONGTEXT"}, **params)
+
+
+def dialect(db: peewee.Database) -> str:
+    """``sqlite``, ``postgresql`` or ``mysql``."""
+    if isinstance(db, peewee.SqliteDatabase):
+        return "sqlite"
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return "postgresql"
+    if isinstance(db, peewee.MySQLDatabase):
+        return "mysql"
+    raise DatabaseURLError(f"unsupported database {type(db).__name__}")
+
+
+def connect(url: str, *, create: bool = True) -> peewee.Database:
+    """Open ``url``, bind the models to it, and create or check the schema.
+
+    This is what a program calls once before using ``Job``, ``Worker`` and the
+    rest; calling it again with another URL re-binds the models.
+    """
+    db = open_database(url)
+    models.database.initialize(db)
+    if create:
+        ensure_schema(db)
+    return db
+
+
+def ensure_schema(db: peewee.Database) -> None:
+    """Create the tables if they are missing; refuse a schema newer than ours.
+
+    ``db`` must be the database the models are bound to (``connect`` does
+    that first).  Many processes may start at once against an empty
+    database, so creation runs under a lock the database itself provides.
+    """
+    if models.database.obj is not db:
+        raise SchemaError("ensure_schema() needs the models bound to this database: call connect(url)")
+    with _schema_lock(db, dialect(db)):
+        db.create_tables(models.MODELS, safe=True)
+        row = models.Meta.get_or_none(models.Meta.key == "schema_version")
+        if row is None:
+            models.Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
+            return
+    version = int(row.value)
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"the ledger's schema is version {version}, newer than this release's {SCHEMA_VERSION}: "
+            "upgrade dramatiq-watchtower"
+        )
+
+
+class _schema_lock:
+    """A database-wide lock around schema creation (SQLite: an immediate transaction)."""
+
+    def __init__(self, db: peewee.Database, kind: str) -> None:
+        self.db, self.kind = db, kind
+        self._atomic: Any = None
+
+    def __enter__(self) -> None:
+        if self.kind == "sqlite":
+            self._atomic = self.db.atomic("IMMEDIATE")
+            self._atomic.__enter__()
+        elif self.kind == "postgresql":
+            self.db.execute_sql("SELECT pg_advisory_lock(727274)")
+        else:
+            self.db.execute_sql("SELECT GET_LOCK('watchtower_schema', 60)")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.kind == "sqlite":
+            self._atomic.__exit__(*exc)
+        elif self.kind == "postgresql":
+            self.db.execute_sql("SELECT pg_advisory_unlock(727274)")
+        else:
+            self.db.execute_sql("SELECT RELEASE_LOCK('watchtower_schema')")
