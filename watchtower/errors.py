@@ -6,6 +6,7 @@ The tree::
      +-- ConfigError        a setting is unknown, malformed or of the wrong type
      +-- DatabaseURLError   a database URL cannot be understood
      +-- SchemaError        the ledger's schema is newer than this release
+ +-- DatabaseUnavailable the ledger's database cannot be reached or opened
      +-- BusError           the command bus cannot be reached or answered badly
      +-- WorkerError        a worker cannot be found, started or steered
 
@@ -30,6 +31,10 @@ class DatabaseURLError(ConfigError):
 
 class SchemaError(WatchtowerError):
     """The ledger's schema cannot be used by this release."""
+
+
+class DatabaseUnavailable(WatchtowerError):
+    """The ledger's database cannot be reached, opened or written."""
 
 
 class BusError(WatchtowerError):

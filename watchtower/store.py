@@ -21,7 +21,7 @@ from typing import Any
 import peewee
 
 from . import models
-from .errors import DatabaseURLError, SchemaError
+from .errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 
 __all__ = ["connect", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION", "dialect"]
 
@@ -135,8 +135,21 @@ def connect(url: str, *, create: bool = True) -> peewee.Database:
     db = open_database(url)
     models.database.initialize(db)
     if create:
-        ensure_schema(db)
+        try:
+            ensure_schema(db)
+        except peewee.DatabaseError as error:  # also OperationalError, InterfaceError
+            reason = " ".join(str(error).split())
+            raise DatabaseUnavailable(f"cannot open the ledger database {redact_url(url)}: {reason}") from error
     return db
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return urllib.parse.urlunparse(parsed._replace(netloc=netloc))
 
 
 def ensure_schema(db: peewee.Database) -> None:

@@ -1,0 +1,106 @@
+"""The ``watchtower`` command: one Click group, one module per command family.
+
+Settings are loaded here, once, from the file, the environment and the
+flags, and passed down on the context object.  Every WatchtowerError becomes
+one line on stderr and exit code 2 (bad settings or input) or 1 (anything
+else Watchtower refused); a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .config import Settings, load_settings
+from .errors import ConfigError, WatchtowerError
+
+__all__ = ["main", "cli", "pass_settings", "settings_from"]
+
+#: Exit codes: 0 ok, 1 refused or failed, 2 bad configuration or input.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class State:
+    """What the root group hands to every command."""
+
+    def __init__(self, config: str | None, overrides: dict[str, Any]) -> None:
+        self.config = config
+        self.overrides = overrides
+        self._settings: Settings | None = None
+
+    def settings(self, **more: Any) -> Settings:
+        """The settings, with this command's own flags applied on top."""
+        if more:
+            return load_settings(self.config, overrides={**self.overrides, **more})
+        if self._settings is None:
+            self._settings = load_settings(self.config, overrides=self.overrides)
+        return self._settings
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def settings_from(ctx: click.Context, **more: Any) -> Settings:
+    """Load the settings for a command (its flags given as dotted keys in ``more``)."""
+    return ctx.ensure_object(State).settings(**more) if ctx.obj else load_settings(overrides=more)
+
+
+pass_settings = pass_state
+
+
+@click.group()
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Settings file (default: WATCHTOWER_CONFIG, ./watchtower.toml or [tool.watchtower] in ./pyproject.toml).")
+@click.option("--database-url", default=None, help="The ledger's database URL (setting database_url).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="dramatiq-watchtower", prog_name="watchtower")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, database_url: str | None, log_level: str) -> None:
+    """Watchtower: supervise Dramatiq workers and keep a ledger of every job."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = State(config, {"database_url": database_url})
+
+
+def main() -> None:
+    """Entry point of the console script: user errors become one line, not a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except ConfigError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    except WatchtowerError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+
+
+@cli.command("migrate")
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create the ledger's tables if they are missing (also done on first use)."""
+    from .store import SCHEMA_VERSION, connect
+
+    settings = settings_from(ctx)
+    connect(settings.database_url)
+    click.echo(f"ledger ready at {settings.database_url} (schema version {SCHEMA_VERSION})")
+
+
+# Command families register themselves on ``cli`` when imported; each lives
+# in its own module so that the families stay independent.
+from . import commands  # noqa: E402,F401  (registers the commands)

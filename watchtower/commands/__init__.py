@@ -1,0 +1,4 @@
+"""The command families of ``watchtower``; importing this package registers them.
+
+Each module adds its commands to :data:`watchtower.cli.cli`.
+"""
