@@ -9,6 +9,7 @@ The tree::
  +-- DatabaseUnavailable the ledger's database cannot be reached or opened
      +-- BusError           the command bus cannot be reached or answered badly
      +-- WorkerError        a worker cannot be found, started or steered
+ +-- AppImportError     the user's app module cannot be imported
 
 The command line turns every one of them into a one-line message and a
 non-zero exit code; the HTTP API turns them into JSON errors.
@@ -43,3 +44,7 @@ class BusError(WatchtowerError):
 
 class WorkerError(WatchtowerError):
     """A worker cannot be found, started or steered."""
+
+
+class AppImportError(WatchtowerError):
+    """The user's app module is missing, raises on import, or names no broker."""
