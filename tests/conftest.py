@@ -6,8 +6,8 @@ prefix and its own queue names, so tests never see each other's data and
 never touch anything they did not create.
 
 The servers are the machine's own (see .ci/run); their addresses can be
-changed with WATCHTOWER_TEST_POSTGRES, WATCHTOWER_TEST_MYSQL,
-WATCHTOWER_TEST_REDIS and WATCHTOWER_TEST_RABBITMQ.  A server that cannot be
+changed with WT_TEST_POSTGRES, WT_TEST_MYSQL,
+WT_TEST_REDIS and WT_TEST_RABBITMQ.  A server that cannot be
 reached fails the tests that need it; nothing is skipped.
 """
 
@@ -26,10 +26,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-POSTGRES_ADMIN = os.environ.get("WATCHTOWER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-MYSQL_ADMIN = os.environ.get("WATCHTOWER_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
-REDIS_URL = os.environ.get("WATCHTOWER_TEST_REDIS", "redis://127.0.0.1:6379/0")
-RABBITMQ_URL = os.environ.get("WATCHTOWER_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
+POSTGRES_ADMIN = os.environ.get("WT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+MYSQL_ADMIN = os.environ.get("WT_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+REDIS_URL = os.environ.get("WT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("WT_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 DATABASE_KINDS = ("sqlite", "postgresql", "mysql")
 
