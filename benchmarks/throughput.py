@@ -1,0 +1,187 @@
+"""Enqueue and drain throughput: bare Dramatiq against Dramatiq with Watchtower recording.
+
+    python3 benchmarks/throughput.py [--messages 20000] [--rounds 5] [--threads 8]
+
+Each measurement runs in a fresh child process (one process tree), and the
+variants alternate within every round so that machine drift hits them all
+alike.  A variant enqueues N no-op messages to a real Redis broker (its own
+namespace), then drains them with one ``dramatiq.Worker`` of ``--threads``
+threads.  Rates are messages per second; ratios are against bare Dramatiq
+in the same run.  The ledger variants also report how long after the drain
+the ledger was complete (every row written), which is not part of the rate.
+
+Servers: Redis at WT_BENCH_REDIS (default redis://127.0.0.1:6379/0) and
+PostgreSQL at WT_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/postgres,
+where a database of the benchmark's own is created and dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def run_variant(variant: str, database_url: str | None, messages: int, threads: int) -> dict[str, float]:
+    """One measurement, in this process (called in a child)."""
+    import logging
+
+    import dramatiq
+    import redis
+    from dramatiq.brokers.redis import RedisBroker
+
+    logging.basicConfig(level=logging.WARNING)
+    namespace = f"wtbench_{uuid.uuid4().hex[:10]}"
+    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    middleware = None
+    if database_url is not None:
+        sys.path.insert(0, str(ROOT))
+        from watchtower import WatchtowerMiddleware
+        from watchtower.config import Settings
+
+        middleware = WatchtowerMiddleware(settings=Settings(database_url=database_url))
+        broker.add_middleware(middleware)
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+
+    @dramatiq.actor(queue_name="bench", broker=broker, max_retries=0)
+    def noop(i: int) -> None:
+        return None
+
+    try:
+        if middleware is not None:
+            # Open the connection and create the schema before timing anything.
+            from watchtower import store
+
+            store.connect(database_url)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        for i in range(messages):
+            noop.send(i)
+        enqueue_seconds = time.perf_counter() - started
+
+        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+        started = time.perf_counter()
+        worker.start()
+        broker.join("bench", timeout=600_000)
+        worker.join()
+        drain_seconds = time.perf_counter() - started
+        ledger_lag = 0.0
+        if middleware is not None:
+            lag_start = time.perf_counter()
+            middleware.recorder.flush(timeout=120)
+            ledger_lag = time.perf_counter() - lag_start
+            from watchtower.models import Job, JobStatus
+
+            completed = Job.select().where(Job.status == JobStatus.COMPLETED).count()
+            if completed != messages:
+                raise SystemExit(f"ledger has {completed} completed rows, expected {messages}")
+        worker.stop()
+        return {
+            "enqueue_rate": messages / enqueue_seconds,
+            "drain_rate": messages / drain_seconds,
+            "ledger_lag": ledger_lag,
+        }
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+def _postgres_database() -> tuple[str, callable]:  # type: ignore[valid-type]
+    import psycopg
+
+    sys.path.insert(0, str(ROOT))
+    from watchtower.store import check_database_url
+
+    admin = check_database_url(POSTGRES_ADMIN)
+    name = f"wtbench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--variants", default="bare,sqlite,postgresql")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        result = run_variant(args.child, args.database_url, args.messages, args.threads)
+        print(json.dumps(result))
+        return
+
+    variants = args.variants.split(",")
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        cleanups = []
+        urls: dict[str, str | None] = {"bare": None}
+        if "sqlite" in variants:
+            urls["sqlite"] = None
+        if "postgresql" in variants:
+            url, drop = _postgres_database()
+            urls["postgresql"] = url
+            cleanups.append(drop)
+        try:
+            for round_number in range(args.rounds):
+                # Rotate the order each round so no variant always runs first.
+                order = variants[round_number % len(variants):] + variants[:round_number % len(variants)]
+                for variant in order:
+                    url = urls.get(variant)
+                    if variant == "sqlite":
+                        url = f"sqlite:///{tmp}/bench-{round_number}.db"
+                    command = [sys.executable, __file__, "--child", variant, "--messages", str(args.messages),
+                               "--threads", str(args.threads)]
+                    if url:
+                        command += ["--database-url", url]
+                    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                    result = json.loads(output.strip().splitlines()[-1])
+                    results[variant].append(result)
+                    print(f"round {round_number + 1} {variant}: enqueue {result['enqueue_rate']:.0f}/s "
+                          f"drain {result['drain_rate']:.0f}/s ledger lag {result['ledger_lag']:.2f}s",
+                          file=sys.stderr)
+        finally:
+            for cleanup in cleanups:
+                cleanup()
+
+    bare = results.get("bare")
+    print(f"\n{args.messages} no-op messages, Redis broker, 1 process x {args.threads} threads, "
+          f"medians of {args.rounds} alternating rounds\n")
+    print("| variant | enqueue msg/s | ratio | drain msg/s | ratio | ledger complete after drain (s) |")
+    print("|---|---|---|---|---|---|")
+    for variant in variants:
+        enqueue = statistics.median(r["enqueue_rate"] for r in results[variant])
+        drain = statistics.median(r["drain_rate"] for r in results[variant])
+        lag = statistics.median(r["ledger_lag"] for r in results[variant])
+        if bare:
+            bare_enqueue = statistics.median(r["enqueue_rate"] for r in bare)
+            bare_drain = statistics.median(r["drain_rate"] for r in bare)
+            ratios = (f"{enqueue / bare_enqueue:.2f}", f"{drain / bare_drain:.2f}")
+        else:
+            ratios = ("-", "-")
+        print(f"| {variant} | {enqueue:.0f} | {ratios[0]} | {drain:.0f} | {ratios[1]} | {lag:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
