@@ -65,6 +65,9 @@ def run_variant(variant: str, database_url: str | None, messages: int, threads: 
             from watchtower import store
 
             store.connect(database_url)  # type: ignore[arg-type]
+            from watchtower.models import Job
+
+            Job.delete().execute()  # the PostgreSQL database is shared by the rounds
         started = time.perf_counter()
         for i in range(messages):
             noop.send(i)
@@ -155,7 +158,10 @@ def main() -> None:
                                "--threads", str(args.threads)]
                     if url:
                         command += ["--database-url", url]
-                    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                    child = subprocess.run(command, capture_output=True, text=True)
+                    if child.returncode != 0:
+                        raise SystemExit(f"{variant} run failed:\n{child.stderr[-3000:]}")
+                    output = child.stdout
                     result = json.loads(output.strip().splitlines()[-1])
                     results[variant].append(result)
                     print(f"round {round_number + 1} {variant}: enqueue {result['enqueue_rate']:.0f}/s "

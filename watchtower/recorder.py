@@ -230,11 +230,19 @@ class Recorder:
                 return
 
     def _drain(self) -> None:
+        """Write what was buffered when the drain began, in batches.
+
+        Events that arrive meanwhile wait for the next wake-up: chasing them
+        would write a stream of tiny batches and compete with the jobs for
+        the GIL.
+        """
         db = self._connect()
+        remaining = len(self._jobs)
         while True:
             if not self._in_hand:
-                take = min(self.batch_size, len(self._jobs))
+                take = min(self.batch_size, remaining, len(self._jobs))
                 self._in_hand = [self._jobs.popleft() for _ in range(take)]
+                remaining -= take
             workers = [self._workers.popleft() for _ in range(len(self._workers))]
             if not self._in_hand and not workers:
                 return
