@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from .models import JobStatus
 
@@ -109,7 +110,9 @@ class JobEvent:
     actor: str
     connection: str
     queued_at: int
-    payload: str | None = None
+    # The message as JSON text, or the Message itself: encoding is left to
+    # the flusher thread so that the hook stays cheap (see ledger).
+    payload: str | Any | None = None
     worker_id: str | None = None
     eta: int | None = None
     ready_at: int | None = None

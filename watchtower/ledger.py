@@ -19,7 +19,9 @@ last there and everywhere.
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -53,6 +55,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("progress", "progress"),
     ("progress_at", "at"),
 )
+_PAYLOAD = [column for column, _ in _COLUMNS].index("payload")
 _COALESCED = ("payload", "worker_id", "eta", "started_at", "completed_at", "exception", "broker_message_id")
 _VERSIONED = ("status", "attempts")
 
@@ -66,9 +69,6 @@ ROLLUP_KINDS = {
     Kind.FAILED: "failed",
     Kind.SKIPPED: "skipped",
 }
-
-# Rows per INSERT statement: well under SQLite's limit of bound parameters.
-_CHUNK = 400
 
 
 def coalesce(events: Iterable[JobEvent]) -> dict[str, JobEvent]:
@@ -106,8 +106,8 @@ def write_batch(db: peewee.Database, events: Sequence[JobEvent], workers: Sequen
     rollups = _rollups(events)
     atomic = db.atomic("IMMEDIATE") if kind == "sqlite" else db.atomic()
     with atomic:
-        for start in range(0, len(rows), _CHUNK):
-            _upsert_jobs(db, kind, rows[start:start + _CHUNK])
+        if rows:
+            _upsert_jobs(db, kind, rows)
         if rollups:
             _upsert_rollups(db, kind, rollups)
         for worker in _merge_workers(workers):
@@ -121,27 +121,49 @@ _PG_TYPES = {
 }
 
 
-def _upsert_jobs(db: peewee.Database, kind: str, rows: Sequence[JobEvent]) -> None:
-    names = [column for column, _ in _COLUMNS]
-    columns: list[list[Any]] = [[] for _ in _COLUMNS]
-    for event in rows:
-        for index, (_, attribute) in enumerate(_COLUMNS):
-            columns[index].append(event.kind.status if attribute == "status" else getattr(event, attribute))
+# Rows per SQLite statement: 16 columns each, well under its 32766 parameters.
+_SQLITE_CHUNK = 500
+
+# One row tuple per event, in _COLUMNS order (attrgetter builds it in C).
+_ROW = operator.attrgetter(*("kind.status" if attr == "status" else attr for _, attr in _COLUMNS))
+
+
+def _upsert_jobs(db: peewee.Database, kind: str, events: Sequence[JobEvent]) -> None:
+    rows = [_ROW(event) for event in events]
+    for index, event in enumerate(events):
+        payload = event.payload
+        if payload is not None and not isinstance(payload, str):
+            row = list(rows[index])
+            row[_PAYLOAD] = payload.encode().decode("utf-8")  # a dramatiq Message, see JobEvent
+            rows[index] = tuple(row)
+    names = ", ".join(column for column, _ in _COLUMNS)
     table = Job._meta.table_name
     if kind == "postgresql":
         # One array per column: the statement text stays the same whatever
         # the batch size, so the driver parses it once (a multi-row VALUES
         # list of thousands of placeholders cost more than the write itself).
         # %b sends the arrays in binary: no per-element quoting of the text.
-        arrays = ", ".join(f"%b::{_PG_TYPES.get(name, 'text')}[]" for name in names)
-        head = f"INSERT INTO {table} AS t ({', '.join(names)}) SELECT * FROM unnest({arrays})"
-        db.execute_sql(head + _conflict_clause(kind), columns)
+        arrays = ", ".join(f"%b::{_PG_TYPES.get(column, 'text')}[]" for column, _ in _COLUMNS)
+        sql = f"INSERT INTO {table} AS t ({names}) SELECT * FROM unnest({arrays})" + _conflict_clause(kind)
+        db.execute_sql(sql, [list(column) for column in zip(*rows)])
         return
-    placeholders = "(" + ", ".join([db.param] * len(names)) + ")"
-    values = [value for row in zip(*columns) for value in row]
-    alias = "" if kind == "mysql" else " AS t"
-    head = f"INSERT INTO {table}{alias} ({', '.join(names)}) VALUES " + ", ".join([placeholders] * len(rows))
-    db.execute_sql(head + _conflict_clause(kind), values)
+    placeholders = "(" + ", ".join([db.param] * len(_COLUMNS)) + ")"
+    if kind == "mysql":
+        # PyMySQL folds a single-row INSERT run by executemany into
+        # multi-row INSERTs itself.
+        sql = f"INSERT INTO {table} ({names}) VALUES {placeholders}" + _conflict_clause(kind)
+        db.cursor().executemany(sql, rows)
+        return
+    # SQLite: multi-row statements, so that one sqlite3_step (run without
+    # the GIL) writes a whole chunk; row-by-row executemany hands the GIL
+    # back and forth once per row and slows the jobs' threads.
+    for start in range(0, len(rows), _SQLITE_CHUNK):
+        chunk = rows[start:start + _SQLITE_CHUNK]
+        sql = (
+            f"INSERT INTO {table} AS t ({names}) VALUES " + ", ".join([placeholders] * len(chunk))
+            + _conflict_clause(kind)
+        )
+        db.execute_sql(sql, list(itertools.chain.from_iterable(chunk)))
 
 
 def _conflict_clause(kind: str) -> str:
