@@ -55,7 +55,6 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("progress", "progress"),
     ("progress_at", "at"),
 )
-_PAYLOAD = [column for column, _ in _COLUMNS].index("payload")
 _COALESCED = ("payload", "worker_id", "eta", "started_at", "completed_at", "exception", "broker_message_id")
 _VERSIONED = ("status", "attempts")
 
@@ -130,12 +129,6 @@ _ROW = operator.attrgetter(*("kind.status" if attr == "status" else attr for _, 
 
 def _upsert_jobs(db: peewee.Database, kind: str, events: Sequence[JobEvent]) -> None:
     rows = [_ROW(event) for event in events]
-    for index, event in enumerate(events):
-        payload = event.payload
-        if payload is not None and not isinstance(payload, str):
-            row = list(rows[index])
-            row[_PAYLOAD] = payload.encode().decode("utf-8")  # a dramatiq Message, see JobEvent
-            rows[index] = tuple(row)
     names = ", ".join(column for column, _ in _COLUMNS)
     table = Job._meta.table_name
     if kind == "postgresql":

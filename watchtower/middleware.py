@@ -34,7 +34,7 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Retries
 
 from .config import Settings, load_settings
-from .events import JobEvent, Kind, WorkerEvent
+from .events import JobEvent, Kind, WorkerEvent, encode_message
 from .models import WorkerStatus
 from .recorder import Recorder
 
@@ -256,7 +256,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             kind = Kind.REQUEUED
         else:
             kind = Kind.DELAYED if delay else Kind.ENQUEUED
-            payload = message  # encoded by the flusher thread
+            payload = encode_message(message)
         self._emit(self._event(
             message, kind, attempt,
             payload=payload,
@@ -341,7 +341,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
                     self.jobs_failed += 1
         self._emit(self._event(
             message, kind, attempt,
-            payload=message._message if kind in (Kind.FAILED, Kind.SKIPPED) else None,
+            payload=encode_message(message) if kind in (Kind.FAILED, Kind.SKIPPED) else None,
             worker_id=self.worker_id if started is not None else None,
             started_at=started,
             finished_at=finished if kind.is_final else None,

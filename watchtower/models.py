@@ -232,7 +232,6 @@ class Job(BaseModel):
             (("actor", "id"), False),
             (("worker_id", "id"), False),
             (("status", "completed_at"), False),
-            (("queued_at",), False),
         )
 
     # Scopes ---------------------------------------------------------------
@@ -304,7 +303,9 @@ class Job(BaseModel):
 
     def get_payload(self) -> dict[str, Any] | None:
         """The stored message as a dict (Dramatiq's own encoding), if it was kept."""
-        return None if self.payload is None else dict(json.loads(self.payload))
+        from .events import decode_message
+
+        return None if self.payload is None else decode_message(self.payload)
 
     @property
     def worker(self) -> Worker | None:
