@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,7 +65,13 @@ class Settings:
     app: str | None = None
     database_url: str = "sqlite:///watchtower.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Keys of the Redis command bus are "<redis_prefix>:<key>", so that
+    # several installations can share one Redis.
+    redis_prefix: str = "watchtower"
     command_bus: str = "database"
+    # The name this host's workers and supervisors record (tests fake hosts
+    # with it); read when the settings are built, never at import.
+    hostname: str = field(default_factory=socket.gethostname)
     # The recorder's buffer: how often it writes, how many events it keeps
     # while the database is away, and how many go in one transaction.
     recorder_flush_interval: float = 0.25
@@ -103,7 +110,9 @@ KEYS: dict[str, tuple[str, type]] = {
     "app": ("app", str),
     "database_url": ("database_url", str),
     "redis_url": ("redis_url", str),
+    "redis_prefix": ("redis_prefix", str),
     "command_bus": ("command_bus", str),
+    "hostname": ("hostname", str),
     "recorder.flush_interval": ("recorder_flush_interval", float),
     "recorder.buffer_size": ("recorder_buffer_size", int),
     "recorder.batch_size": ("recorder_batch_size", int),
@@ -357,6 +366,11 @@ def _check(settings: Settings) -> None:
             f"setting 'redis_url' from {settings.sources.get('redis_url', 'the defaults')} must look like "
             f"redis://HOST:PORT/DB, not {settings.redis_url!r}"
         )
+    for key, value in (("redis_prefix", settings.redis_prefix), ("hostname", settings.hostname)):
+        if not value.strip():
+            raise ConfigError(
+                f"setting {key!r} from {settings.sources.get(key, 'the defaults')} must not be empty"
+            )
     prefix = settings.http_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(

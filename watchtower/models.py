@@ -24,7 +24,7 @@ from typing import Any
 
 import peewee
 
-__all__ = ["Job", "Worker", "Command", "Rollup", "Meta", "JobStatus", "WorkerStatus", "database"]
+__all__ = ["Job", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "JobStatus", "WorkerStatus", "database"]
 
 #: Every model is bound to this proxy; ``store.connect`` initialises it.
 database = peewee.DatabaseProxy()
@@ -326,6 +326,27 @@ class Command(BaseModel):
         table_name = "watchtower_commands"
 
 
+class CommandEntry(BaseModel):
+    """One entry of a list on the database command bus (a supervisor's inbox).
+
+    One row per entry, so that taking an entry is deleting its row: of two
+    readers that race for it, exactly one deletes it (see
+    :mod:`watchtower.bus.database`).  ``id`` gives the order of the list;
+    ``token`` names the entry for the delete, because SQLite reuses the id
+    of a deleted last row.
+    """
+
+    id = peewee.BigAutoField()
+    token = peewee.CharField(max_length=32, unique=True)
+    key = peewee.CharField(max_length=255)
+    value = peewee.TextField()
+    expires_at = TimestampField(index=True)
+
+    class Meta:
+        table_name = "watchtower_command_entries"
+        indexes = ((("key", "id"), False),)
+
+
 class Rollup(BaseModel):
     """Per-minute counts of job events, written in the same transaction as the jobs.
 
@@ -356,4 +377,4 @@ class Meta(BaseModel):
         table_name = "watchtower_meta"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, Rollup)
+MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, CommandEntry, Rollup)

@@ -14,6 +14,9 @@ many processes can record into one file at once.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -97,13 +100,13 @@ def open_database(url: str) -> peewee.Database:
     """A Peewee database for ``url``, not yet connected."""
     spec = check_database_url(url)
     if spec.kind == "sqlite":
-        return peewee.SqliteDatabase(
+        return _SqliteDatabase(
             spec.database,
             timeout=SQLITE_BUSY_TIMEOUT,
             pragmas={
+                "busy_timeout": int(SQLITE_BUSY_TIMEOUT * 1000),
                 "journal_mode": "wal",
                 "synchronous": "normal",
-                "busy_timeout": int(SQLITE_BUSY_TIMEOUT * 1000),
             },
             field_types={"BIGTEXT": "TEXT"},
             **spec.params,
@@ -113,6 +116,32 @@ def open_database(url: str) -> peewee.Database:
         return peewee.PostgresqlDatabase(spec.database, field_types={"BIGTEXT": "TEXT"}, **params)
     params = {"connect_timeout": 5, "charset": "utf8mb4", **spec.params}
     return peewee.MySQLDatabase(spec.database, field_types={"BIGTEXT": "LONGTEXT"}, **params)
+
+
+class _SqliteDatabase(peewee.SqliteDatabase):
+    """SQLite whose connection setup survives many processes opening a fresh file.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite reports
+    "database is locked" at once (without its busy handler) while another
+    process holds one, for example a second worker creating the schema at
+    the same moment.  Each pragma is retried until the busy timeout.
+    """
+
+    def _set_pragmas(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+        cursor = conn.cursor()
+        try:
+            for pragma, value in self._pragmas:
+                while True:
+                    try:
+                        cursor.execute(f"PRAGMA {pragma} = {value};")
+                        break
+                    except sqlite3.OperationalError as error:
+                        if "locked" not in str(error) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.01)
+        finally:
+            cursor.close()
 
 
 def dialect(db: peewee.Database) -> str:
@@ -133,14 +162,20 @@ def connect(url: str, *, create: bool = True) -> peewee.Database:
     rest; calling it again with another URL re-binds the models.
     """
     db = open_database(url)
-    models.database.initialize(db)
-    if create:
-        try:
-            ensure_schema(db)
-        except peewee.DatabaseError as error:  # also OperationalError, InterfaceError
-            reason = " ".join(str(error).split())
-            raise DatabaseUnavailable(f"cannot open the ledger database {redact_url(url)}: {reason}") from error
+    # One binding at a time: the recorder's thread and a command bus may
+    # connect at once, and ensure_schema needs the proxy pointing at its db.
+    with _connect_lock:
+        models.database.initialize(db)
+        if create:
+            try:
+                ensure_schema(db)
+            except peewee.DatabaseError as error:  # also OperationalError, InterfaceError
+                reason = " ".join(str(error).split())
+                raise DatabaseUnavailable(f"cannot open the ledger database {redact_url(url)}: {reason}") from error
     return db
+
+
+_connect_lock = threading.RLock()
 
 
 def redact_url(url: str) -> str:

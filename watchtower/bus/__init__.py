@@ -1,0 +1,103 @@
+"""The command bus: how supervisors, the API and workers tell each other what to do.
+
+Two kinds of entries live on it:
+
+- a **value** per key, with a time to live (the seed's ``put`` / ``get`` /
+  ``forget``): a worker's pending command at ``worker:<id>:command``, one of
+  the plain strings ``"stop"``, ``"pause"``, ``"resume"``;
+- a **list** per key (``push`` / ``pop_all``): a supervisor's inbox at
+  ``supervisor:<name>:inbox``, drained atomically so that of two supervisors
+  racing for it each entry goes to exactly one.
+
+Each entry of a list has its own time to live: an entry nobody took within
+``ttl`` seconds is gone, like a value.
+
+Drivers: :class:`~watchtower.bus.redis.RedisCommandBus` and
+:class:`~watchtower.bus.database.DatabaseCommandBus`, chosen by the
+``command_bus`` setting through :func:`open_bus`.  Every driver raises
+:class:`~watchtower.errors.BusError` (one line, naming the bus) when its
+server cannot be reached.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = [
+    "CommandBus",
+    "WorkerCommand",
+    "open_bus",
+    "worker_command_key",
+    "supervisor_inbox_key",
+    "DEFAULT_TTL",
+]
+
+#: Seconds an entry lives when no ``ttl`` is given (the seed's default).
+DEFAULT_TTL = 300
+
+
+class WorkerCommand(str, Enum):
+    """The commands a worker obeys; the bus carries their values (``"stop"``...)."""
+
+    STOP = "stop"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+@runtime_checkable
+class CommandBus(Protocol):
+    """What every command bus driver provides.  Keys and values are strings."""
+
+    def put(self, key: str, value: str, ttl: float = DEFAULT_TTL) -> None:
+        """Set ``key`` to ``value`` for ``ttl`` seconds (replacing what was there)."""
+
+    def get(self, key: str) -> str | None:
+        """The value of ``key``, or None if it is missing or expired."""
+
+    def forget(self, key: str) -> None:
+        """Delete ``key`` (nothing happens if it is missing)."""
+
+    def push(self, key: str, value: str, ttl: float = DEFAULT_TTL) -> None:
+        """Append ``value`` to the list at ``key``; the entry lives ``ttl`` seconds."""
+
+    def pop_all(self, key: str) -> list[str]:
+        """Take every live entry of the list at ``key``, oldest first.
+
+        Atomic: of several callers racing for one list, each entry goes to
+        exactly one of them, and none is lost.
+        """
+
+    def ping(self) -> None:
+        """Return if the bus answers; raise BusError saying why not."""
+
+    def close(self) -> None:
+        """Release the bus's connections (it reconnects if used again)."""
+
+
+def worker_command_key(worker_id: str) -> str:
+    """The key at which the worker ``worker_id`` reads its next command."""
+    return f"worker:{worker_id}:command"
+
+
+def supervisor_inbox_key(name: str) -> str:
+    """The list a supervisor called ``name`` drains for requests (start a worker...)."""
+    return f"supervisor:{name}:inbox"
+
+
+def open_bus(settings: Settings) -> CommandBus:
+    """The bus that ``settings.command_bus`` names, not yet connected."""
+    if settings.command_bus == "redis":
+        from .redis import RedisCommandBus
+
+        return RedisCommandBus(url=settings.redis_url, prefix=settings.redis_prefix)
+    if settings.command_bus == "database":
+        from .database import DatabaseCommandBus
+
+        return DatabaseCommandBus(database=settings.database_url)
+    raise ConfigError(f"setting 'command_bus' must be database or redis, not {settings.command_bus!r}")
