@@ -10,6 +10,9 @@ The tree::
      +-- BusError           the command bus cannot be reached or answered badly
      +-- WorkerError        a worker cannot be found, started or steered
  +-- AppImportError     the user's app module cannot be imported
+     +-- MetricsError       the metrics directory or server cannot be set up
+          +-- MetricsDirInUse     another supervisor holds the metrics directory
+          +-- MetricsServerError  /metrics cannot be served (port in use...)
 
 The command line turns every one of them into a one-line message and a
 non-zero exit code; the HTTP API turns them into JSON errors.
@@ -48,3 +51,15 @@ class WorkerError(WatchtowerError):
 
 class AppImportError(WatchtowerError):
     """The user's app module is missing, raises on import, or names no broker."""
+
+
+class MetricsError(WatchtowerError):
+    """The Prometheus metrics cannot be set up (directory or server)."""
+
+
+class MetricsDirInUse(MetricsError):
+    """Another live process (another supervisor) holds the multiprocess directory."""
+
+
+class MetricsServerError(MetricsError):
+    """The /metrics server cannot listen where it was told (port in use, no such address)."""

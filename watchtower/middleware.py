@@ -155,6 +155,14 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         self.jobs_failed = 0
         self.in_progress = 0
         self._worker: dramatiq.Worker | None = None
+        try:
+            # Prometheus counters of the events and of the recorder's health;
+            # their objects are made on the first event, not here.
+            from . import metrics
+
+            metrics.install(self)
+        except Exception:
+            logger.exception("watchtower metrics are off in this process: they could not be set up")
 
     # Setup ----------------------------------------------------------------
 

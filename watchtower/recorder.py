@@ -78,7 +78,11 @@ class Recorder:
         self.flush_interval = flush_interval
         self.buffer_size = buffer_size
         self.batch_size = batch_size
-        self._on_write = on_write
+        #: Called from the flusher thread after each batch written, with the
+        #: batch and the seconds the write took (the metrics count them here).
+        self.write_listeners: list[Callable[[list[JobEvent], float], None]] = []
+        if on_write is not None:
+            self.write_listeners.append(on_write)
         self._periodic: list[tuple[float, Callable[[], None], list[float]]] = []
         self._reset()
         _live_recorders.add(self)
@@ -259,11 +263,11 @@ class Recorder:
             with self._done:
                 self._finished += len(batch)
                 self._done.notify_all()
-            if self._on_write is not None:
+            for listener in self.write_listeners:
                 try:
-                    self._on_write(batch, elapsed)
+                    listener(batch, elapsed)
                 except Exception:
-                    logger.exception("watchtower recorder's on_write callback failed")
+                    logger.exception("watchtower recorder's write listener %r failed", listener)
 
     def _run_periodic(self) -> None:
         now = time.monotonic()

@@ -1,0 +1,244 @@
+"""Metrics: the multiprocess directory, live gauges, the exposition, the /metrics server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import subprocess_env
+from watchtower import metrics
+from watchtower.config import load_settings, replace
+from watchtower.errors import MetricsDirInUse, MetricsServerError
+from watchtower.events import JobEvent, Kind
+
+
+def parse(body: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} of an exposition."""
+    text = body.decode() if isinstance(body, bytes) else body
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def promtool_check(body: bytes) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install -y --no-install-recommends prometheus"
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    # promtool prints lint problems and still exits 0 for some of them.
+    assert not (result.stdout + result.stderr).strip(), (result.stdout + result.stderr).decode()
+
+
+@pytest.fixture
+def settings(sqlite_url: str):
+    from watchtower.store import connect
+
+    connect(sqlite_url).close()
+    return load_settings(overrides={"database_url": sqlite_url}, env={})
+
+
+# A child process that counts events as a worker would, then waits for stdin
+# to close (so that the test decides when it exits, or kills it).
+CHILD = textwrap.dedent("""
+    import sys
+    from watchtower.events import JobEvent, Kind
+    from watchtower.metrics import JobMetrics, process_metrics
+    listen = JobMetrics()
+    def event(kind, **fields):
+        return JobEvent("m", kind, 1, 0, "q1", "work", "redis", 0, **fields)
+    for _ in range(int(sys.argv[1])):
+        listen(event(Kind.ENQUEUED))
+        listen(event(Kind.STARTED, started_at=2_000, ready_at=1_500))
+    for _ in range(int(sys.argv[2])):
+        listen(event(Kind.COMPLETED, started_at=2_000, duration=0.02))
+    assert process_metrics().directory is not None, "not in multiprocess mode"
+    print("ready", flush=True)
+    sys.stdin.read()
+""")
+
+
+def start_child(directory: str, started: int, finished: int) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(started), str(finished)],
+        env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=directory),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def test_importing_watchtower_imports_no_prometheus_client():
+    code = (
+        "import sys, watchtower, watchtower.cli, watchtower.metrics, watchtower.scrape;"
+        "assert 'prometheus_client' not in sys.modules, 'imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], env=subprocess_env(), check=True, timeout=60)
+
+
+def test_prepare_wipes_only_metric_files_and_locks_the_directory(tmp_path: Path):
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    for name in ("counter_12.db", "gauge_livesum_12.db", "histogram_99.db", "notes.txt"):
+        (directory / name).write_bytes(b"x")
+    held = metrics.prepare_multiprocess_dir(directory)
+    try:
+        assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+        assert held.env() == {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+        with pytest.raises(MetricsDirInUse, match=f"pid {os.getpid()}.*metrics_dir"):
+            metrics.prepare_multiprocess_dir(directory)
+    finally:
+        held.release()
+    again = metrics.prepare_multiprocess_dir(directory)  # free once released
+    again.release()
+
+
+def test_prepare_creates_a_missing_directory(tmp_path: Path):
+    held = metrics.prepare_multiprocess_dir(tmp_path / "a" / "b")
+    held.release()
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_processes_add_up_and_a_dead_process_leaves_the_live_gauge(tmp_path: Path, settings):
+    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    settings = replace(settings, metrics_dir=str(held.path))
+    first = start_child(str(held.path), started=3, finished=1)
+    second = start_child(str(held.path), started=2, finished=2)
+    try:
+        samples = parse(metrics.exposition(settings)[0])
+        job = {"queue": "q1", "actor": "work"}
+        assert value(samples, "watchtower_jobs_enqueued_total", **job) == 5
+        assert value(samples, "watchtower_jobs_started_total", **job) == 5
+        assert value(samples, "watchtower_jobs_completed_total", **job) == 3
+        assert value(samples, "watchtower_jobs_in_progress", **job) == 2  # (3-1) + (2-2)
+        assert value(samples, "watchtower_job_queue_wait_seconds_count", **job) == 5
+        assert value(samples, "watchtower_job_queue_wait_seconds_sum", **job) == pytest.approx(2.5)
+        assert value(samples, "watchtower_job_duration_seconds_count", **job) == 3
+
+        first.kill()
+        first.wait(timeout=30)
+        metrics.mark_process_dead(first.pid, held.path)
+        samples = parse(metrics.exposition(settings)[0])
+        assert value(samples, "watchtower_jobs_in_progress", **job) == 0  # the dead one's 2 are gone
+        assert value(samples, "watchtower_jobs_started_total", **job) == 5  # its counters stay
+        assert value(samples, "watchtower_jobs_completed_total", **job) == 3
+    finally:
+        for child in (first, second):
+            if child.poll() is None:
+                child.kill()
+            child.wait(timeout=30)
+        held.release()
+
+
+def test_exposition_passes_promtool(tmp_path: Path, settings):
+    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    child = start_child(str(held.path), started=2, finished=1)
+    try:
+        metrics.record_restart("default", "exit")
+        body, content_type = metrics.exposition(replace(settings, metrics_dir=str(held.path)))
+        assert content_type.startswith("text/plain; version=0.0.4")
+        samples = parse(body)
+        assert value(samples, "watchtower_worker_restarts_total", supervisor="default", reason="exit") >= 1
+        assert any(name == "watchtower_build_info" for name, _ in samples)
+        promtool_check(body)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        held.release()
+
+
+def test_the_listener_counts_a_retried_job_once_and_never_goes_negative(settings):
+    listen = metrics.JobMetrics()
+    queue = "q_listener"
+
+    def event(kind: Kind, attempt: int, **fields) -> JobEvent:
+        return JobEvent("m1", kind, attempt, 0, queue, "flaky", "redis", 0, **fields)
+
+    listen(event(Kind.ENQUEUED, 1))
+    listen(event(Kind.STARTED, 1, started_at=10, ready_at=0))
+    listen(event(Kind.RETRIED, 1, started_at=10, duration=0.5))
+    listen(event(Kind.REQUEUED, 2))  # to the delay queue
+    listen(event(Kind.MOVED, 2))  # back to the queue at its eta
+    listen(event(Kind.STARTED, 2, started_at=20, ready_at=15))
+    listen(event(Kind.COMPLETED, 2, started_at=20, duration=0.25))
+    listen(event(Kind.SKIPPED, 1))  # skipped before it started here: no in-progress change
+    samples = parse(metrics.exposition(settings)[0])
+    job = {"queue": queue, "actor": "flaky"}
+    assert value(samples, "watchtower_jobs_enqueued_total", **job) == 1
+    assert value(samples, "watchtower_jobs_started_total", **job) == 2
+    assert value(samples, "watchtower_jobs_retried_total", **job) == 1
+    assert value(samples, "watchtower_jobs_completed_total", **job) == 1
+    assert value(samples, "watchtower_jobs_skipped_total", **job) == 1
+    assert value(samples, "watchtower_jobs_in_progress", **job) == 0
+    assert value(samples, "watchtower_job_duration_seconds_sum", **job) == pytest.approx(0.75)
+    assert value(samples, "watchtower_job_queue_wait_seconds_sum", **job) == pytest.approx(0.015)
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_two_servers_on_one_host_each_serve_their_own(tmp_path: Path, settings):
+    first_dir = metrics.prepare_multiprocess_dir(tmp_path / "one")
+    second_dir = metrics.prepare_multiprocess_dir(tmp_path / "two")
+    one = start_child(str(first_dir.path), started=4, finished=0)
+    two = start_child(str(second_dir.path), started=1, finished=0)
+    servers = []
+    try:
+        for held in (first_dir, second_dir):
+            servers.append(metrics.start_metrics_server(replace(settings, metrics_dir=str(held.path)), port=0))
+        assert servers[0].port != servers[1].port
+        assert servers[0].host == "127.0.0.1"
+        job = {"queue": "q1", "actor": "work"}
+        for server, expected in zip(servers, (4, 1)):
+            status, body = fetch(server.url)
+            assert status == 200
+            assert value(parse(body), "watchtower_jobs_started_total", **job) == expected
+        status, _ = fetch(servers[0].url.replace("/metrics", "/other"))
+        assert status == 404
+    finally:
+        for server in servers:
+            server.stop()
+        for child in (one, two):
+            child.kill()
+            child.wait(timeout=30)
+        first_dir.release()
+        second_dir.release()
+
+
+def test_a_busy_port_is_a_clear_error(settings):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(MetricsServerError, match=f"127.0.0.1:{port}: the port is in use.*http.port"):
+            metrics.start_metrics_server(settings, port=port)
+
+
+def test_a_stopped_server_frees_its_port(settings):
+    server = metrics.start_metrics_server(settings, port=0)
+    port = server.port
+    assert fetch(server.url)[0] == 200
+    server.stop()
+    again = metrics.start_metrics_server(settings, port=port)
+    again.stop()

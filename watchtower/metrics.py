@@ -1,0 +1,582 @@
+"""Prometheus metrics that stay true across many worker processes.
+
+Every metric name lives here (one place for every name).  Three kinds of
+values make up a scrape:
+
+- **counted in the processes** that see the events: jobs enqueued, started,
+  finished..., the job duration and queue-wait histograms, jobs in progress,
+  the recorder's health (worker processes), lost jobs and worker restarts
+  (the supervisor).  In a supervised pool each process writes them to
+  prometheus-client's multiprocess directory and the supervisor merges the
+  files at scrape time;
+- **read at scrape time** from the ledger and the broker (workers by status,
+  queue depths), cached briefly: see :mod:`watchtower.scrape`;
+- **build info**, a constant.
+
+How multiprocess mode is done right here (each point is a fault of
+Dramatiq's own Prometheus middleware):
+
+- prometheus-client decides once per process, when ``prometheus_client.values``
+  is first imported, whether values live in memory or in files under
+  ``PROMETHEUS_MULTIPROC_DIR``.  So this module imports prometheus-client
+  only inside functions, and makes its metric objects on first use, never at
+  import: the supervisor puts the variable in each child's environment
+  before the child starts, and every worker process writes to files;
+- the supervisor wipes the directory when it starts
+  (:func:`prepare_multiprocess_dir`), holds a lock on it so that a second
+  supervisor cannot share (and wipe) it, and calls :func:`mark_process_dead`
+  for every child that exits, however it died, so that the live gauges
+  (``livesum``) stop counting dead processes while their counters stay;
+- the exposition comes from a fresh registry holding a
+  ``MultiProcessCollector`` (never the default registry), so nothing is
+  counted twice; values this process keeps in memory (a supervisor that
+  imported prometheus-client before it knew its directory) are merged in;
+- durations are seconds; "enqueued" counts a message once (a retry's two
+  enqueues, to ``q.DQ`` and back to ``q``, are not new jobs), so there is no
+  delayed gauge to go negative and no retry counted twice;
+- ``/metrics`` binds to ``http.host`` (127.0.0.1 by default); a busy port is a
+  :class:`~watchtower.errors.MetricsServerError`, raised in the supervisor,
+  never in a worker.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob
+import logging
+import os
+import platform
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import MetricsDirInUse, MetricsError, MetricsServerError
+from .events import JobEvent, Kind
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from .config import Settings
+    from .middleware import WatchtowerMiddleware
+    from .recorder import Recorder
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "FLUSH_BUCKETS",
+    "JobMetrics",
+    "MetricsServer",
+    "MultiprocessDir",
+    "exposition",
+    "install",
+    "mark_process_dead",
+    "prepare_multiprocess_dir",
+    "record_lost",
+    "record_restart",
+    "start_metrics_server",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Job duration and queue wait, seconds: from 5 ms jobs to 10 min ones (and
+#: waits of an hour), about 2.5x apart.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+#: The recorder's batch writes, seconds.
+FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: The environment variable prometheus-client reads for its directory.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_JOB_LABELS = ("queue", "actor")
+
+
+# This process's metric objects ----------------------------------------------
+
+
+class ProcessMetrics:
+    """The metric objects of this process, made on first use (see the module doc).
+
+    They are registered in no registry: the exposition reads them from the
+    multiprocess files, or (single-process mode) registers them in its own
+    fresh registry.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        def counter(name: str, help: str, labels: Sequence[str] = _JOB_LABELS) -> Counter:
+            return Counter(name, help, labels, registry=None)
+
+        self.enqueued = counter("watchtower_jobs_enqueued_total", "Messages sent to a queue (a retry is not counted again).")
+        self.started = counter("watchtower_jobs_started_total", "Attempts started by a worker.")
+        self.completed = counter("watchtower_jobs_completed_total", "Jobs that completed.")
+        self.failed = counter("watchtower_jobs_failed_total", "Jobs that failed for good (retries exhausted, throws, dead-lettered).")
+        self.retried = counter("watchtower_jobs_retried_total", "Attempts that raised and were scheduled to run again.")
+        self.skipped = counter("watchtower_jobs_skipped_total", "Jobs skipped by a middleware (AgeLimit).")
+        self.lost = counter("watchtower_jobs_lost_total", "Attempts lost because their worker process died.")
+        self.duration = Histogram(
+            "watchtower_job_duration_seconds", "How long attempts ran, seconds.", _JOB_LABELS,
+            buckets=DURATION_BUCKETS, registry=None,
+        )
+        self.queue_wait = Histogram(
+            "watchtower_job_queue_wait_seconds", "From ready (enqueued, or eta reached) to started, seconds.",
+            _JOB_LABELS, buckets=DURATION_BUCKETS, registry=None,
+        )
+        self.in_progress = Gauge(
+            "watchtower_jobs_in_progress", "Attempts running now.", _JOB_LABELS,
+            multiprocess_mode="livesum", registry=None,
+        )
+        self.restarts = counter(
+            "watchtower_worker_restarts_total", "Worker processes restarted by their supervisor, by reason.",
+            ("supervisor", "reason"),
+        )
+        self.recorder_buffered = Gauge(
+            "watchtower_recorder_events_buffered", "Ledger events waiting to be written.", (),
+            multiprocess_mode="livesum", registry=None,
+        )
+        self.recorder_dropped = counter(
+            "watchtower_recorder_events_dropped_total", "Ledger events dropped (buffer full, or unwritten at exit).", (),
+        )
+        self.recorder_written = counter("watchtower_recorder_events_written_total", "Ledger events written.", ())
+        self.recorder_flush = Histogram(
+            "watchtower_recorder_flush_duration_seconds", "How long one batch write of the ledger took, seconds.",
+            buckets=FLUSH_BUCKETS, registry=None,
+        )
+        self._children: dict[tuple[str, str], _JobChildren] = {}
+        self._children_lock = threading.Lock()
+        from prometheus_client import values
+
+        #: Where the values live: None (this process's memory) or a directory.
+        self.directory: str | None = (
+            os.environ.get(MULTIPROC_ENV) if getattr(values.ValueClass, "_multiprocess", False) else None
+        )
+
+    def all(self) -> list[Any]:
+        """Every metric object, for a registry of this process's own."""
+        return [value for value in vars(self).values() if hasattr(value, "_is_observable")]
+
+    def for_job(self, queue: str, actor: str) -> _JobChildren:
+        """The labelled children for one (queue, actor), looked up once."""
+        key = (queue, actor)
+        children = self._children.get(key)
+        if children is None:
+            with self._children_lock:
+                children = self._children.get(key)
+                if children is None:
+                    children = self._children[key] = _JobChildren(self, queue, actor)
+        return children
+
+
+class _JobChildren:
+    __slots__ = ("enqueued", "started", "completed", "failed", "retried", "skipped", "duration", "queue_wait", "in_progress")
+
+    def __init__(self, metrics: ProcessMetrics, queue: str, actor: str) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(metrics, name).labels(queue, actor))
+
+
+_process_metrics: ProcessMetrics | None = None
+_process_metrics_pid = 0
+_process_metrics_lock = threading.Lock()
+
+
+def process_metrics() -> ProcessMetrics:
+    """This process's metric objects, made on the first call."""
+    global _process_metrics, _process_metrics_pid
+    metrics = _process_metrics
+    if metrics is not None:
+        return metrics
+    with _process_metrics_lock:
+        if _process_metrics is None:
+            _process_metrics = ProcessMetrics()
+            _process_metrics_pid = os.getpid()
+            if os.environ.get(MULTIPROC_ENV) and _process_metrics.directory is None:
+                logger.warning(
+                    "%s is set but prometheus_client was imported before it was: this process's "
+                    "metrics stay in its memory and only a scrape served by this process shows them",
+                    MULTIPROC_ENV,
+                )
+        return _process_metrics
+
+
+# What the processes count -----------------------------------------------------
+
+
+class JobMetrics:
+    """A middleware listener that counts job events (see WatchtowerMiddleware.listeners).
+
+    Enqueues count on ENQUEUED and DELAYED only: a retry re-enqueues the same
+    message twice (REQUEUED to the delay queue, MOVED back at its eta), and
+    neither is a new job.
+    """
+
+    def __call__(self, event: JobEvent) -> None:
+        children = process_metrics().for_job(event.queue, event.actor)
+        kind = event.kind
+        if kind is Kind.ENQUEUED or kind is Kind.DELAYED:
+            children.enqueued.inc()
+        elif kind is Kind.STARTED:
+            children.started.inc()
+            children.in_progress.inc()
+            if event.started_at is not None and event.ready_at is not None:
+                # Clocks of two hosts may disagree a little: never negative.
+                children.queue_wait.observe(max(0.0, (event.started_at - event.ready_at) / 1000.0))
+        elif kind.phase == 4:  # an outcome: completed, retried, failed, skipped
+            if event.started_at is not None:  # it started in this process
+                children.in_progress.dec()
+            if event.duration is not None:
+                children.duration.observe(event.duration)
+            counter = {
+                Kind.COMPLETED: children.completed,
+                Kind.RETRIED: children.retried,
+                Kind.FAILED: children.failed,
+                Kind.SKIPPED: children.skipped,
+            }[kind]
+            counter.inc()
+
+
+class RecorderMetrics:
+    """Counts a recorder's writes and samples its buffer and drops."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+        self._dropped_seen = 0
+
+    def on_write(self, batch: list[JobEvent], seconds: float) -> None:
+        metrics = process_metrics()
+        metrics.recorder_written.inc(len(batch))
+        metrics.recorder_flush.observe(seconds)
+
+    def sample(self) -> None:
+        stats = self._recorder.stats()
+        metrics = process_metrics()
+        metrics.recorder_buffered.set(stats.buffered)
+        if stats.dropped > self._dropped_seen:
+            metrics.recorder_dropped.inc(stats.dropped - self._dropped_seen)
+            self._dropped_seen = stats.dropped
+
+
+#: How often a recorder's buffer and drops are sampled, seconds.
+RECORDER_SAMPLE_INTERVAL = 1.0
+
+
+def install(middleware: WatchtowerMiddleware) -> None:
+    """Count ``middleware``'s job events and its recorder's health in this process's metrics.
+
+    Called by the middleware's constructor.  Nothing is created here: the
+    metric objects are made on the first event, after the process has its
+    environment (see the module doc).
+    """
+    middleware.listeners.append(JobMetrics())
+    recorder_metrics = RecorderMetrics(middleware.recorder)
+    middleware.recorder.write_listeners.append(recorder_metrics.on_write)
+    middleware.recorder.every(RECORDER_SAMPLE_INTERVAL, recorder_metrics.sample)
+
+
+def record_lost(jobs: Iterable[Any]) -> None:
+    """Count lost attempts: the jobs :func:`watchtower.ledger.mark_lost` returned.
+
+    Call it right after ``mark_lost``, with what it returned, so that the
+    counter and the ledger agree exactly.
+    """
+    metrics = process_metrics()
+    for job in jobs:
+        metrics.lost.labels(job.queue, job.actor).inc()
+
+
+def record_restart(supervisor: str, reason: str) -> None:
+    """Count one restart of a worker process of ``supervisor`` (reason: ``exit``, ``memory``...)."""
+    process_metrics().restarts.labels(supervisor, reason).inc()
+
+
+# The multiprocess directory ---------------------------------------------------
+
+
+@dataclass
+class MultiprocessDir:
+    """A multiprocess directory this process owns (wiped, locked) until :meth:`release`."""
+
+    path: Path
+    _lock_fd: int | None = None
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def env(self) -> dict[str, str]:
+        """What to add to a child process's environment so that it writes here."""
+        return {MULTIPROC_ENV: str(self.path)}
+
+    def release(self) -> None:
+        """Give up the lock (the supervisor is exiting); the files stay."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+_LOCK_NAME = ".watchtower.lock"
+# The files prometheus-client writes: counter_PID.db, gauge_MODE_PID.db...
+_METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
+
+def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
+    """Create ``path`` if needed, lock it for this process, and delete old metric files.
+
+    Call it once when the supervisor starts, before it starts any worker
+    (give each child ``.env()``).  Only prometheus-client's own files are
+    deleted, so pointing ``metrics_dir`` at a shared directory by mistake
+    cannot delete anything else.  Raises MetricsDirInUse if another live
+    process (another supervisor) holds the directory: two supervisors must
+    not share one, or each would wipe and count the other's files.
+    """
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise MetricsError(f"cannot use metrics_dir {str(directory)!r}: {error.strerror}") from error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise MetricsDirInUse(
+            f"metrics_dir {str(directory)!r} is in use by another process (pid {owner}): "
+            "give each supervisor a directory of its own (setting metrics_dir, WATCHTOWER_METRICS_DIR)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+    removed = 0
+    for pattern in _METRIC_FILES:
+        for file in glob.glob(os.path.join(directory, pattern)):
+            os.remove(file)
+            removed += 1
+    if removed:
+        logger.info("removed %d metric files left in %s by an earlier run", removed, directory)
+    return MultiprocessDir(directory, fd)
+
+
+def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
+    """Forget the live gauges of the exited process ``pid`` (its counters stay).
+
+    Call it for every child that exits, whatever the cause (clean exit, crash,
+    SIGKILL, memory limit): without it, the in-progress gauge keeps counting
+    the attempts the dead process was running.  ``path`` defaults to
+    ``PROMETHEUS_MULTIPROC_DIR``; without either, there is nothing to do.
+    """
+    directory = os.fspath(path) if path is not None else os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)
+
+
+# The exposition --------------------------------------------------------------
+
+
+def multiprocess_dir(settings: Settings) -> str | None:
+    """The directory a scrape reads: ``metrics_dir``, else PROMETHEUS_MULTIPROC_DIR, else none."""
+    return settings.metrics_dir or os.environ.get(MULTIPROC_ENV) or None
+
+
+class _Merged:
+    """Metric families from several collectors, with equal series added up.
+
+    The multiprocess files and this process's in-memory metrics may both
+    hold a family (a supervisor that imported prometheus-client too early);
+    a scrape must show each family once.  ``_created`` samples are dropped:
+    multiprocess mode has none, and they cannot be added up.
+    """
+
+    def __init__(self, collectors: Sequence[Any]) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import Metric
+
+        families: dict[str, Any] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for collector in self._collectors:
+            for family in collector.collect():
+                if family.name not in families:
+                    families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                    values[family.name] = {}
+                series = values[family.name]
+                for sample in family.samples:
+                    if sample.name.endswith("_created"):
+                        continue
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    series[key] = series.get(key, 0.0) + sample.value
+        for name, family in families.items():
+            for (sample_name, labels), value in values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family
+
+
+class _Local:
+    """This process's own metric objects, unless the scraped files already hold them."""
+
+    def __init__(self, directory: str | None) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterator[Any]:
+        metrics = _process_metrics
+        if metrics is None or _process_metrics_pid != os.getpid():
+            return  # none made yet, or a forked child's copy of its parent's
+        if metrics.directory is not None and self._directory is not None and \
+                os.path.samefile(metrics.directory, self._directory):
+            return
+        for metric in metrics.all():
+            yield from metric.collect()
+
+
+def exposition(settings: Settings, *, broker: Any = None, supervisor: str | None = None) -> tuple[bytes, str]:
+    """One scrape: the Prometheus text format and its content type.
+
+    Built from a fresh registry: the multiprocess directory's files (if any,
+    see :func:`multiprocess_dir`) merged with this process's own values, plus
+    the values read from the ledger and the broker (cached briefly, see
+    :mod:`watchtower.scrape`) and the build info.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+    from .scrape import sources_for
+
+    registry = CollectorRegistry(auto_describe=False)
+    directory = multiprocess_dir(settings)
+    collectors: list[Any] = [_Local(directory)]
+    if directory:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if os.path.isdir(directory):
+            collectors.insert(0, MultiProcessCollector(None, path=directory))
+        else:
+            logger.warning("metrics_dir %s does not exist: serving this process's metrics only", directory)
+    registry.register(_Merged(collectors))
+    registry.register(sources_for(settings, broker=broker, supervisor=supervisor))
+    registry.register(_BuildInfo())
+    # The classic text format, version 0.0.4: every name here is a legacy
+    # name, and every Prometheus release reads it.
+    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+class _BuildInfo:
+    def collect(self) -> Iterator[Any]:
+        import dramatiq
+        from prometheus_client.core import GaugeMetricFamily
+
+        from . import __version__
+
+        family = GaugeMetricFamily(
+            "watchtower_build_info", "Versions of Watchtower, Python and Dramatiq (always 1).",
+            labels=("version", "python_version", "dramatiq_version"),
+        )
+        family.add_metric((__version__, platform.python_version(), dramatiq.__version__), 1.0)
+        yield family
+
+
+# The /metrics server ------------------------------------------------------------
+
+
+class MetricsServer:
+    """A running /metrics server: its address, and :meth:`stop`."""
+
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.host: str = server.server_address[0]
+        self.port: int = server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout)
+
+
+def metrics_app(settings: Settings, *, broker: Any = None, supervisor: str | None = None) -> Callable[..., Any]:
+    """A WSGI app answering ``GET /metrics`` (and 404 elsewhere)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO", "") not in ("/metrics", "/metrics/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: Prometheus metrics are at /metrics\n"]
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
+            return [b"method not allowed\n"]
+        try:
+            body, content_type = exposition(settings, broker=broker, supervisor=supervisor)
+        except Exception:
+            logger.exception("cannot build the /metrics exposition")
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [b"cannot build the metrics: see the supervisor's log\n"]
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def start_metrics_server(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    broker: Any = None,
+    supervisor: str | None = None,
+    app: Callable[..., Any] | None = None,
+) -> MetricsServer:
+    """Serve ``/metrics`` on ``host:port`` (default ``http.host:http.port``) from a thread.
+
+    ``port=0`` picks a free port (see ``.port``).  ``app`` serves another WSGI
+    app instead (the API app, which answers /metrics too).  A port in use, or
+    an address this host does not have, raises MetricsServerError naming the
+    setting to change; the supervisor reports it, its workers never see it.
+    """
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+    from socketserver import ThreadingMixIn
+
+    host = settings.http_host if host is None else host
+    port = settings.http_port if port is None else port
+
+    class Handler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("metrics server: " + format, *args)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    try:
+        server = Server((host, port), Handler)
+    except OSError as error:
+        where = f"{host}:{port}"
+        if error.errno == errno.EADDRINUSE:
+            reason = "the port is in use (another supervisor or program listens there)"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            reason = "this host has no such address"
+        else:
+            reason = error.strerror or str(error)
+        raise MetricsServerError(
+            f"cannot serve /metrics on {where}: {reason}; set http.port (WATCHTOWER_HTTP_PORT) "
+            "to a free port, or 0 for any free port"
+        ) from error
+    server.set_app(app or metrics_app(settings, broker=broker, supervisor=supervisor))
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        logger.warning("serving /metrics on %s:%s, reachable from other hosts", host, server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                              name="watchtower-metrics", daemon=True)
+    thread.start()
+    handle = MetricsServer(server, thread)
+    logger.info("serving Prometheus metrics at %s", handle.url)
+    return handle
