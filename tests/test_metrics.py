@@ -242,3 +242,21 @@ def test_a_stopped_server_frees_its_port(settings):
     server.stop()
     again = metrics.start_metrics_server(settings, port=port)
     again.stop()
+
+
+def test_without_metrics_dir_each_supervisor_gets_a_temporary_directory(settings):
+    first = metrics.open_multiprocess_dir(settings)
+    second = metrics.open_multiprocess_dir(settings)
+    try:
+        assert first.path != second.path
+        assert first.path.is_dir() and second.path.is_dir()
+    finally:
+        first.release()
+        second.release()
+    assert not first.path.exists() and not second.path.exists()
+
+
+def test_a_configured_metrics_dir_is_kept_after_release(tmp_path: Path, settings):
+    held = metrics.open_multiprocess_dir(replace(settings, metrics_dir=str(tmp_path / "mine")))
+    held.release()
+    assert (tmp_path / "mine").is_dir()

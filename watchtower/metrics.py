@@ -37,6 +37,21 @@ Dramatiq's own Prometheus middleware):
 - ``/metrics`` binds to ``http.host`` (127.0.0.1 by default); a busy port is a
   :class:`~watchtower.errors.MetricsServerError`, raised in the supervisor,
   never in a worker.
+
+What a supervisor does, in order:
+
+1. ``held = open_multiprocess_dir(settings)`` (``metrics_dir``, or a fresh
+   temporary directory) before it starts any worker, then serves and passes
+   down ``replace(settings, metrics_dir=str(held.path))``;
+2. starts every child with ``env.update(held.env())``, so that the child's
+   prometheus-client writes there from its first import;
+3. ``server = start_metrics_server(settings, supervisor=name)`` (or with
+   ``app=`` the API app, which answers /metrics too); a MetricsServerError
+   stops the supervisor before any worker starts;
+4. for every child that exits, however: ``mark_process_dead(pid, held.path)``
+   before it starts the replacement; ``record_restart(name, reason)`` per
+   restart; ``record_lost(mark_lost(...))`` for the jobs of a dead worker;
+5. on exit: ``server.stop()``, then ``held.release()``.
 """
 
 from __future__ import annotations
@@ -47,7 +62,9 @@ import glob
 import logging
 import os
 import platform
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,6 +90,7 @@ __all__ = [
     "exposition",
     "install",
     "mark_process_dead",
+    "open_multiprocess_dir",
     "prepare_multiprocess_dir",
     "record_lost",
     "record_restart",
@@ -303,6 +321,7 @@ class MultiprocessDir:
 
     path: Path
     _lock_fd: int | None = None
+    _remove: bool = False
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -312,10 +331,17 @@ class MultiprocessDir:
         return {MULTIPROC_ENV: str(self.path)}
 
     def release(self) -> None:
-        """Give up the lock (the supervisor is exiting); the files stay."""
+        """Give up the lock (the supervisor is exiting).
+
+        The files stay, except in a temporary directory that
+        :func:`open_multiprocess_dir` made: that one is removed.
+        """
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._remove:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._remove = False
 
 
 _LOCK_NAME = ".watchtower.lock"
@@ -358,6 +384,19 @@ def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
     if removed:
         logger.info("removed %d metric files left in %s by an earlier run", removed, directory)
     return MultiprocessDir(directory, fd)
+
+
+def open_multiprocess_dir(settings: Settings) -> MultiprocessDir:
+    """The supervisor's directory: ``metrics_dir`` prepared, or a fresh temporary one.
+
+    Without ``metrics_dir`` every supervisor gets a directory of its own, so
+    that two supervisors on one host never share one.
+    """
+    if settings.metrics_dir:
+        return prepare_multiprocess_dir(settings.metrics_dir)
+    held = prepare_multiprocess_dir(tempfile.mkdtemp(prefix="watchtower-metrics-"))
+    held._remove = True
+    return held
 
 
 def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:

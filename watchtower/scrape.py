@@ -316,11 +316,12 @@ def sources_for(settings: Any, *, broker: Any = None, supervisor: str | None = N
 
     The cache of readings lives in it, so every scrape of one process shares it.
     """
-    key = (settings.database_url, settings.app, id(broker), supervisor)
+    key = (settings.database_url, settings.app, id(broker), supervisor, settings.hostname)
     with _sources_lock:
         sources = _sources.get(key)
         if sources is None:
             sources = _sources[key] = ScrapeSources(
                 database_url=settings.database_url, broker=broker, app=settings.app, supervisor=supervisor,
+                hostname=settings.hostname,
             )
         return sources
