@@ -26,11 +26,13 @@ they are; see :mod:`watchtower.ledger`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import base64
 import json
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from dramatiq.common import q_name
 
 from .models import JobStatus
 
@@ -158,10 +160,15 @@ def encode_message(message: Any) -> str:
     cost, and this runs in the producer's hook).  An app that uses another
     encoder (pickle) may send arguments JSON cannot hold: those messages are
     kept in that encoder's bytes, base64-encoded behind ``base64:``.
+
+    The queue is written canonical (``q``, not ``q.DQ``): a delayed message
+    is enqueued as a copy addressed to the delay queue, but the message the
+    ledger keeps (to send again later) belongs to its real queue.
     """
+    queue = q_name(message.queue_name)
     try:
         return _json({
-            "queue_name": message.queue_name,
+            "queue_name": queue,
             "actor_name": message.actor_name,
             "args": message.args,
             "kwargs": message.kwargs,
@@ -170,6 +177,8 @@ def encode_message(message: Any) -> str:
             "message_timestamp": message.message_timestamp,
         })
     except (TypeError, ValueError):
+        if queue != message.queue_name:
+            message = message.copy(queue_name=queue)
         return BASE64_PREFIX + base64.b64encode(message.encode()).decode("ascii")
 
 

@@ -8,9 +8,15 @@ different processes converge to the same row whatever order they commit in:
 
 - the status, attempts and ordering columns take the incoming values only
   when the incoming event is newer;
-- columns an event may not know (payload, worker, eta, times, traceback,
-  broker id) take the newer side's value when it has one and otherwise keep
-  the other side's.
+- columns an event may not know (payload, worker, times, traceback, broker
+  id) take the newer side's value when it has one and otherwise keep the
+  other side's.  This converges only if the newest event knows every value
+  that older events may disagree on, so the middleware makes the events that
+  end an attempt carry the worker, the start time, the broker id and the
+  last traceback (see :mod:`watchtower.middleware`);
+- ``eta`` takes the later of the two: every delay (the producer's, then each
+  retry's backoff) ends after the previous one, and the events that follow
+  a delay (the move, the start) no longer know it.
 
 MySQL evaluates ``ON DUPLICATE KEY UPDATE`` assignments left to right, each
 seeing the columns already assigned, so the ordering columns are assigned
@@ -21,17 +27,34 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import operator
+import random
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import peewee
 
 from .events import PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
+from . import models
 from .models import Job, JobStatus, Rollup, Worker, now_ms
 from .store import dialect
 
-__all__ = ["coalesce", "write_batch", "mark_lost", "ROLLUP_KINDS"]
+__all__ = ["coalesce", "write_batch", "mark_lost", "ROLLUP_KINDS", "DEADLOCK_TRIES"]
+
+logger = logging.getLogger(__name__)
+
+#: How many times write_batch runs a batch that the database aborted to
+#: break a deadlock.  Concurrent upserts of overlapping rows deadlock on
+#: InnoDB even in one lock order (gap and insert-intention locks on the
+#: unique index), and now and then on PostgreSQL; running the transaction
+#: again is the documented remedy, and cheaper than the recorder's backoff.
+DEADLOCK_TRIES = 5
+
+# PostgreSQL SQLSTATEs and MySQL error numbers that mean "run it again".
+_PG_RETRY_STATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+_MYSQL_RETRY_CODES = {1213, 1205}  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
 
 # Fields an event may not know: kept from the other side when missing.
 _OPTIONAL = ("payload", "worker_id", "eta", "started_at", "finished_at", "exception", "broker_message_id")
@@ -55,7 +78,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("progress", "progress"),
     ("progress_at", "at"),
 )
-_COALESCED = ("payload", "worker_id", "eta", "started_at", "completed_at", "exception", "broker_message_id")
+_COALESCED = ("payload", "worker_id", "started_at", "completed_at", "exception", "broker_message_id")
 _VERSIONED = ("status", "attempts")
 
 #: Rollup kinds: one row per (minute, queue, actor, kind).
@@ -90,6 +113,8 @@ def coalesce(events: Iterable[JobEvent]) -> dict[str, JobEvent]:
         for name in _OPTIONAL:
             if getattr(newer, name) is None:
                 setattr(newer, name, getattr(older, name))
+        if older.eta is not None and older.eta > newer.eta:  # type: ignore[operator]
+            newer.eta = older.eta  # the later delay, as the SQL does
         merged[event.message_id] = newer
     return merged
 
@@ -103,14 +128,34 @@ def write_batch(db: peewee.Database, events: Sequence[JobEvent], workers: Sequen
     kind = dialect(db)
     rows = sorted(coalesce(events).values(), key=lambda e: e.message_id)  # one lock order: fewer deadlocks
     rollups = _rollups(events)
-    atomic = db.atomic("IMMEDIATE") if kind == "sqlite" else db.atomic()
-    with atomic:
-        if rows:
-            _upsert_jobs(db, kind, rows)
-        if rollups:
-            _upsert_rollups(db, kind, rollups)
-        for worker in _merge_workers(workers):
-            _upsert_worker(worker)
+    merged_workers = _merge_workers(workers)
+    for attempt in range(1, DEADLOCK_TRIES + 1):
+        try:
+            atomic = db.atomic("IMMEDIATE") if kind == "sqlite" else db.atomic()
+            with atomic:
+                if rows:
+                    _upsert_jobs(db, kind, rows)
+                if rollups:
+                    _upsert_rollups(db, kind, rollups)
+                for worker in merged_workers:
+                    _upsert_worker(db, worker)
+            return
+        except peewee.DatabaseError as error:
+            if attempt == DEADLOCK_TRIES or not is_deadlock(error):
+                raise
+            logger.info("watchtower ledger batch of %d rows deadlocked (try %d), running it again", len(rows), attempt)
+            time.sleep(random.uniform(0.005, 0.05) * attempt)  # let the other transaction finish
+
+
+def is_deadlock(error: BaseException) -> bool:
+    """Whether ``error`` is the database aborting a transaction that may simply run again."""
+    original = error.args[0] if error.args and isinstance(error.args[0], BaseException) else error.__context__
+    if original is None:
+        return False
+    if getattr(original, "sqlstate", None) in _PG_RETRY_STATES:
+        return True
+    code = original.args[0] if original.args else None
+    return isinstance(code, int) and code in _MYSQL_RETRY_CODES
 
 
 # PostgreSQL types of the job columns, for the array form of the upsert.
@@ -187,6 +232,11 @@ def _conflict_clause(kind: str) -> str:
             f"{column} = CASE WHEN {newer} THEN COALESCE({new(column)}, {old(column)}) "
             f"ELSE COALESCE({old(column)}, {new(column)}) END"
         )
+    # The later eta, ignoring NULL (GREATEST and SQLite's max() would not).
+    sets.append(
+        f"eta = CASE WHEN {new('eta')} IS NULL THEN {old('eta')} WHEN {old('eta')} IS NULL "
+        f"OR {new('eta')} > {old('eta')} THEN {new('eta')} ELSE {old('eta')} END"
+    )
     for column in _VERSIONED:
         sets.append(f"{column} = CASE WHEN {newer} THEN {new(column)} ELSE {old(column)} END")
     # progress_at before progress: each compares against the other's old value.
@@ -244,30 +294,37 @@ def _merge_workers(workers: Iterable[WorkerEvent]) -> list[WorkerEvent]:
     return [WorkerEvent(worker_id, fields) for worker_id, fields in sorted(merged.items())]
 
 
-def _upsert_worker(worker: WorkerEvent) -> None:
+def _upsert_worker(db: peewee.Database, worker: WorkerEvent) -> None:
+    # Run on ``db`` itself, not through the models' proxy: the proxy may be
+    # bound to another Database object (another recorder, the app's own
+    # connection), whose connection would wait on this transaction's lock.
     fields = dict(worker.fields)
     for name in ("queues", "options"):
         if name in fields and not isinstance(fields[name], str):
             fields[name] = json.dumps(fields[name])
-    updated = Worker.update(**fields).where(Worker.worker_id == worker.worker_id).execute()
+    updated = Worker.update(**fields).where(Worker.worker_id == worker.worker_id).execute(db) if fields else 0
     if not updated:
-        Worker.insert(worker_id=worker.worker_id, **fields).on_conflict_ignore().execute()
+        Worker.insert(worker_id=worker.worker_id, **fields).on_conflict_ignore().execute(db)
         if fields:
-            Worker.update(**fields).where(Worker.worker_id == worker.worker_id).execute()
+            Worker.update(**fields).where(Worker.worker_id == worker.worker_id).execute(db)
 
 
-def mark_lost(worker_id: str, reason: str, *, at_us: int | None = None) -> list[Job]:
+def mark_lost(
+    worker_id: str, reason: str, *, at_us: int | None = None, db: peewee.Database | None = None
+) -> list[Job]:
     """Return the jobs that ``worker_id`` was running to pending, as lost attempts.
 
     Called by whoever saw the worker die.  The row's progress drops from
     "started" to "lost" of the same attempt, so that the broker's redelivery
     of the message (the same attempt, "started" again) wins over it.
+    ``db`` defaults to the database the models are bound to.
     Returns the jobs that were marked, for counting.
     """
     at = at_us if at_us is not None else now_ms() * 1000
     jobs = list(
         Job.select(Job.id, Job.message_id, Job.queue, Job.actor, Job.progress)
         .where((Job.worker_id == worker_id) & (Job.status == JobStatus.PROCESSING))
+        .execute(db)
     )
     marked = []
     for job in jobs:
@@ -283,16 +340,14 @@ def mark_lost(worker_id: str, reason: str, *, at_us: int | None = None) -> list[
                 exception=f"lost: {reason}",
             )
             .where((Job.id == job.id) & (Job.progress == attempt_started) & (Job.status == JobStatus.PROCESSING))
-            .execute()
+            .execute(db)
         )
         if count:
             marked.append(job)
     if marked:
-        minute = at // 60_000_000
+        target = db if db is not None else models.database.obj
+        totals: dict[tuple[int, str, str, str], list[float]] = {}
         for job in marked:
-            Rollup.insert(minute=minute, queue=job.queue, actor=job.actor, kind="lost", count=1).on_conflict(
-                conflict_target=[Rollup.minute, Rollup.queue, Rollup.actor, Rollup.kind],
-                preserve=[],
-                update={Rollup.count: Rollup.count + 1},
-            ).execute()
+            totals.setdefault((at // 60_000_000, job.queue, job.actor, "lost"), [0, 0.0])[0] += 1
+        _upsert_rollups(target, dialect(target), totals)
     return marked

@@ -340,6 +340,11 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         exception = getattr(message, _EXCEPTION, None)
         if exception is None and kind is Kind.FAILED and message._exception is not None:
             exception = format_exception(message._exception)
+        if exception is None:
+            # The last failure's traceback, which the row keeps: the event
+            # that ends an attempt must carry every value that older events
+            # may disagree on, or the row would depend on arrival order.
+            exception = _cap(message.options.get("traceback"))
         finished = getattr(message, _FINISHED, None) or time.time_ns() // 1_000_000
         started = getattr(message, _STARTED, None)
         if started is not None:
@@ -350,8 +355,10 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         self._emit(self._event(
             message, kind, attempt,
             payload=encode_message(message) if kind in (Kind.FAILED, Kind.SKIPPED) else None,
-            worker_id=self.worker_id if started is not None else None,
-            started_at=started,
+            worker_id=self.worker_id,  # also for a message skipped before it started
+            # Never started (skipped by AgeLimit): picked up and ended at once,
+            # rather than leave the row showing an earlier attempt's start.
+            started_at=started if started is not None else finished,
             finished_at=finished if kind.is_final else None,
             duration=getattr(message, _DURATION, None),
             exception=exception,
