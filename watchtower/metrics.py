@@ -245,7 +245,9 @@ class JobMetrics:
                 # Clocks of two hosts may disagree a little: never negative.
                 children.queue_wait.observe(max(0.0, (event.started_at - event.ready_at) / 1000.0))
         elif kind.phase == 4:  # an outcome: completed, retried, failed, skipped
-            if event.started_at is not None:  # it started in this process
+            # A duration is measured only for an attempt that started in this
+            # process (started_at is also set for a message skipped unstarted).
+            if event.duration is not None:
                 children.in_progress.dec()
             if event.duration is not None:
                 children.duration.observe(event.duration)
