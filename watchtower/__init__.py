@@ -4,6 +4,7 @@ Importing this package has no side effects: no settings are read and no
 connection is opened until one of its objects is constructed.
 """
 
+from .collector import MetricsCollector
 from .config import Settings, SupervisorSettings, load_settings
 from .errors import ConfigError, WatchtowerError
 from .middleware import WatchtowerMiddleware
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "Job",
+    "MetricsCollector",
     "JobStatus",
     "Recorder",
     "Settings",

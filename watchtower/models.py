@@ -24,7 +24,7 @@ from typing import Any
 
 import peewee
 
-__all__ = ["Job", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "JobStatus", "WorkerStatus", "database"]
+__all__ = ["Job", "JobCount", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "JobStatus", "WorkerStatus", "database"]
 
 #: Every model is bound to this proxy; ``store.connect`` initialises it.
 database = peewee.DatabaseProxy()
@@ -367,6 +367,23 @@ class Rollup(BaseModel):
         primary_key = peewee.CompositeKey("minute", "queue", "actor", "kind")
 
 
+class JobCount(BaseModel):
+    """How many jobs each queue has in each status, kept by triggers (see watchtower.counts).
+
+    Each database session adds to its own ``shard`` row; a count is the sum
+    over shards.
+    """
+
+    shard = peewee.BigIntegerField()
+    queue = peewee.CharField(max_length=255)
+    status = peewee.CharField(max_length=16)
+    count = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "watchtower_job_counts"
+        primary_key = peewee.CompositeKey("shard", "queue", "status")
+
+
 class Meta(BaseModel):
     """Key/value facts about the ledger itself (the schema version)."""
 
@@ -377,4 +394,4 @@ class Meta(BaseModel):
         table_name = "watchtower_meta"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, CommandEntry, Rollup)
+MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, CommandEntry, Rollup, JobCount)

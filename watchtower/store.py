@@ -23,7 +23,7 @@ from typing import Any
 
 import peewee
 
-from . import models
+from . import counts, models
 from .errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 
 __all__ = ["connect", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION", "dialect"]
@@ -196,8 +196,12 @@ def ensure_schema(db: peewee.Database) -> None:
     """
     if models.database.obj is not db:
         raise SchemaError("ensure_schema() needs the models bound to this database: call connect(url)")
-    with _schema_lock(db, dialect(db)):
+    kind = dialect(db)
+    with _schema_lock(db, kind):
+        counts_existed = db.table_exists(models.JobCount._meta.table_name)
         db.create_tables(models.MODELS, safe=True)
+        # Exact job counts per queue and status, kept by triggers.
+        counts.install(db, kind, counts_existed=counts_existed)
         row = models.Meta.get_or_none(models.Meta.key == "schema_version")
         if row is None:
             models.Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
