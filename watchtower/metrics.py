@@ -249,7 +249,6 @@ class JobMetrics:
             # process (started_at is also set for a message skipped unstarted).
             if event.duration is not None:
                 children.in_progress.dec()
-            if event.duration is not None:
                 children.duration.observe(event.duration)
             counter = {
                 Kind.COMPLETED: children.completed,
