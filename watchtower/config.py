@@ -143,6 +143,8 @@ SUPERVISOR_KEYS: dict[str, type] = {
 
 # Keys that must be at least 1, and keys that must not be negative.
 _POSITIVE = {"recorder.buffer_size", "recorder.batch_size", "threads", "max_processes", "tries"}
+# Intervals that must be above zero: a flush or heartbeat every 0 s is a busy loop.
+_ABOVE_ZERO = {"recorder.flush_interval", "retention.interval", "heartbeat_interval"}
 _NON_NEGATIVE = {
     "recorder.flush_interval", "retention.completed_days", "retention.failed_days",
     "retention.interval", "http.port", "heartbeat_interval",
@@ -321,6 +323,10 @@ def _check_range(key: str, value: float, source: str) -> None:
         raise ConfigError(f"setting {key!r} from {source} must be at least 1, not {value!r}")
     if (key in _NON_NEGATIVE or short in _NON_NEGATIVE) and value < 0:
         raise ConfigError(f"setting {key!r} from {source} must not be negative, not {value!r}")
+    if key in _ABOVE_ZERO and value <= 0:
+        raise ConfigError(f"setting {key!r} from {source} must be greater than 0, not {value!r}")
+    if key == "http.port" and value > 65535:
+        raise ConfigError(f"setting {key!r} from {source} must be a TCP port (0 to 65535), not {value!r}")
 
 
 def _supervisors(table: Any, source: str) -> dict[str, SupervisorSettings]:

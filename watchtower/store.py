@@ -198,20 +198,21 @@ def ensure_schema(db: peewee.Database) -> None:
         raise SchemaError("ensure_schema() needs the models bound to this database: call connect(url)")
     kind = dialect(db)
     with _schema_lock(db, kind):
+        # The version first: a newer release may have changed the tables, and
+        # this one must not add its own beside them.
+        if db.table_exists(models.Meta._meta.table_name):
+            row = models.Meta.get_or_none(models.Meta.key == "schema_version")
+            version = int(row.value) if row is not None else SCHEMA_VERSION
+            if version > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"the ledger's schema is version {version}, newer than this release's {SCHEMA_VERSION}: "
+                    "upgrade dramatiq-watchtower"
+                )
         counts_existed = db.table_exists(models.JobCount._meta.table_name)
         db.create_tables(models.MODELS, safe=True)
         # Exact job counts per queue and status, kept by triggers.
         counts.install(db, kind, counts_existed=counts_existed)
-        row = models.Meta.get_or_none(models.Meta.key == "schema_version")
-        if row is None:
-            models.Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
-            return
-    version = int(row.value)
-    if version > SCHEMA_VERSION:
-        raise SchemaError(
-            f"the ledger's schema is version {version}, newer than this release's {SCHEMA_VERSION}: "
-            "upgrade dramatiq-watchtower"
-        )
+        models.Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
 
 
 class _schema_lock:

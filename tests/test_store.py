@@ -1,0 +1,196 @@
+"""The store: database URLs, the schema and its version, the models' scopes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+from watchtower import models, store
+from watchtower.errors import DatabaseUnavailable, DatabaseURLError, SchemaError
+from watchtower.events import JobEvent, Kind, WorkerEvent
+from watchtower.ledger import write_batch
+from watchtower.models import Job, JobStatus, Meta, Worker, WorkerStatus, now_ms
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "database", "params"),
+    [
+        ("sqlite:///ledger.db", "sqlite", "ledger.db", {}),
+        ("sqlite:////var/lib/wt/ledger.db", "sqlite", "/var/lib/wt/ledger.db", {}),
+        ("postgresql://wt:p%40ss@db.example:5433/ledger?connect_timeout=3", "postgresql", "ledger",
+         {"host": "db.example", "port": 5433, "user": "wt", "password": "p@ss", "connect_timeout": 3}),
+        ("postgres://db.example/ledger", "postgresql", "ledger", {"host": "db.example"}),
+        ("mysql://root@127.0.0.1:3306/wt", "mysql", "wt", {"host": "127.0.0.1", "port": 3306, "user": "root"}),
+        ("mariadb://root:@h/wt", "mysql", "wt", {"host": "h", "user": "root", "password": ""}),
+    ],
+)
+def test_good_urls(url: str, kind: str, database: str, params: dict[str, object]) -> None:
+    spec = store.check_database_url(url)
+    assert (spec.kind, spec.database, spec.params) == (kind, database, params)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ledger.db", "is not a URL"),
+        ("oracle://host/db", "unknown scheme 'oracle'"),
+        ("sqlite://", "names no file"),
+        ("sqlite:///", "names no file"),
+        ("postgresql://host", "must name a host and a database"),
+        ("postgresql:///dbname", "must name a host and a database"),
+        ("mysql://root@host:notaport/db", "bad port"),
+    ],
+)
+def test_bad_urls_say_how_to_write_a_good_one(url: str, why: str) -> None:
+    with pytest.raises(DatabaseURLError) as caught:
+        store.check_database_url(url, source="the test")
+    message = str(caught.value)
+    assert why in message and repr(url) in message and "from the test" in message
+    assert "sqlite:///path/to/file.db" in message  # how to write it
+
+
+def test_redact_url_hides_the_password() -> None:
+    assert store.redact_url("postgresql://wt:hunter2@db/ledger") == "postgresql://wt:***@db/ledger"
+    assert store.redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def refused_port() -> int:
+    """A loopback port nobody listens on (bound and released just now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_an_unreachable_server_is_database_unavailable(scheme: str) -> None:
+    url = f"{scheme}://wt:hunter2@127.0.0.1:{refused_port()}/ledger"
+    with pytest.raises(DatabaseUnavailable) as caught:
+        store.connect(url)
+    assert "cannot open the ledger database" in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_a_sqlite_file_in_a_missing_directory_is_database_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseUnavailable, match="cannot open the ledger database"):
+        store.connect(f"sqlite:///{tmp_path / 'missing' / 'ledger.db'}")
+
+
+def test_schema_is_created_once_and_carries_its_version(database_url: str) -> None:
+    db = store.connect(database_url)
+    tables = set(db.get_tables())
+    assert {model._meta.table_name for model in models.MODELS} <= tables
+    assert Meta.get(Meta.key == "schema_version").value == str(store.SCHEMA_VERSION)
+    write_batch(db, [event("m-1", Kind.ENQUEUED)])
+
+    again = store.connect(database_url)  # a second start: nothing recreated, nothing lost
+    assert set(again.get_tables()) == tables
+    assert Meta.select().where(Meta.key == "schema_version").count() == 1
+    assert Job.get(Job.message_id == "m-1").status == JobStatus.PENDING
+    again.close()
+    db.close()
+
+
+def test_a_newer_schema_is_refused(database_url: str) -> None:
+    db = store.connect(database_url)
+    Meta.update(value=str(store.SCHEMA_VERSION + 1)).where(Meta.key == "schema_version").execute()
+    Job.drop_table()  # as if the newer release had reshaped it
+    db.close()
+    with pytest.raises(SchemaError, match=f"version {store.SCHEMA_VERSION + 1}, newer than this release's {store.SCHEMA_VERSION}"):
+        store.connect(database_url)
+    assert Job._meta.table_name not in store.open_database(database_url).get_tables()  # not recreated
+
+
+CONNECT = """
+import sys
+from watchtower import store
+db = store.connect(sys.argv[1])
+print(store.dialect(db))
+"""
+
+
+def test_many_processes_create_the_schema_at_once(database_url: str) -> None:
+    """Workers started together against an empty database all get a usable ledger."""
+    children = [
+        subprocess.Popen([sys.executable, "-c", CONNECT, database_url], env=subprocess_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    try:
+        outputs = [child.communicate(timeout=120) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    for child, (out, err) in zip(children, outputs):
+        assert child.returncode == 0, err
+        assert "locked" not in err
+    db = store.connect(database_url)
+    assert Meta.select().count() == 1
+    db.close()
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
+    db = store.connect(sqlite_url)
+    assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute_sql("PRAGMA busy_timeout").fetchone()[0] == int(store.SQLITE_BUSY_TIMEOUT * 1000)
+    db.close()
+
+
+def event(message_id: str, kind: Kind, attempt: int = 1, **fields: object) -> JobEvent:
+    at = now_ms() * 1000
+    return JobEvent(message_id=message_id, kind=kind, attempt=attempt, at=at + kind.phase,
+                    queue=fields.pop("queue", "default"), actor=fields.pop("actor", "send_mail"),  # type: ignore[arg-type]
+                    connection="redis", queued_at=at // 1000 - 1000, **fields)  # type: ignore[arg-type]
+
+
+def test_scopes_and_methods_read_the_ledger(sqlite_url: str) -> None:
+    db = store.connect(sqlite_url)
+    start = now_ms()
+    write_batch(db, [
+        event("done", Kind.COMPLETED, worker_id="w1", started_at=start, finished_at=start + 1500),
+        event("broken", Kind.FAILED, 3, worker_id="w1", started_at=start, finished_at=start + 10, exception="Boom"),
+        event("waiting", Kind.ENQUEUED, queue="emails"),
+        event("running", Kind.STARTED, worker_id="w2", started_at=start),
+    ], [
+        WorkerEvent("w1", {"supervisor": "default", "status": WorkerStatus.RUNNING, "started_at": start - 60_000,
+                           "last_heartbeat": now_ms(), "jobs_processed": 2, "jobs_failed": 1, "queues": ["default"]}),
+        WorkerEvent("w2", {"supervisor": "mail", "status": WorkerStatus.RUNNING, "last_heartbeat": start - 120_000}),
+    ])
+    assert [job.message_id for job in Job.completed()] == ["done"]
+    assert [job.message_id for job in Job.failed()] == ["broken"]
+    assert [job.message_id for job in Job.pending()] == ["waiting"]
+    assert [job.message_id for job in Job.processing()] == ["running"]
+    assert [job.message_id for job in Job.with_status("failed")] == ["broken"]
+    with pytest.raises(ValueError, match="unknown job status 'broke'"):
+        Job.with_status("broke")
+    assert [job.message_id for job in Job.on_queue("emails")] == ["waiting"]
+    # Newest first; one batch inserts its rows in message-id order.
+    assert [job.message_id for job in Job.recent(2)] == ["waiting", "running"]
+
+    done = Job.get(Job.message_id == "done")
+    assert done.is_completed() and not done.is_failed() and done.job_id == "done"
+    assert done.get_duration() == pytest.approx(1.5)
+    assert done.get_job_class() == "send_mail"
+    assert done.worker is not None and done.worker.worker_id == "w1"
+    broken = Job.get(Job.message_id == "broken")
+    assert broken.is_failed() and broken.attempts == 3 and broken.exception == "Boom"
+    assert Job.get(Job.message_id == "waiting").get_duration() is None
+    assert Job.get(Job.message_id == "running").worker.worker_id == "w2"
+    assert Job.get(Job.message_id == "waiting").worker is None
+    w1 = Worker.get(Worker.worker_id == "w1")
+    assert w1.is_running() and w1.is_healthy(30) and 59 < w1.get_uptime() < 3600
+    assert w1.get_jobs_processed_count() == 2 and w1.get_jobs_failed_count() == 1
+    assert w1.get_queues() == ["default"]
+    assert {job.message_id for job in w1.jobs} == {"done", "broken"}
+    assert [w.worker_id for w in Worker.running().order_by(Worker.worker_id)] == ["w1", "w2"]
+    assert [w.worker_id for w in Worker.for_supervisor("mail")] == ["w2"]
+    assert [w.worker_id for w in Worker.stale(60)] == ["w2"]
+    assert not Worker.get(Worker.worker_id == "w2").is_healthy(60)
+    assert [w.worker_id for w in Worker.with_status(WorkerStatus.RUNNING).where(Worker.supervisor == "default")] == ["w1"]
+    db.close()
