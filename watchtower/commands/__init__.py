@@ -2,3 +2,4 @@
 
 Each module adds its commands to :data:`watchtower.cli.cli`.
 """
+from . import worker  # noqa: F401

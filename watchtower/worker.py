@@ -1,0 +1,440 @@
+"""One worker process: a Dramatiq worker plus its row, heartbeat, commands and limits.
+
+``watchtower worker`` runs one :class:`WorkerProcess`: the user's app module
+is imported (it sets the broker and declares the actors), WatchtowerMiddleware
+is added if the app did not add it, ``process_boot`` is emitted (TimeLimit
+starts its watchdog there), and a :class:`~watchtower.pausable.PausableWorker`
+consumes the queues.  The main thread then loops every ``COMMAND_POLL``
+seconds: it reads the worker's command from the bus
+(``worker:<id>:command``: stop, pause, resume), checks the signals, the
+parent process and the memory limit, and acts.
+
+The worker keeps its own row in the workers table (the middleware's own
+registration is turned off): status ``running`` / ``paused`` / ``stopping`` /
+``stopped``, a heartbeat every ``heartbeat_interval`` seconds with the job
+counts and the resident memory, and on exit the exit code and reason.
+
+Limits (flags of ``watchtower worker``, defaults from ``[supervisors.NAME]``):
+
+- ``--tries N``: a job gets N attempts (Retries' default ``max_retries`` is
+  N-1; an actor's or message's own ``max_retries`` wins);
+- ``--timeout S``: TimeLimit's default limit, S seconds (0: none; an actor's
+  own ``time_limit`` wins);
+- ``--memory MB``: past this RSS the worker finishes the jobs in hand, gives
+  back the rest and exits with :data:`EXIT_MEMORY` (0: no limit);
+- ``--sleep S``: the longest wait between two fetches of an empty queue;
+- ``--rest S``: each thread rests S seconds after each job.
+
+Pause gives back every message the worker holds (see
+:mod:`watchtower.pausable`); resume takes up work again.  SIGTERM or SIGINT,
+a ``stop`` command, or the death of ``--parent-pid`` stop it gracefully: no
+new messages, the jobs in hand finish, the prefetched ones are requeued, the
+ledger is flushed, exit 0.  A second SIGTERM/SIGINT during that exits at once
+with :data:`EXIT_FAILED`.
+
+Exit codes:
+
+==  =========================================================================
+0   graceful stop (signal, ``stop`` command, parent gone)
+1   unexpected failure, or killed by a second signal
+2   bad arguments or settings, unknown supervisor, app module fails to import
+3   the command bus (or its database) cannot be reached at start
+64  memory limit exceeded: recycled, a fresh process should take over
+==  =========================================================================
+
+On codes 2 and 3 the worker writes one ``Error: ...`` line to stderr and, if
+the ledger's database is reachable and the worker id is known, its row gets
+status ``stopped`` with the exit code and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from types import FrameType
+from typing import Any
+
+import dramatiq
+import psutil
+from dramatiq.common import q_name
+from dramatiq.middleware import Retries, TimeLimit
+
+from .bus import CommandBus, WorkerCommand, worker_command_key
+from .config import Settings, SupervisorSettings
+from .errors import BusError, ConfigError
+from .events import WorkerEvent
+from .middleware import WatchtowerMiddleware
+from .models import WorkerStatus, now_ms
+from .pausable import PausableWorker, install_idle_consumers
+
+__all__ = [
+    "WorkerOptions",
+    "WorkerProcess",
+    "resolve_options",
+    "attach_middleware",
+    "apply_limits",
+    "record_failed_start",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_UNREACHABLE",
+    "EXIT_MEMORY",
+]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_MEMORY = 64
+
+#: Seconds between two looks at the bus, the signals and the parent.
+COMMAND_POLL = 0.2
+#: Seconds between two warnings that the bus cannot be read.
+BUS_WARNING_INTERVAL = 30.0
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """The limits of one worker process (see the module docstring for their meaning)."""
+
+    queues: tuple[str, ...] | None = None  # None: every queue the app declares
+    threads: int = 8
+    tries: int = 3
+    timeout: float = 60.0
+    memory: int = 128
+    sleep: float = 3.0
+    rest: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, low in (("threads", 1), ("tries", 1)):
+            value = getattr(self, name)
+            if value < low:
+                raise ConfigError(f"--{name} must be at least {low}, not {value!r}")
+        for name in ("timeout", "memory", "sleep", "rest"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"--{name} must not be negative, not {value!r}")
+
+    def as_row(self) -> dict[str, Any]:
+        """The options as stored in the worker row's ``options`` JSON."""
+        return {name: value for name, value in asdict(self).items() if name != "queues"}
+
+
+def resolve_options(
+    settings: Settings, supervisor: str | None, queues: tuple[str, ...], **flags: Any
+) -> WorkerOptions:
+    """Flags first, then the supervisor's table (if one is named), then the defaults.
+
+    Raises ConfigError for an unknown supervisor or a limit out of range.
+    """
+    base = settings.supervisor(supervisor) if supervisor else SupervisorSettings()
+    values = {name: getattr(base, name) for name in ("threads", "tries", "timeout", "memory", "sleep", "rest")}
+    values.update({name: value for name, value in flags.items() if value is not None})
+    chosen = tuple(queues) or (base.queues if supervisor else None)
+    return WorkerOptions(queues=chosen, **values)
+
+
+def attach_middleware(broker: dramatiq.Broker, settings: Settings, worker_id: str) -> WatchtowerMiddleware:
+    """The app's WatchtowerMiddleware, or a new one added to ``broker``; set up for this worker."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, WatchtowerMiddleware):
+            break
+    else:
+        middleware = WatchtowerMiddleware(settings=settings, worker_id=worker_id, register_worker=False)
+        broker.add_middleware(middleware)
+    middleware.worker_id = worker_id
+    middleware.register_worker = False  # the worker process keeps its own row
+    return middleware
+
+
+def apply_limits(broker: dramatiq.Broker, options: WorkerOptions) -> None:
+    """Set Retries' and TimeLimit's defaults from ``--tries`` and ``--timeout``."""
+    retries = [m for m in broker.middleware if isinstance(m, Retries)]
+    for middleware in retries:
+        middleware.max_retries = options.tries - 1
+    if not retries and options.tries > 1:
+        logger.warning("the broker has no Retries middleware: --tries %d cannot apply", options.tries)
+    limits = [m for m in broker.middleware if isinstance(m, TimeLimit)]
+    for middleware in limits:
+        middleware.time_limit = options.timeout * 1000 if options.timeout > 0 else float("inf")
+    if not limits and options.timeout > 0:
+        logger.warning("the broker has no TimeLimit middleware: --timeout %s cannot apply", options.timeout)
+
+
+def record_failed_start(
+    settings: Settings, worker_id: str, supervisor: str | None, code: int, reason: str
+) -> None:
+    """Best effort: mark the row of a worker that could not start as stopped, with why."""
+    from . import store
+    from .ledger import write_batch
+
+    try:
+        db = store.connect(settings.database_url)
+        now = now_ms()
+        write_batch(db, [], [WorkerEvent(worker_id, {
+            "supervisor": supervisor,
+            "hostname": settings.hostname,
+            "pid": os.getpid(),
+            "status": WorkerStatus.STOPPED,
+            "stopped_at": now,
+            "last_heartbeat": now,
+            "exit_code": code,
+            "exit_reason": reason[:2000],
+        })])
+        db.close()
+    except Exception as error:
+        logger.warning("cannot record the failed start of worker %s: %s", worker_id, error)
+
+
+class WorkerProcess:
+    """Runs one Dramatiq worker in this process until it is told to stop.
+
+    Construct it with the app's broker (already imported), then call
+    :meth:`run` from the main thread; it returns the exit code.
+    """
+
+    def __init__(
+        self,
+        *,
+        broker: dramatiq.Broker,
+        settings: Settings,
+        options: WorkerOptions,
+        worker_id: str,
+        bus: CommandBus,
+        supervisor: str | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.options = options
+        self.worker_id = worker_id
+        self.bus = bus
+        self.supervisor = supervisor
+        self.parent_pid = parent_pid
+        self.command_key = worker_command_key(worker_id)
+        self.middleware = attach_middleware(broker, settings, worker_id)
+        self.recorder = self.middleware.recorder
+        self.status = WorkerStatus.STARTING
+        self.worker: PausableWorker | None = None
+        self.rss: int | None = None
+        self._process = psutil.Process()
+        self._parent = self._watch_parent(parent_pid)
+        self._wake = threading.Event()
+        self._signals: list[int] = []
+        self._exit: tuple[int, str] | None = None
+        self._memory_reason: str | None = None
+        self._last_bus_warning = 0.0
+
+    # Boot -----------------------------------------------------------------
+
+    def _watch_parent(self, pid: int | None) -> psutil.Process | None:
+        if pid is None:
+            return None
+        try:
+            return psutil.Process(pid)
+        except psutil.Error:
+            raise ConfigError(f"--parent-pid {pid}: no such process") from None
+
+    def boot(self) -> None:
+        """Check the bus, emit process_boot, write the row and start consuming."""
+        self.bus.ping()
+        apply_limits(self.broker, self.options)
+        install_idle_consumers(self.broker)
+        self.broker.emit_after("process_boot")
+        queues = set(self.options.queues) if self.options.queues else None
+        declared = {q_name(q) for q in self.broker.get_declared_queues()}
+        for queue in sorted((queues or set()) - declared):
+            logger.warning("queue %r is declared by no actor of the app: nothing will be consumed from it", queue)
+        worker_timeout = max(10, int(self.options.sleep * 1000))
+        self.worker = PausableWorker(
+            self.broker,
+            queues=queues,
+            worker_timeout=worker_timeout,
+            worker_threads=self.options.threads,
+            rest=self.options.rest,
+        )
+        started = now_ms()
+        self.recorder.record_worker(WorkerEvent(self.worker_id, {
+            "supervisor": self.supervisor,
+            "hostname": self.settings.hostname,
+            "pid": os.getpid(),
+            "queues": json.dumps(sorted(queues or declared)),
+            "options": json.dumps(self.options.as_row()),
+            "status": WorkerStatus.RUNNING,
+            "started_at": started,
+            "last_heartbeat": started,
+            "stopped_at": None,
+            "exit_code": None,
+            "exit_reason": None,
+            "jobs_processed": 0,
+            "jobs_failed": 0,
+        }))
+        self.status = WorkerStatus.RUNNING
+        self.recorder.every(self.settings.heartbeat_interval or 1.0, self._heartbeat)
+        self.worker.start()
+        logger.info(
+            "worker %s consuming %s with %d threads",
+            self.worker_id, ", ".join(sorted(queues or declared)) or "nothing", self.options.threads,
+        )
+
+    # The loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Boot, obey until told to stop, shut down; returns the exit code."""
+        self._install_signal_handlers()
+        self.boot()
+        try:
+            while self._exit is None:
+                self._wake.wait(COMMAND_POLL)
+                self._wake.clear()
+                self._check_signals()
+                self._check_parent()
+                self._check_memory()
+                if self._exit is None:
+                    self._poll_command()
+        except Exception:
+            logger.exception("worker %s failed", self.worker_id)
+            self._exit = (EXIT_FAILED, "unexpected error in the worker's loop (see its log)")
+        return self._shutdown()
+
+    def request_stop(self, code: int, reason: str) -> None:
+        """Ask the loop to stop with ``code`` (the first request wins)."""
+        if self._exit is None:
+            self._exit = (code, reason)
+            self._wake.set()
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            # Only record it: the loop acts (a handler must not block on locks).
+            if self._exit is not None and self.status == WorkerStatus.STOPPING:
+                logger.warning("second %s while stopping: exiting now", signal.Signals(signum).name)
+                os._exit(EXIT_FAILED)
+            self._signals.append(signum)
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _check_signals(self) -> None:
+        if self._signals:
+            name = signal.Signals(self._signals[-1]).name
+            logger.info("worker %s received %s: stopping", self.worker_id, name)
+            self.request_stop(EXIT_OK, f"signal: {name}")
+
+    def _check_parent(self) -> None:
+        parent = self._parent
+        if parent is None:
+            return
+        gone = not parent.is_running()
+        if not gone:
+            try:
+                gone = parent.status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                gone = True
+        if gone:
+            logger.warning("worker %s: parent process %d is gone: stopping", self.worker_id, parent.pid)
+            self.request_stop(EXIT_OK, f"parent process {parent.pid} is gone")
+
+    def _check_memory(self) -> None:
+        if self._memory_reason is not None:
+            logger.warning("worker %s recycles: %s", self.worker_id, self._memory_reason)
+            self.request_stop(EXIT_MEMORY, self._memory_reason)
+
+    def _poll_command(self) -> None:
+        try:
+            value = self.bus.get(self.command_key)
+            if value is None:
+                return
+            self.bus.forget(self.command_key)
+        except BusError as error:
+            now = time.monotonic()
+            if now - self._last_bus_warning >= BUS_WARNING_INTERVAL:
+                self._last_bus_warning = now
+                logger.warning("worker %s cannot read its commands: %s", self.worker_id, error)
+            return
+        try:
+            command = WorkerCommand(value)
+        except ValueError:
+            logger.warning("worker %s ignores the unknown command %r", self.worker_id, value)
+            return
+        logger.info("worker %s received the command %s", self.worker_id, command.value)
+        match command:
+            case WorkerCommand.STOP:
+                self.request_stop(EXIT_OK, "command: stop")
+            case WorkerCommand.PAUSE:
+                self.pause()
+            case WorkerCommand.RESUME:
+                self.resume()
+
+    # Actions --------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Give back every message held (after the jobs in hand) and stop consuming."""
+        if self.worker is None or self.status != WorkerStatus.RUNNING:
+            return
+        given_back = self.worker.release(timeout=self._stop_timeout_ms())
+        self._set_status(WorkerStatus.PAUSED)
+        logger.info("worker %s paused (%d prefetched messages given back)", self.worker_id, len(given_back))
+
+    def resume(self) -> None:
+        """Take up work again after :meth:`pause`."""
+        if self.worker is None or self.status != WorkerStatus.PAUSED:
+            return
+        self.worker.take_up()
+        self._set_status(WorkerStatus.RUNNING)
+        logger.info("worker %s resumed", self.worker_id)
+
+    def _set_status(self, status: str, **fields: Any) -> None:
+        self.status = status
+        self.recorder.record_worker(WorkerEvent(self.worker_id, {"status": status, **fields}))
+
+    def _stop_timeout_ms(self) -> int:
+        # Long enough for a job that runs to its time limit, and then some.
+        return int(max(600.0, self.options.timeout + 30.0) * 1000)
+
+    def _heartbeat(self) -> None:
+        """Runs on the recorder's thread: heartbeat, counts, memory (and its limit)."""
+        try:
+            self.rss = self._process.memory_info().rss
+        except psutil.Error:
+            self.rss = None
+        fields: dict[str, object] = self.middleware.worker_counts()
+        fields["memory_rss"] = self.rss
+        self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
+        limit = self.options.memory
+        if limit and self.rss is not None and self.rss > limit * _MB and self._memory_reason is None:
+            self._memory_reason = f"memory: RSS {self.rss / _MB:.0f} MB > limit {limit} MB"
+            self._wake.set()
+
+    def _shutdown(self) -> int:
+        code, reason = self._exit or (EXIT_OK, "")
+        self._set_status(WorkerStatus.STOPPING)
+        if self.worker is not None:
+            try:
+                self.worker.stop(timeout=self._stop_timeout_ms())
+            except Exception:
+                logger.exception("worker %s did not stop cleanly", self.worker_id)
+                code = code or EXIT_FAILED
+        fields: dict[str, object] = self.middleware.worker_counts()
+        fields.update(
+            status=WorkerStatus.STOPPED, stopped_at=now_ms(), exit_code=code, exit_reason=reason or None,
+            memory_rss=self.rss,
+        )
+        self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
+        if not self.recorder.flush(timeout=10.0):
+            logger.error("worker %s could not flush the ledger within 10 s", self.worker_id)
+        for close in (self.broker.close, self.bus.close):
+            try:
+                close()
+            except Exception:
+                logger.debug("closing %r failed", close, exc_info=True)
+        logger.info("worker %s stopped (exit code %d%s)", self.worker_id, code, f": {reason}" if reason else "")
+        return code
