@@ -73,7 +73,9 @@ def cli(ctx: click.Context, config: str | None, database_url: str | None, log_le
 def main() -> None:
     """Entry point of the console script: user errors become one line, not a traceback."""
     try:
-        cli.main(standalone_mode=False)
+        # Without standalone mode, click returns the code given to ctx.exit(code)
+        # instead of raising Exit: pass it on to the process.
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_FAILED)
@@ -88,6 +90,8 @@ def main() -> None:
         sys.exit(EXIT_FAILED)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)
 
 
 @cli.command("migrate")

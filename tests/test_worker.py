@@ -1,0 +1,413 @@
+"""``watchtower worker``: real worker processes, a real Redis broker, the ledger on SQLite.
+
+Each test runs ``python -m watchtower worker`` for one of the apps under
+tests/apps/ in its own Redis namespace, with its own SQLite ledger, and steers
+it through the command bus (Redis with the same prefix, or the database).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import psutil
+import pytest
+import redis
+from conftest import REDIS_URL, subprocess_env, unique, wait_until
+from dramatiq.brokers.redis import RedisBroker
+
+from watchtower import store
+from watchtower.bus import CommandBus, worker_command_key
+from watchtower.bus.database import DatabaseCommandBus
+from watchtower.bus.redis import RedisCommandBus
+from watchtower.models import Job, JobStatus, Worker, WorkerStatus
+from watchtower.worker import EXIT_MEMORY, EXIT_UNREACHABLE, EXIT_USAGE
+
+DEADLINE = 30.0
+
+
+@dataclass
+class Lab:
+    """One test's world: namespace, queue, ledger, a producer broker, the workers it started."""
+
+    namespace: str
+    queue: str
+    database_url: str
+    tmp_path: Path
+    redis: redis.Redis
+    producer: RedisBroker
+    children: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+
+    def trace(self, name: str) -> str | None:
+        value = self.redis.get(f"{self.namespace}:t:{name}")
+        return None if value is None else value.decode()
+
+    def runs(self, token: str) -> int:
+        return int(self.trace(f"runs:{token}") or 0)
+
+    def send(self, actor: str, *args: Any, queue: str | None = None) -> str:
+        """Enqueue a message for an actor of tests/apps/basic.py; returns its message id."""
+        queue = queue or self.queue
+        self.producer.declare_queue(queue)
+        message = dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
+        self.producer.enqueue(message)
+        return message.message_id
+
+    def bus(self, kind: str) -> CommandBus:
+        if kind == "redis":
+            return RedisCommandBus(url=REDIS_URL, prefix=self.namespace)
+        return DatabaseCommandBus(database=self.database_url)
+
+    def start(
+        self,
+        *args: str,
+        app: str = "apps.basic",
+        worker_id: str | None = None,
+        bus: str = "redis",
+        env: dict[str, str] | None = None,
+        sleep: str = "0.2",
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start ``watchtower worker``; returns the process and its worker id."""
+        worker_id = worker_id or unique("w")
+        command = [
+            sys.executable, "-m", "watchtower", "--database-url", self.database_url,
+            "worker", "--app", app, "--worker-id", worker_id, "--sleep", sleep, *args,
+        ]
+        log = self.tmp_path / f"{worker_id}.log"
+        with log.open("wb") as out:
+            child = subprocess.Popen(command, env=self.environment(bus, env), stdout=out, stderr=subprocess.STDOUT)
+        self.children.append((child, log))
+        return child, worker_id
+
+    def environment(self, bus: str = "redis", env: dict[str, str] | None = None) -> dict[str, str]:
+        values = {
+            "WT_TEST_NAMESPACE": self.namespace,
+            "WT_TEST_REDIS": REDIS_URL,
+            "WT_TEST_QUEUE": self.queue,
+            "WATCHTOWER_COMMAND_BUS": bus,
+            "WATCHTOWER_REDIS_URL": REDIS_URL,
+            "WATCHTOWER_REDIS_PREFIX": self.namespace,
+            "WATCHTOWER_HEARTBEAT_INTERVAL": "0.5",
+        }
+        return subprocess_env(**{**values, **(env or {})})
+
+    def row(self, worker_id: str) -> Worker | None:
+        return Worker.get_or_none(Worker.worker_id == worker_id)
+
+    def wait_status(self, worker_id: str, status: str, timeout: float = DEADLINE) -> Worker:
+        return wait_until(
+            lambda: (row := self.row(worker_id)) is not None and row.status == status and row,
+            timeout=timeout, message=f"worker {worker_id} to be {status}",
+        )
+
+    def job(self, message_id: str) -> Job | None:
+        return Job.get_or_none(Job.message_id == message_id)
+
+    def wait_job(self, message_id: str, status: str, timeout: float = DEADLINE) -> Job:
+        return wait_until(
+            lambda: (job := self.job(message_id)) is not None and job.status == status and job,
+            timeout=timeout, message=f"job {message_id} to be {status}",
+        )
+
+    def held_messages(self) -> int:
+        """Messages fetched and not acked by any worker (the broker's ack sets)."""
+        keys = list(self.redis.scan_iter(match=f"{self.namespace}:__acks__.*", count=1000))
+        return sum(self.redis.scard(key) for key in keys)
+
+
+@pytest.fixture
+def lab(tmp_path: Path, redis_namespace: str, queue_name: str) -> Iterator[Lab]:
+    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    db = store.connect(database_url)
+    client = redis.Redis.from_url(REDIS_URL)
+    producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
+    lab = Lab(redis_namespace, queue_name, database_url, tmp_path, client, producer)
+    try:
+        yield lab
+    finally:
+        for child, log in lab.children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+                print(f"--- killed {child.args[-1]!r}; its log:\n{log.read_text(errors='replace')[-4000:]}")
+        producer.close()
+        client.close()
+        db.close()
+
+
+def finish(child: subprocess.Popen[bytes], timeout: float = DEADLINE) -> int:
+    return child.wait(timeout=timeout)
+
+
+def log_of(lab: Lab, worker_id: str) -> str:
+    return (lab.tmp_path / f"{worker_id}.log").read_text(errors="replace")
+
+
+# Running jobs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("app", ["apps.basic", "apps.with_middleware"])
+def test_jobs_run_and_land_in_the_ledger_with_the_worker_id(lab: Lab, app: str) -> None:
+    child, worker_id = lab.start("--threads", "2", "--hostname", "fake-host-1", "--tries", "5", app=app)
+    ids = [lab.send("work", f"job{n}", 0.05) for n in range(5)]
+    for message_id in ids:
+        job = lab.wait_job(message_id, JobStatus.COMPLETED)
+        assert job.worker_id == worker_id
+    row = lab.row(worker_id)
+    assert row is not None and row.status == WorkerStatus.RUNNING
+    assert (row.hostname, row.pid, row.supervisor) == ("fake-host-1", child.pid, None)
+    assert row.get_queues() == [lab.queue]
+    assert json.loads(row.options) == {"threads": 2, "tries": 5, "timeout": 60.0, "memory": 128, "sleep": 0.2, "rest": 0.0}
+    first = row.last_heartbeat
+    row = wait_until(lambda: (r := lab.row(worker_id)).last_heartbeat > first and r.jobs_processed == 5 and r,
+                     timeout=DEADLINE, message="a later heartbeat with the job count")
+    assert row.memory_rss and row.memory_rss > 10 * 1024 * 1024
+    assert all(lab.runs(f"job{n}") == 1 for n in range(5))
+
+    child.send_signal(signal.SIGTERM)
+    assert finish(child) == 0
+    row = lab.row(worker_id)
+    assert (row.status, row.exit_code, row.exit_reason) == (WorkerStatus.STOPPED, 0, "signal: SIGTERM")
+    assert row.stopped_at is not None
+
+
+# Steering through the bus -----------------------------------------------------
+
+
+@pytest.mark.parametrize("bus_kind", ["redis", "database"])
+def test_stop_pause_and_resume_through_the_bus(lab: Lab, bus_kind: str) -> None:
+    child, worker_id = lab.start("--threads", "2", bus=bus_kind)
+    bus = lab.bus(bus_kind)
+    key = worker_command_key(worker_id)
+    lab.wait_status(worker_id, WorkerStatus.RUNNING)
+    latencies = {}
+
+    def command(value: str, status: str) -> None:
+        started = time.monotonic()
+        bus.put(key, value)
+        lab.wait_status(worker_id, status)
+        latencies[value] = time.monotonic() - started
+        assert bus.get(key) is None  # applied and forgotten
+
+    command("pause", WorkerStatus.PAUSED)
+    assert lab.held_messages() == 0
+    paused_job = lab.send("work", "while-paused", 0)
+    assert lab.job(paused_job) is None  # nobody took it (the producer records nothing)
+    command("resume", WorkerStatus.RUNNING)
+    assert lab.wait_job(paused_job, JobStatus.COMPLETED).worker_id == worker_id
+    command("stop", WorkerStatus.STOPPED)
+    assert finish(child) == 0
+    assert lab.row(worker_id).exit_reason == "command: stop"
+    print(f"{bus_kind} bus: " + ", ".join(f"{name} applied in {seconds:.2f} s" for name, seconds in latencies.items()))
+    bus.close()
+
+
+def test_a_pause_past_the_broker_heartbeat_timeout_runs_no_job_twice(lab: Lab) -> None:
+    # Heartbeat timeout 2 s and maintenance on every broker command: a worker
+    # that keeps prefetched messages while paused has them redelivered.
+    env = {"WT_TEST_HEARTBEAT_MS": "2000", "WT_TEST_MAINTENANCE": "1000000"}
+    lab.producer.heartbeat_timeout = 2000
+    lab.producer.maintenance_chance = 1_000_000
+    child, worker_id = lab.start("--threads", "2", env=env)
+    tokens = [f"p{n}" for n in range(12)]
+    for token in tokens:
+        lab.send("work", token, 0.3)
+    wait_until(lambda: lab.trace("started:p0") or lab.trace("started:p1"), timeout=DEADLINE, message="a first job")
+    lab.bus("redis").put(worker_command_key(worker_id), "pause")
+    lab.wait_status(worker_id, WorkerStatus.PAUSED)
+    assert lab.held_messages() == 0
+    left = lab.redis.llen(f"{lab.namespace}:{lab.queue}")
+    done = sum(lab.runs(token) for token in tokens)
+    assert left + done == len(tokens)  # every unfinished message is back in the queue
+    print(f"paused with {done} jobs done and {left} given back")
+
+    # Outlast the heartbeat timeout: wait until the worker's broker heartbeat is 3 s old.
+    heartbeats = f"{lab.namespace}:__heartbeats__"
+
+    def worker_heartbeat_is_stale() -> bool:
+        now_ms = time.time() * 1000
+        others = [score for member, score in lab.redis.zrange(heartbeats, 0, -1, withscores=True)
+                  if member.decode() != lab.producer.broker_id]
+        return bool(others) and all(score < now_ms - 3000 for score in others)
+
+    wait_until(worker_heartbeat_is_stale, timeout=DEADLINE, interval=0.2, message="a stale worker heartbeat")
+    lab.send("work", "after-pause", 0)  # a broker command: runs maintenance over the dead worker's acks
+    assert lab.redis.llen(f"{lab.namespace}:{lab.queue}") == left + 1
+
+    lab.bus("redis").put(worker_command_key(worker_id), "resume")
+    wait_until(lambda: all(lab.runs(t) >= 1 for t in [*tokens, "after-pause"]), timeout=60, message="every job")
+    lab.bus("redis").put(worker_command_key(worker_id), "stop")
+    assert finish(child) == 0
+    assert {token: lab.runs(token) for token in tokens} == {token: 1 for token in tokens}
+
+
+# Limits ---------------------------------------------------------------------------
+
+
+def test_memory_above_the_limit_recycles_the_worker(lab: Lab) -> None:
+    child, worker_id = lab.start("--memory", "1")
+    assert finish(child) == EXIT_MEMORY
+    row = lab.row(worker_id)
+    assert row.status == WorkerStatus.STOPPED and row.exit_code == EXIT_MEMORY
+    match = re.fullmatch(r"memory: RSS (\d+) MB > limit 1 MB", row.exit_reason)
+    assert match and int(match.group(1)) > 1
+
+
+def test_tries_caps_the_attempts_unless_the_actor_sets_its_own(lab: Lab) -> None:
+    child, worker_id = lab.start("--tries", "2")
+    capped = lab.send("fail", "capped")
+    own = lab.send("fail_without_retries", "own")
+    assert lab.wait_job(capped, JobStatus.FAILED).attempts == 2
+    assert lab.wait_job(own, JobStatus.FAILED).attempts == 1
+    assert (lab.trace("attempts:capped"), lab.trace("attempts:own")) == ("2", "1")
+    child.send_signal(signal.SIGTERM)
+    assert finish(child) == 0
+
+
+def test_timeout_interrupts_long_jobs_unless_the_actor_sets_its_own_limit(lab: Lab) -> None:
+    child, worker_id = lab.start("--timeout", "1", "--tries", "1")
+    limited = lab.send("work", "limited", 6)
+    own = lab.send("work_with_own_limit", "own", 2.5)
+    job = lab.wait_job(limited, JobStatus.FAILED)
+    assert "TimeLimitExceeded" in job.exception
+    assert lab.runs("limited") == 0
+    lab.wait_job(own, JobStatus.COMPLETED)
+    assert lab.runs("own") == 1
+    child.send_signal(signal.SIGTERM)
+    assert finish(child) == 0
+
+
+def test_sleep_sets_how_long_an_idle_worker_waits_between_fetches(lab: Lab) -> None:
+    fast_queue, slow_queue = unique("fast"), unique("slow")
+    counting = {"WT_TEST_COUNT_FETCHES": "1"}
+    fast, _ = lab.start(sleep="0.05", env={**counting, "WT_TEST_QUEUE": fast_queue})
+    slow, _ = lab.start(sleep="4", env={**counting, "WT_TEST_QUEUE": slow_queue})
+
+    def fetches(queue: str) -> int:
+        return int(lab.trace(f"fetches:{queue}") or 0)
+
+    # Past the first fetches, whose backoff is still short for both.
+    wait_until(lambda: fetches(fast_queue) >= 20 and fetches(slow_queue) >= 8, timeout=60, message="both polling")
+    fast_before, slow_before = fetches(fast_queue), fetches(slow_queue)
+    wait_until(lambda: fetches(fast_queue) >= fast_before + 100, timeout=60, message="100 fast fetches")
+    fast_delta, slow_delta = fetches(fast_queue) - fast_before, fetches(slow_queue) - slow_before
+    print(f"in the same time: --sleep 0.05 fetched {fast_delta} times, --sleep 4 fetched {slow_delta} times")
+    assert slow_delta * 4 < fast_delta
+    for child in (fast, slow):
+        child.send_signal(signal.SIGTERM)
+    assert [finish(child) for child in (fast, slow)] == [0, 0]
+
+
+def test_rest_makes_each_thread_wait_between_jobs(lab: Lab) -> None:
+    child, _ = lab.start("--rest", "1", "--threads", "1")
+    tokens = [f"r{n}" for n in range(3)]
+    for token in tokens:
+        lab.send("work", token, 0)
+    wait_until(lambda: all(lab.trace(f"finished:{t}") for t in tokens), timeout=DEADLINE, message="three jobs")
+    spans = sorted((float(lab.trace(f"started:{t}")), float(lab.trace(f"finished:{t}"))) for t in tokens)
+    gaps = [start - previous_end for (_, previous_end), (start, _) in zip(spans, spans[1:])]
+    print("gaps between jobs with --rest 1:", ", ".join(f"{gap:.2f} s" for gap in gaps))
+    assert all(gap >= 0.9 for gap in gaps)
+    child.send_signal(signal.SIGTERM)
+    assert finish(child) == 0
+
+
+# Stopping ---------------------------------------------------------------------------
+
+
+def test_sigterm_during_a_job_lets_it_finish_and_exits_0(lab: Lab) -> None:
+    child, worker_id = lab.start("--threads", "2")
+    message_id = lab.send("work", "long", 2)
+    wait_until(lambda: lab.trace("started:long"), timeout=DEADLINE, message="the job to start")
+    child.send_signal(signal.SIGTERM)
+    assert finish(child) == 0
+    assert lab.runs("long") == 1
+    assert lab.job(message_id).status == JobStatus.COMPLETED  # flushed before the exit
+    row = lab.row(worker_id)
+    assert (row.status, row.exit_code) == (WorkerStatus.STOPPED, 0)
+
+
+_PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen(sys.argv[1:] + ["--parent-pid", str(__import__("os").getpid())])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_worker_whose_parent_is_gone_stops_on_its_own(lab: Lab) -> None:
+    worker_id = unique("orphan")
+    command = [
+        sys.executable, "-m", "watchtower", "--database-url", lab.database_url,
+        "worker", "--app", "apps.basic", "--worker-id", worker_id, "--sleep", "0.2",
+    ]
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, *command], env=lab.environment(), stdout=subprocess.PIPE)
+    worker_pid = None
+    try:
+        worker_pid = int(parent.stdout.readline())
+        lab.wait_status(worker_id, WorkerStatus.RUNNING)
+        parent.kill()
+        parent.wait()
+        started = time.monotonic()
+        row = lab.wait_status(worker_id, WorkerStatus.STOPPED)
+        wait_until(lambda: not _alive(worker_pid), timeout=DEADLINE, message="the orphan to exit")
+        print(f"orphaned worker stopped {time.monotonic() - started:.2f} s after its parent died")
+        assert row.exit_code == 0
+        assert row.exit_reason == f"parent process {parent.pid} is gone"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if worker_pid is not None and _alive(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# Bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "pattern"),
+    [
+        (["--memory", "-5"], {}, EXIT_USAGE, r"Error: --memory must not be negative, not -5"),
+        (["--tries", "0"], {}, EXIT_USAGE, r"Error: --tries must be at least 1, not 0"),
+        (["--app", "apps.nowhere"], {}, EXIT_USAGE, r"Error: cannot import app module 'apps.nowhere': ModuleNotFoundError.*"),
+        (["--app", "apps.broken"], {}, EXIT_USAGE,
+         r"Error: cannot import app module 'apps.broken': RuntimeError: this app is broken on purpose .*broken.py:3\)"),
+        (["--supervisor", "nosuch"], {}, EXIT_USAGE, r"Error: unknown supervisor 'nosuch': the configuration declares default"),
+        ([], {"WATCHTOWER_REDIS_URL": "redis://127.0.0.1:1/0"}, EXIT_UNREACHABLE,
+         r"Error: the Redis command bus at redis://127\.0\.0\.1:1/0 cannot be reached: .*"),
+    ],
+    ids=["negative-memory", "zero-tries", "unknown-app", "app-raises", "unknown-supervisor", "redis-unreachable"],
+)
+def test_bad_input_is_one_line_and_a_non_zero_exit(
+    lab: Lab, args: list[str], env: dict[str, str], code: int, pattern: str
+) -> None:
+    worker_id = unique("bad")
+    command = [
+        sys.executable, "-m", "watchtower", "--database-url", lab.database_url,
+        "worker", "--app", "apps.basic", "--worker-id", worker_id, *args,
+    ]
+    result = subprocess.run(command, env=lab.environment(env=env), capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert re.fullmatch(pattern, lines[0]), lines[0]
+    row = lab.row(worker_id)  # the database is reachable: the row says why
+    assert (row.status, row.exit_code, row.exit_reason) == (WorkerStatus.STOPPED, code, lines[0].removeprefix("Error: "))
