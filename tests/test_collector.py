@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import peewee
 import pytest
 
-from watchtower import MetricsCollector, counts
+from watchtower import MetricsCollector, derived
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import mark_lost, write_batch
 from watchtower.models import Job, JobCount, Worker, WorkerStatus
@@ -78,6 +78,19 @@ def db(database_url: str) -> Iterator[peewee.Database]:
 
 def check_against_sql(db: peewee.Database, collector: MetricsCollector) -> None:
     minute = int(NOW // 60)
+    # The hourly rollups are the minute rollups added up, exactly.
+    hourly: dict[tuple, list] = {}
+    for row_minute, queue, actor, kind, count, duration in sql(
+            db, "SELECT minute, queue, actor, kind, count, duration_sum FROM watchtower_rollups"):
+        total = hourly.setdefault((row_minute // 60, queue, actor, kind), [0, 0.0])
+        total[0] += count
+        total[1] += duration
+    kept = {tuple(row[:4]): row[4:] for row in sql(
+        db, "SELECT hour, queue, actor, kind, count, duration_sum FROM watchtower_rollups_hourly WHERE count <> 0")}
+    assert set(kept) == {key for key, (count, _) in hourly.items() if count}
+    for key, (count, duration) in kept.items():
+        assert count == hourly[key][0] and duration == pytest.approx(hourly[key][1]), key
+
     stats = collector.get_stats()
     by_status = dict(sql(db, "SELECT status, COUNT(*) FROM watchtower_jobs GROUP BY status"))
     for status in ("pending", "processing", "completed", "failed", "skipped"):
@@ -119,7 +132,7 @@ def check_against_sql(db: peewee.Database, collector: MetricsCollector) -> None:
         expected = sum(1 for at, _ in finished if start <= at < start + 60_000)
         assert entry["total"] == expected
 
-    since = (minute - 24 * 60 + 1) * 60_000
+    since = first_hour * 3_600_000
     averages = {row["queue"]: row for row in collector.get_average_durations()}
     rows = sql(db, "SELECT queue, COUNT(*), SUM(completed_at - started_at) FROM watchtower_jobs "
                    "WHERE status IN ('completed', 'failed') AND completed_at >= ? GROUP BY queue", since)
@@ -170,18 +183,19 @@ def test_counts_stay_exact_under_concurrent_writers_and_compaction(database_url:
     check_against_sql(db, collector)
 
     shards_before = JobCount.select().count()
-    counts.compact(db, dialect(db))
+    derived.compact(db, dialect(db))
     check_against_sql(db, collector)
     if dialect(db) != "sqlite":  # the four writers' sessions ended: their shards are folded
         assert JobCount.select(JobCount.shard).distinct().count() < shards_before
-        assert JobCount.select().where(JobCount.shard != 0).count() <= len(counts.read(db)[0]) * 2
+        assert JobCount.select().where(JobCount.shard != 0).count() <= len(derived.read_counts(db)[0]) * 2
 
 
-def test_a_ledger_older_than_the_counts_table_is_counted_once(database_url: str, db: peewee.Database):
+def test_a_ledger_older_than_the_derived_tables_is_counted_once(database_url: str, db: peewee.Database):
     load(db, 0, 500, seed=3)
     db.execute_sql("DROP TABLE watchtower_job_counts")
+    db.execute_sql("DROP TABLE watchtower_rollups_hourly")
     db.close()
-    db = connect(database_url)  # creates the table again and counts the jobs
+    db = connect(database_url)  # creates the tables again and fills them from the jobs and rollups
     check_against_sql(db, MetricsCollector(db, clock=lambda: NOW))
 
 

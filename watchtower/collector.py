@@ -4,17 +4,18 @@ Every answer comes from a small table, never from a scan of
 ``watchtower_jobs``:
 
 - counts per status and queue from ``watchtower_job_counts``, kept exact by
-  triggers (:mod:`watchtower.counts`);
-- throughput and durations from ``watchtower_rollups``, the per-minute counts
-  written in the same transaction as the jobs (:mod:`watchtower.ledger`):
-  their size grows with time and the number of actors, not with jobs;
-- workers from ``watchtower_workers``.
+  triggers (:mod:`watchtower.derived`);
+- throughput and durations from the per-minute rollups written in the same
+  transaction as the jobs (:mod:`watchtower.ledger`) and their hourly sums
+  (kept by triggers): at most 60 minute rows or 24 hour rows per (queue,
+  actor, kind) are read, however many jobs there are.
 
-Windows are whole minutes (the rollups' grain): "the last hour" is the
-current minute and the 59 before it; hours are clock hours, UTC.
-Throughput counts jobs that finished (completed or failed) in each period;
-durations average the final attempts of the jobs that finished in the
-window.
+Windows are whole minutes or whole clock hours (UTC): "the last hour" is
+the current minute and the 59 before it; "24 hours" is the current clock
+hour and the 23 before it.  Throughput counts jobs that finished (completed
+or failed) in each period; durations average the final attempts of the
+jobs that finished in the window (counted when they finished, so pruning
+rows does not change them).
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from typing import Any
 
 import peewee
 
-from . import counts
+from . import derived
 from .config import Settings
-from .models import JobStatus, Rollup, Worker, WorkerStatus
+from .models import HourlyRollup, JobStatus, Rollup, Worker, WorkerStatus
 from .store import dialect, open_database
 
 __all__ = ["MetricsCollector"]
 
 _ROLLUPS = Rollup._meta.table_name
+_HOURLY = HourlyRollup._meta.table_name
 _WORKERS = Worker._meta.table_name
 
 
@@ -81,7 +83,7 @@ class MetricsCollector:
         Each entry: ``{"hour": datetime, "completed": n, "failed": n, "total": n}``.
         """
         first_hour = self._minute() // 60 - (hours - 1)
-        return self._series(first_hour * 60, 60, hours, "hour")
+        return self._series(_HOURLY, "hour", first_hour, hours, 3600)
 
     def get_recent_throughput(self, minutes: int = 10) -> list[dict[str, Any]]:
         """Jobs finished per minute, oldest first, ``minutes`` entries (the last one is this minute so far).
@@ -89,7 +91,7 @@ class MetricsCollector:
         Each entry: ``{"minute": datetime, "completed": n, "failed": n, "total": n}``.
         """
         first = self._minute() - (minutes - 1)
-        return self._series(first, 1, minutes, "minute")
+        return self._series(_ROLLUPS, "minute", first, minutes, 60)
 
     def get_queue_depths(self) -> list[dict[str, Any]]:
         """Per queue, jobs waiting and running, as the ledger knows them.
@@ -105,15 +107,15 @@ class MetricsCollector:
         return [depths[queue] for queue in sorted(depths)]
 
     def get_average_durations(self, hours: int = 24) -> list[dict[str, Any]]:
-        """Per queue, the average run time of jobs that finished in the last ``hours``.
+        """Per queue, the average run time of jobs that finished in the last ``hours`` clock hours.
 
         Each entry: ``{"queue": name, "average_seconds": x, "jobs": n}``, by queue name.
         """
-        since = self._minute() - hours * 60 + 1
+        since = self._minute() // 60 - (hours - 1)
         p = self.db.param
         rows = self.db.execute_sql(
-            f"SELECT queue, SUM(count), SUM(duration_sum) FROM {_ROLLUPS} "
-            f"WHERE minute >= {p} AND kind IN ({p}, {p}) GROUP BY queue ORDER BY queue",
+            f"SELECT queue, SUM(count), SUM(duration_sum) FROM {_HOURLY} "
+            f"WHERE hour >= {p} AND kind IN ({p}, {p}) GROUP BY queue ORDER BY queue",
             (since, "completed", "failed"),
         ).fetchall()
         return [
@@ -133,11 +135,11 @@ class MetricsCollector:
         return int(self._clock() // 60)
 
     def _counts(self) -> dict[tuple[str, str], int]:
-        values, rows = counts.read(self.db)
-        if rows > counts.COMPACT_ROWS:
+        values, rows = derived.read_counts(self.db)
+        if rows > derived.COMPACT_ROWS:
             # Shards of ended sessions pile up (one per connection ever on
             # MySQL); fold them now and then so this read stays small.
-            counts.compact(self.db, self._kind)
+            derived.compact(self.db, self._kind)
         return values
 
     def _rollup_totals(self, since_minute: int, kinds: tuple[str, ...]) -> dict[str, int]:
@@ -149,21 +151,20 @@ class MetricsCollector:
         ).fetchall()
         return {kind: int(total) for kind, total in rows}
 
-    def _series(self, first_minute: int, width: int, length: int, key: str) -> list[dict[str, Any]]:
-        """``length`` periods of ``width`` minutes from ``first_minute``: completed and failed counts."""
+    def _series(self, table: str, unit: str, first: int, length: int, seconds: int) -> list[dict[str, Any]]:
+        """Completed and failed counts of ``length`` periods (``unit`` rows of ``table``) from ``first``."""
         p = self.db.param
         rows = self.db.execute_sql(
-            f"SELECT minute, kind, SUM(count) FROM {_ROLLUPS} WHERE minute >= {p} AND minute < {p} "
-            f"AND kind IN ({p}, {p}) GROUP BY minute, kind",
-            (first_minute, first_minute + width * length, "completed", "failed"),
+            f"SELECT {unit}, kind, SUM(count) FROM {table} WHERE {unit} >= {p} AND {unit} < {p} "
+            f"AND kind IN ({p}, {p}) GROUP BY {unit}, kind",
+            (first, first + length, "completed", "failed"),
         ).fetchall()
         periods = [
-            {key: datetime.fromtimestamp((first_minute + i * width) * 60, tz=timezone.utc),
-             "completed": 0, "failed": 0, "total": 0}
+            {unit: datetime.fromtimestamp((first + i) * seconds, tz=timezone.utc), "completed": 0, "failed": 0, "total": 0}
             for i in range(length)
         ]
-        for minute, kind, total in rows:
-            period = periods[(int(minute) - first_minute) // width]
+        for period_number, kind, total in rows:
+            period = periods[int(period_number) - first]
             period[kind] += int(total)
             period["total"] += int(total)
         return periods

@@ -24,7 +24,7 @@ from typing import Any
 
 import peewee
 
-__all__ = ["Job", "JobCount", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "JobStatus", "WorkerStatus", "database"]
+__all__ = ["Job", "JobCount", "HourlyRollup", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "JobStatus", "WorkerStatus", "database"]
 
 #: Every model is bound to this proxy; ``store.connect`` initialises it.
 database = peewee.DatabaseProxy()
@@ -367,8 +367,23 @@ class Rollup(BaseModel):
         primary_key = peewee.CompositeKey("minute", "queue", "actor", "kind")
 
 
+class HourlyRollup(BaseModel):
+    """The rollups added up per clock hour, kept by triggers (see watchtower.derived)."""
+
+    hour = peewee.BigIntegerField()  # epoch hours
+    queue = peewee.CharField(max_length=255)
+    actor = peewee.CharField(max_length=255)
+    kind = peewee.CharField(max_length=16)
+    count = peewee.BigIntegerField(default=0)
+    duration_sum = peewee.DoubleField(default=0.0)
+
+    class Meta:
+        table_name = "watchtower_rollups_hourly"
+        primary_key = peewee.CompositeKey("hour", "queue", "actor", "kind")
+
+
 class JobCount(BaseModel):
-    """How many jobs each queue has in each status, kept by triggers (see watchtower.counts).
+    """How many jobs each queue has in each status, kept by triggers (see watchtower.derived).
 
     Each database session adds to its own ``shard`` row; a count is the sum
     over shards.
@@ -394,4 +409,4 @@ class Meta(BaseModel):
         table_name = "watchtower_meta"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, CommandEntry, Rollup, JobCount)
+MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, CommandEntry, Rollup, HourlyRollup, JobCount)

@@ -23,7 +23,7 @@ from typing import Any
 
 import peewee
 
-from . import counts, models
+from . import derived, models
 from .errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 
 __all__ = ["connect", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION", "dialect"]
@@ -208,10 +208,11 @@ def ensure_schema(db: peewee.Database) -> None:
                     f"the ledger's schema is version {version}, newer than this release's {SCHEMA_VERSION}: "
                     "upgrade dramatiq-watchtower"
                 )
-        counts_existed = db.table_exists(models.JobCount._meta.table_name)
+        derived_tables = (models.JobCount._meta.table_name, models.HourlyRollup._meta.table_name)
+        existed = {table: db.table_exists(table) for table in derived_tables}
         db.create_tables(models.MODELS, safe=True)
-        # Exact job counts per queue and status, kept by triggers.
-        counts.install(db, kind, counts_existed=counts_existed)
+        # Job counts and hourly rollups, kept by triggers.
+        derived.install(db, kind, existed=existed)
         models.Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
 
 

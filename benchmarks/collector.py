@@ -1,0 +1,202 @@
+"""MetricsCollector's answer times at 10,000 and at 1,000,000 job rows.
+
+    python3 benchmarks/collector.py [--small 10000] [--large 1000000] [--runs 50] [--databases sqlite,postgresql]
+
+For each database and size, a fresh ledger is filled fast (SQLite:
+``executemany``; PostgreSQL: ``generate_series``), never through the
+recorder: jobs spread over the last 7 days (90% completed, 5% failed, 3%
+pending, 1% processing, 1% skipped) on 3 queues x 2 actors, the per-minute
+rollups those jobs imply (enqueued, started, completed, failed, skipped),
+and 16 worker rows.  The counting triggers are live while the rows go in,
+as in production.  Each method is then called ``--runs`` times after two
+warm-up calls; the table gives p50 / p95 in milliseconds and the ratio of
+the large to the small p50.  Budget: under 50 ms at one million rows, ratio
+at most 1.5.
+
+PostgreSQL at WT_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/postgres),
+where a database of the benchmark's own is created and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+METHODS = (
+    "get_stats", "get_hourly_throughput", "get_queue_depths",
+    "get_average_durations", "get_recent_throughput", "get_worker_stats",
+)
+QUEUES = ("default", "emails", "reports")
+DAYS = 7
+NOW_MS = int(time.time() * 1000)
+SPAN_MS = DAYS * 86_400_000
+# (status, share): the mix of a week's ledger.
+MIX = (("completed", 0.90), ("failed", 0.05), ("pending", 0.03), ("processing", 0.01), ("skipped", 0.01))
+
+
+@contextmanager
+def ledger(kind: str) -> Iterator[str]:
+    """The URL of a new, empty database of ``kind``, removed afterwards."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as directory:
+            yield f"sqlite:///{directory}/bench.db"
+        return
+    import psycopg
+
+    from watchtower.store import check_database_url
+
+    admin = check_database_url(POSTGRES_ADMIN)
+    name = f"wtbench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES_ADMIN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        from watchtower import models
+
+        if models.database.obj is not None:
+            models.database.obj.close()
+        with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def fill_sqlite(db, rows: int) -> None:
+    rng = random.Random(7)
+    statuses = [status for status, share in MIX for _ in range(int(share * 100))]
+
+    def job(n: int) -> tuple:
+        status = statuses[n % 100]
+        queue = QUEUES[n % 3]
+        queued = NOW_MS - rng.randrange(SPAN_MS)
+        started = queued + rng.randrange(1, 2000) if status != "pending" else None
+        finished = started + rng.randrange(1, 30_000) if status in ("completed", "failed", "skipped") else None
+        return (f"m{n:09d}", queue, f"{queue}_task_{n % 2}", "redis", "{}", status, "w1", 1,
+                queued, started, finished, 3, 0)
+
+    sql = (
+        "INSERT INTO watchtower_jobs (message_id, queue, actor, connection, payload, status, worker_id, attempts, "
+        "queued_at, started_at, completed_at, progress, progress_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    with db.atomic():
+        for start in range(0, rows, 50_000):
+            db.cursor().executemany(sql, [job(n) for n in range(start, min(rows, start + 50_000))])
+
+
+def fill_postgresql(db, rows: int) -> None:
+    # One statement; the status follows the same 100-slot mix as SQLite's.
+    cases = []
+    upper = 0
+    for status, share in MIX:
+        upper += int(share * 100)
+        cases.append(f"WHEN n %% 100 < {upper} THEN '{status}'")
+    db.execute_sql(f"""
+        INSERT INTO watchtower_jobs (message_id, queue, actor, connection, payload, status, worker_id, attempts,
+                                     queued_at, started_at, completed_at, progress, progress_at)
+        SELECT 'm' || lpad(n::text, 9, '0'), q, q || '_task_' || (n %% 2), 'redis', '{{}}', s, 'w1', 1,
+               queued,
+               CASE WHEN s <> 'pending' THEN queued + 1 + (n * 7919) %% 2000 END,
+               CASE WHEN s IN ('completed', 'failed', 'skipped') THEN queued + 2001 + (n * 104729) %% 30000 END,
+               3, 0
+        FROM (
+            SELECT n, (ARRAY['default', 'emails', 'reports'])[n %% 3 + 1] AS q,
+                   CASE {' '.join(cases)} END AS s,
+                   {NOW_MS} - (random() * {SPAN_MS})::bigint AS queued
+            FROM generate_series(0::bigint, {rows - 1}) AS n
+        ) AS g
+    """)
+
+
+def fill(url: str, kind: str, rows: int) -> None:
+    from watchtower.store import connect
+
+    db = connect(url)
+    started = time.perf_counter()
+    (fill_sqlite if kind == "sqlite" else fill_postgresql)(db, rows)
+    # The rollups these jobs imply, per minute of each event.
+    per_minute = "/ 60000"  # integer division on both
+    with db.atomic():
+        for kind_name, column, where in (
+            ("enqueued", "queued_at", "1 = 1"),
+            ("started", "started_at", "started_at IS NOT NULL"),
+            ("completed", "completed_at", "status = 'completed'"),
+            ("failed", "completed_at", "status = 'failed'"),
+            ("skipped", "completed_at", "status = 'skipped'"),
+        ):
+            duration = "SUM(completed_at - started_at) / 1000.0" if kind_name in ("completed", "failed") else "0"
+            db.execute_sql(
+                f"INSERT INTO watchtower_rollups (minute, queue, actor, kind, count, duration_sum) "
+                f"SELECT {column} {per_minute}, queue, actor, '{kind_name}', COUNT(*), {duration} "
+                f"FROM watchtower_jobs WHERE {where} GROUP BY {column} {per_minute}, queue, actor"
+            )
+        for n in range(16):
+            status = ("running", "running", "running", "paused")[n % 4]
+            db.execute_sql(
+                f"INSERT INTO watchtower_workers (worker_id, supervisor, hostname, status, restarts, jobs_processed, "
+                f"jobs_failed, queues, options) VALUES ({db.param}, 'default', 'bench', {db.param}, 0, 0, 0, '[]', '{{}}')",
+                (f"w{n}", status),
+            )
+    db.execute_sql("ANALYZE")
+    print(f"  {kind}: {rows:,} rows loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+    db.close()
+
+
+def measure(url: str, runs: int) -> dict[str, tuple[float, float]]:
+    from watchtower import MetricsCollector
+
+    collector = MetricsCollector(url)
+    results = {}
+    for method in METHODS:
+        call: Callable[[], object] = getattr(collector, method)
+        call(), call()  # warm-up: connection, caches
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - started) * 1000)
+        times.sort()
+        results[method] = (statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.95))])
+    collector.db.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    args = parser.parse_args()
+
+    table = []
+    for kind in args.databases.split(","):
+        results = {}
+        for size in (args.small, args.large):
+            with ledger(kind) as url:
+                fill(url, kind, size)
+                results[size] = measure(url, args.runs)
+        for method in METHODS:
+            small, large = results[args.small][method], results[args.large][method]
+            table.append((method, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
+
+    print(f"\n| method | database | {args.small:,} rows p50 / p95 (ms) | {args.large:,} rows p50 / p95 (ms) | ratio (p50) |")
+    print("|---|---|---|---|---|")
+    for method, kind, small, large, ratio in table:
+        print(f"| {method} | {kind} | {small[0]:.2f} / {small[1]:.2f} | {large[0]:.2f} / {large[1]:.2f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
