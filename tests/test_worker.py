@@ -149,10 +149,6 @@ def finish(child: subprocess.Popen[bytes], timeout: float = DEADLINE) -> int:
     return child.wait(timeout=timeout)
 
 
-def log_of(lab: Lab, worker_id: str) -> str:
-    return (lab.tmp_path / f"{worker_id}.log").read_text(errors="replace")
-
-
 # Running jobs ----------------------------------------------------------------
 
 

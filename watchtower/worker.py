@@ -66,7 +66,7 @@ from dramatiq.middleware import Retries, TimeLimit
 
 from .bus import CommandBus, WorkerCommand, worker_command_key
 from .config import Settings, SupervisorSettings
-from .errors import BusError, ConfigError
+from .errors import BusError, ConfigError, WatchtowerError
 from .events import WorkerEvent
 from .middleware import WatchtowerMiddleware
 from .models import WorkerStatus, now_ms
@@ -290,7 +290,14 @@ class WorkerProcess:
     def run(self) -> int:
         """Boot, obey until told to stop, shut down; returns the exit code."""
         self._install_signal_handlers()
-        self.boot()
+        try:
+            self.boot()
+        except WatchtowerError:
+            raise  # a user error: one line and its exit code, from the command
+        except Exception:
+            logger.exception("worker %s failed to start", self.worker_id)
+            self._exit = (EXIT_FAILED, "failed to start (see its log)")
+            return self._shutdown()
         try:
             while self._exit is None:
                 self._wake.wait(COMMAND_POLL)

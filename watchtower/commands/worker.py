@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import click
 
 from ..cli import cli, settings_from
 from ..errors import AppImportError, BusError, ConfigError, DatabaseUnavailable, WatchtowerError
-
-logger = logging.getLogger(__name__)
 
 
 @cli.command("worker")
