@@ -210,7 +210,7 @@ class Job(BaseModel):
     worker_id = peewee.CharField(max_length=128, null=True)
     attempts = peewee.IntegerField(default=0)
     lost_attempts = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
-    exception = peewee.TextField(null=True)
+    exception = BigTextField(null=True)  # capped tracebacks can pass 64 KiB in utf8mb4
     queued_at = TimestampField()
     eta = TimestampField(null=True)
     started_at = TimestampField(null=True)

@@ -14,6 +14,7 @@ many processes can record into one file at once.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -176,6 +177,16 @@ def connect(url: str, *, create: bool = True) -> peewee.Database:
 
 
 _connect_lock = threading.RLock()
+
+
+def _reinit_connect_lock() -> None:
+    # A thread of the parent (a recorder connecting) may hold the lock at
+    # the fork; in the child that thread is gone and the lock would stay held.
+    global _connect_lock
+    _connect_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reinit_connect_lock)
 
 
 def redact_url(url: str) -> str:
