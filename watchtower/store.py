@@ -8,7 +8,8 @@ Supported URLs::
 
 ``?option=value`` pairs after the URL are passed to the driver (for example
 ``?connect_timeout=5``).  SQLite runs in WAL mode with a busy timeout so that
-many processes can record into one file at once.
+many processes can record into one file at once, and in incremental
+auto-vacuum mode so that a prune can give freed space back to the file system.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ def open_database(url: str) -> peewee.Database:
             timeout=SQLITE_BUSY_TIMEOUT,
             pragmas={
                 "busy_timeout": int(SQLITE_BUSY_TIMEOUT * 1000),
+                # Before any table exists (it is a no-op afterwards): lets
+                # watchtower.prune hand pages freed by a prune back to the
+                # file system with PRAGMA incremental_vacuum.
+                "auto_vacuum": "incremental",
                 "journal_mode": "wal",
                 "synchronous": "normal",
             },
