@@ -132,6 +132,12 @@ class PruneResult:
     vacuum_seconds: float = 0.0  # of ``seconds``, handing space back (SQLite)
     owner: str | None = None  # who pruned (automatic trimming)
 
+    def add_rollups(self, deleted: int) -> None:
+        self.rollups += deleted
+
+    def add_workers(self, deleted: int) -> None:
+        self.workers += deleted
+
     @property
     def jobs_total(self) -> int:
         return sum(self.jobs.values())
@@ -213,32 +219,10 @@ def prune(
                 _delete_all_jobs(loop, result, progress)
             else:
                 for status, cutoff in retention.job_cutoffs(now).items():
-                    deleted = loop.run(
-                        boundary=(
-                            f"SELECT completed_at FROM {_JOBS} WHERE status = {{p}} AND completed_at < {{p}} "
-                            "ORDER BY completed_at LIMIT 1 OFFSET {n}",
-                            (status, cutoff),
-                        ),
-                        delete=lambda bound, s=status, c=cutoff: (
-                            f"DELETE FROM {_JOBS} WHERE status = {{p}} AND completed_at < {{p}}"
-                            + ("" if bound is None else " AND completed_at <= {p}"),
-                            (s, c) if bound is None else (s, c, bound),
-                        ),
-                        progress=progress,
-                    )
-                    result.jobs[status] = deleted
-            rollup_cutoff = _rollup_cutoff(now, retention)
-            result.rollups = loop.run(
-                boundary=(
-                    f"SELECT minute FROM {_ROLLUPS} WHERE minute < {{p}} ORDER BY minute LIMIT 1 OFFSET {{n}}",
-                    (rollup_cutoff,),
-                ),
-                delete=lambda bound: (
-                    f"DELETE FROM {_ROLLUPS} WHERE minute < {{p}}" + ("" if bound is None else " AND minute <= {p}"),
-                    (rollup_cutoff,) if bound is None else (rollup_cutoff, bound),
-                ),
-            )
-            result.workers = _delete_workers(loop, _cutoff(now, retention.workers_days))
+                    result.jobs[status] = 0
+                    _delete_jobs(loop, status, cutoff, _tally(result.jobs, status, progress))
+            _delete_rollups(loop, _rollup_cutoff(now, retention), result.add_rollups)
+            _delete_workers(loop, _cutoff(now, retention.workers_days), result.add_workers)
             if vacuum and kind == "sqlite" and loop.running():
                 vacuum_started = time.perf_counter()
                 try:
@@ -286,26 +270,22 @@ class _BatchLoop:
         *,
         boundary: tuple[str, tuple[object, ...]],
         delete: Callable[[object | None], tuple[str, tuple[object, ...]]],
-        progress: Callable[[int], None] | None = None,
-    ) -> int:
-        """Delete batch after batch until nothing is left; the rows deleted.
+        tally: Callable[[int], None],
+    ) -> None:
+        """Delete batch after batch until nothing is left, telling ``tally`` each batch's count.
 
         ``boundary`` selects the sort key of the N-th row still to go
         (``{n}`` is N - 1); ``delete(bound)`` gives the statement that
         deletes up to that key, or everything left when ``bound`` is None.
         """
-        total = 0
         select, params = boundary
         while True:
             row = self.db.execute_sql(select.format(p=self.db.param, n=self.size - 1), params).fetchone()
             bound = None if row is None else row[0]
             sql, delete_params = delete(bound)
-            deleted = self.write(sql, delete_params)
-            total += deleted
-            if progress is not None and deleted:
-                progress(deleted)
+            tally(self.write(sql, delete_params))
             if bound is None:
-                return total
+                return
             self.step_back()
 
     def write(self, sql: str, params: tuple[object, ...]) -> int:
@@ -338,6 +318,50 @@ class _BatchLoop:
             time.sleep(self.pause)
 
 
+def _tally(
+    counts: dict[str, int], key: str, progress: Callable[[int], None] | None = None
+) -> Callable[[int], None]:
+    """Adds each committed batch's count to ``counts[key]`` (and tells ``progress``)."""
+    def add(deleted: int) -> None:
+        counts[key] += deleted
+        if progress is not None and deleted:
+            progress(deleted)
+
+    return add
+
+
+def _delete_jobs(loop: _BatchLoop, status: str, cutoff: int, tally: Callable[[int], None]) -> None:
+    """Jobs in ``status`` that finished before ``cutoff``, oldest first."""
+    loop.run(
+        boundary=(
+            f"SELECT completed_at FROM {_JOBS} WHERE status = {{p}} AND completed_at < {{p}} "
+            "ORDER BY completed_at LIMIT 1 OFFSET {n}",
+            (status, cutoff),
+        ),
+        delete=lambda bound: (
+            f"DELETE FROM {_JOBS} WHERE status = {{p}} AND completed_at < {{p}}"
+            + ("" if bound is None else " AND completed_at <= {p}"),
+            (status, cutoff) if bound is None else (status, cutoff, bound),
+        ),
+        tally=tally,
+    )
+
+
+def _delete_rollups(loop: _BatchLoop, cutoff_minute: int, tally: Callable[[int], None]) -> None:
+    """Rollup rows of minutes before ``cutoff_minute``, oldest first."""
+    loop.run(
+        boundary=(
+            f"SELECT minute FROM {_ROLLUPS} WHERE minute < {{p}} ORDER BY minute LIMIT 1 OFFSET {{n}}",
+            (cutoff_minute,),
+        ),
+        delete=lambda bound: (
+            f"DELETE FROM {_ROLLUPS} WHERE minute < {{p}}" + ("" if bound is None else " AND minute <= {p}"),
+            (cutoff_minute,) if bound is None else (cutoff_minute, bound),
+        ),
+        tally=tally,
+    )
+
+
 def _delete_all_jobs(loop: _BatchLoop, result: PruneResult, progress: Callable[[int], None] | None) -> None:
     """Every job that exists now, in id ranges; counted per status as they go."""
     db, param = loop.db, loop.db.param
@@ -350,18 +374,19 @@ def _delete_all_jobs(loop: _BatchLoop, result: PruneResult, progress: Callable[[
             (low, top),
         ).fetchone()
         high = top if row is None else int(row[0])
+        counts: list[tuple[str, int]] = []
 
         def delete_range() -> int:
-            counts = db.execute_sql(
+            counts[:] = db.execute_sql(
                 f"SELECT status, COUNT(*) FROM {_JOBS} WHERE id > {param} AND id <= {param} GROUP BY status",
                 (low, high),
             ).fetchall()
             db.execute_sql(f"DELETE FROM {_JOBS} WHERE id > {param} AND id <= {param}", (low, high))
-            for status, count in counts:
-                result.jobs[str(status)] = result.jobs.get(str(status), 0) + int(count)
             return sum(int(count) for _, count in counts)
 
         deleted = loop.transaction(delete_range)
+        for status, count in counts:  # once committed
+            result.jobs[str(status)] = result.jobs.get(str(status), 0) + int(count)
         if progress is not None and deleted:
             progress(deleted)
         low = high
@@ -374,11 +399,10 @@ _WORKERS_GONE = (
 )
 
 
-def _delete_workers(loop: _BatchLoop, cutoff: int) -> int:
+def _delete_workers(loop: _BatchLoop, cutoff: int, tally: Callable[[int], None]) -> None:
     """Stopped and lost worker rows last seen before ``cutoff``, a batch of ids at a time."""
     db = loop.db
     where = _WORKERS_GONE.format(p=db.param)
-    total = 0
     while True:
         ids = [
             row[0]
@@ -387,15 +411,15 @@ def _delete_workers(loop: _BatchLoop, cutoff: int) -> int:
             ).fetchall()
         ]
         if not ids:
-            return total
+            return
         marks = ", ".join([db.param] * len(ids))
         # The condition again: a worker id reused by a new process since the
         # SELECT is alive now and stays.
-        total += loop.write(
+        tally(loop.write(
             f"DELETE FROM {_WORKERS} WHERE worker_id IN ({marks}) AND {_WORKERS_GONE}", (*ids, *_GONE_WORKERS, cutoff)
-        )
+        ))
         if len(ids) < loop.size:
-            return total
+            return
         loop.step_back()
 
 

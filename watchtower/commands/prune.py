@@ -71,10 +71,10 @@ def prune_command(
 def _confirm_all(count: int) -> None:
     """Ask on the terminal before deleting every job; refuse without one."""
     if not sys.stdin.isatty():
-        raise click.UsageError(
+        raise click.ClickException(
             f"--all would delete all {count} job records and needs a confirmation: "
             "run it on a terminal, or add --yes"
         )
     if not click.confirm(f"Delete all {count} job records (every status)?", default=False):
         click.echo("Nothing deleted.", err=True)
-        raise click.exceptions.Exit(1)
+        raise click.Abort()
