@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 
 import click
+import peewee
 
 from ..cli import cli, settings_from
 from ..prune import Retention, plan, prune
-from ..store import connect
+from ..errors import DatabaseUnavailable
+from ..store import connect, redact_url
 
 __all__ = ["prune_command"]
 
@@ -50,22 +52,33 @@ def prune_command(
     retention = Retention.from_settings(settings)
     db = connect(settings.database_url)
     try:
-        show_progress = sys.stderr.isatty()
-        # Counting first costs an index scan: only for what needs the count.
-        planned = plan(db, retention, all_jobs=all_jobs) if dry_run or all_jobs or show_progress else None
-        if planned is not None and dry_run:
-            click.echo(planned.summary())
-            return
-        if planned is not None and all_jobs and not yes:
-            _confirm_all(planned.jobs_total)
-        if planned is not None and planned.jobs_total and show_progress:
-            with click.progressbar(length=planned.jobs_total, label="pruning jobs", file=sys.stderr) as bar:
-                result = prune(db, retention, all_jobs=all_jobs, progress=bar.update)
-        else:
-            result = prune(db, retention, all_jobs=all_jobs)
-        click.echo(result.summary())
+        _prune(db, retention, all_jobs=all_jobs, yes=yes, dry_run=dry_run)
+    except peewee.DatabaseError as error:
+        reason = " ".join(str(error).split())
+        raise DatabaseUnavailable(
+            f"prune stopped by the ledger database {redact_url(settings.database_url)}: {reason} "
+            "(what was deleted stays deleted; run it again to finish)"
+        ) from error
     finally:
         db.close()
+
+
+def _prune(db: peewee.Database, retention: Retention, *, all_jobs: bool, yes: bool, dry_run: bool) -> None:
+    """Count, ask, prune, summarise."""
+    show_progress = sys.stderr.isatty()
+    # Counting first costs an index scan: only for what needs the count.
+    planned = plan(db, retention, all_jobs=all_jobs) if dry_run or all_jobs or show_progress else None
+    if planned is not None and dry_run:
+        click.echo(planned.summary())
+        return
+    if planned is not None and all_jobs and not yes:
+        _confirm_all(planned.jobs_total)
+    if planned is not None and planned.jobs_total and show_progress:
+        with click.progressbar(length=planned.jobs_total, label="pruning jobs", file=sys.stderr) as bar:
+            result = prune(db, retention, all_jobs=all_jobs, progress=bar.update)
+    else:
+        result = prune(db, retention, all_jobs=all_jobs)
+    click.echo(result.summary())
 
 
 def _confirm_all(count: int) -> None:
