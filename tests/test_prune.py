@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 from fill import completed_job_events, insert_jobs, job_row
 
-from watchtower import Recorder, store
+from watchtower import Recorder, derived, store
 from watchtower.cli import cli
-from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
+from watchtower.models import HourlyRollup, Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
 from watchtower.prune import DAY_MS, Retention, plan, prune
 
 from conftest import subprocess_env, wait_until
@@ -58,8 +58,9 @@ def test_prune_by_age_keeps_exactly_the_rows_inside_their_retention(database_url
         Job.status.in_([JobStatus.PENDING, JobStatus.PROCESSING])
     ).execute()
 
-    minute_cutoff = (now - 2 * DAY_MS) // 60_000
-    for minute in (minute_cutoff - 1, minute_cutoff, minute_cutoff + 1):
+    # Rollups go by whole clock hours: those of hours that ended 2 days ago.
+    minute_cutoff = (now - 2 * DAY_MS) // 3_600_000 * 60
+    for minute in (minute_cutoff - 61, minute_cutoff - 1, minute_cutoff, minute_cutoff + 1):
         Rollup.insert(minute=minute, queue="default", actor="task", kind="completed", count=3).execute()
 
     worker_cutoff = now - 7 * DAY_MS
@@ -81,14 +82,19 @@ def test_prune_by_age_keeps_exactly_the_rows_inside_their_retention(database_url
     assert result.jobs == {JobStatus.COMPLETED: 1, JobStatus.FAILED: 1, JobStatus.SKIPPED: 1}
     assert planned.jobs == result.jobs and planned.rollups == result.rollups and planned.workers == result.workers
     assert {r.minute for r in Rollup.select()} == {minute_cutoff, minute_cutoff + 1}
-    assert result.rollups == 1
+    assert result.rollups == 2
+    # The hourly sums (kept by triggers) lose the pruned hours, and keep the rest right.
+    assert {(h.hour, h.count) for h in HourlyRollup.select()} == {(minute_cutoff // 60, 6)}
+    # So do the job counts per queue and status.
+    counts, _ = derived.read_counts(db)
+    assert {status: n for (_, status), n in counts.items()} == {s: n for s, n in _statuses().items() if n}
     assert {w.worker_id for w in Worker.select()} == {"w-at-stopped", "w-old-running", "w-old-crashlooping"}
     assert result.workers == 2
     # Jobs that name a pruned worker are intact; the relation just comes back empty.
     kept = Job.get(Job.message_id == "completed-at")
     assert kept.worker_id == "w-old-stopped" and kept.worker is None
     assert result.summary().startswith(
-        "pruned 3 jobs (completed 1, failed 1, skipped 1), 1 rollup rows, 2 worker records in "
+        "pruned 3 jobs (completed 1, failed 1, skipped 1), 2 rollup rows, 2 worker records in "
     )
 
 

@@ -9,8 +9,9 @@ What goes, and when (days from the settings, or the command line):
   to look into, kept as long as one).  A job finished exactly at the cutoff
   stays; one a millisecond older goes.  Pending and processing jobs are never
   pruned by age; only :func:`prune` with ``all_jobs=True`` deletes them;
-- per-minute rollups older than ``retention.rollup_days`` (2: MetricsCollector
-  reads the last 24 hours);
+- per-minute rollups of the clock hours that ended more than
+  ``retention.rollup_days`` ago (2: MetricsCollector reads the last 24
+  hours), and the hourly sums of those hours;
 - stopped and lost worker records whose last sign of life is older than
   ``retention.workers_days`` (7: as long as the completed jobs that name
   them).  ``Job.worker_id`` is a plain column, so those jobs stay intact and
@@ -52,7 +53,7 @@ import peewee
 
 from .config import Settings
 from .lease import Lease, acquire, free_at
-from .models import Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
+from .models import HourlyRollup, Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
 from .store import dialect
 
 __all__ = ["Retention", "PruneResult", "prune", "plan", "prune_if_due", "AutoPruner"]
@@ -67,6 +68,7 @@ LEASE_TTL = 60.0
 
 _JOBS = Job._meta.table_name
 _ROLLUPS = Rollup._meta.table_name
+_HOURLY = HourlyRollup._meta.table_name
 _WORKERS = Worker._meta.table_name
 _GONE_WORKERS = (WorkerStatus.STOPPED, WorkerStatus.LOST)
 
@@ -348,7 +350,13 @@ def _delete_jobs(loop: _BatchLoop, status: str, cutoff: int, tally: Callable[[in
 
 
 def _delete_rollups(loop: _BatchLoop, cutoff_minute: int, tally: Callable[[int], None]) -> None:
-    """Rollup rows of minutes before ``cutoff_minute``, oldest first."""
+    """Rollup rows of minutes before ``cutoff_minute`` (a whole hour), oldest first, then their hours.
+
+    Triggers (watchtower.derived) take each deleted minute row off its
+    hourly row, so the hours before the cutoff are left at zero: they go
+    too.  Their rows are few (one per queue, actor and kind an hour), and
+    not counted in the result.
+    """
     loop.run(
         boundary=(
             f"SELECT minute FROM {_ROLLUPS} WHERE minute < {{p}} ORDER BY minute LIMIT 1 OFFSET {{n}}",
@@ -359,6 +367,15 @@ def _delete_rollups(loop: _BatchLoop, cutoff_minute: int, tally: Callable[[int],
             (cutoff_minute,) if bound is None else (cutoff_minute, bound),
         ),
         tally=tally,
+    )
+    cutoff_hour = cutoff_minute // 60
+    loop.run(
+        boundary=(f"SELECT hour FROM {_HOURLY} WHERE hour < {{p}} ORDER BY hour LIMIT 1 OFFSET {{n}}", (cutoff_hour,)),
+        delete=lambda bound: (
+            f"DELETE FROM {_HOURLY} WHERE hour < {{p}}" + ("" if bound is None else " AND hour <= {p}"),
+            (cutoff_hour,) if bound is None else (cutoff_hour, bound),
+        ),
+        tally=lambda deleted: None,
     )
 
 
@@ -463,8 +480,8 @@ def _pruning_connection(db: peewee.Database, kind: str) -> Iterator[None]:
 
 
 def _rollup_cutoff(now: int, retention: Retention) -> int:
-    """The epoch minute before which rollup rows go."""
-    return _cutoff(now, retention.rollup_days) // 60_000
+    """The epoch minute before which rollup rows go: the start of a clock hour, so whole hours go."""
+    return _cutoff(now, retention.rollup_days) // 3_600_000 * 60
 
 
 def _scalar(db: peewee.Database, sql: str, params: tuple[object, ...]) -> int:
