@@ -7,6 +7,7 @@ connection is opened until one of its objects is constructed.
 from .collector import MetricsCollector
 from .config import Settings, SupervisorSettings, load_settings
 from .errors import ConfigError, WatchtowerError
+from .manager import WorkerManager
 from .middleware import WatchtowerMiddleware
 from .models import Job, JobStatus, Worker, WorkerStatus
 from .recorder import Recorder
@@ -25,6 +26,7 @@ __all__ = [
     "WatchtowerError",
     "WatchtowerMiddleware",
     "Worker",
+    "WorkerManager",
     "WorkerStatus",
     "connect",
     "load_settings",

@@ -79,12 +79,6 @@ class Settings:
     recorder_batch_size: int = 1_000
     retention_completed_days: float = 7.0
     retention_failed_days: float = 30.0
-    # Skipped jobs (AgeLimit) are dead-lettered by Dramatiq: kept as long as failures.
-    retention_skipped_days: float = 30.0
-    # Per-minute rollups: MetricsCollector reads the last 24 hours.
-    retention_rollup_days: float = 2.0
-    # Stopped and lost worker rows: as long as completed jobs, which name them.
-    retention_workers_days: float = 7.0
     retention_auto: bool = False
     retention_interval: float = 3600.0
     http_host: str = "127.0.0.1"
@@ -94,6 +88,10 @@ class Settings:
     metrics_dir: str | None = None
     redact: tuple[str, ...] = ("password", "passwd", "token", "secret", "authorization", "api_key", "apikey")
     heartbeat_interval: float = 1.0
+    # A worker whose heartbeat is older than this is hung (its supervisor
+    # kills and replaces it) or, when nobody supervises it any more, stale
+    # (any supervisor marks its record lost).
+    heartbeat_timeout: float = 60.0
     supervisors: Mapping[str, SupervisorSettings] = field(
         default_factory=lambda: {"default": SupervisorSettings()}
     )
@@ -124,9 +122,6 @@ KEYS: dict[str, tuple[str, type]] = {
     "recorder.batch_size": ("recorder_batch_size", int),
     "retention.completed_days": ("retention_completed_days", float),
     "retention.failed_days": ("retention_failed_days", float),
-    "retention.skipped_days": ("retention_skipped_days", float),
-    "retention.rollup_days": ("retention_rollup_days", float),
-    "retention.workers_days": ("retention_workers_days", float),
     "retention.auto": ("retention_auto", bool),
     "retention.interval": ("retention_interval", float),
     "http.host": ("http_host", str),
@@ -136,6 +131,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "metrics_dir": ("metrics_dir", str),
     "redact": ("redact", list),
     "heartbeat_interval": ("heartbeat_interval", float),
+    "heartbeat_timeout": ("heartbeat_timeout", float),
 }
 
 SUPERVISOR_KEYS: dict[str, type] = {
@@ -153,10 +149,9 @@ SUPERVISOR_KEYS: dict[str, type] = {
 # Keys that must be at least 1, and keys that must not be negative.
 _POSITIVE = {"recorder.buffer_size", "recorder.batch_size", "threads", "max_processes", "tries"}
 # Intervals that must be above zero: a flush or heartbeat every 0 s is a busy loop.
-_ABOVE_ZERO = {"recorder.flush_interval", "retention.interval", "heartbeat_interval"}
+_ABOVE_ZERO = {"recorder.flush_interval", "retention.interval", "heartbeat_interval", "heartbeat_timeout"}
 _NON_NEGATIVE = {
     "recorder.flush_interval", "retention.completed_days", "retention.failed_days",
-    "retention.skipped_days", "retention.rollup_days", "retention.workers_days",
     "retention.interval", "http.port", "heartbeat_interval",
     "min_processes", "timeout", "memory", "sleep", "rest",
 }
@@ -387,6 +382,12 @@ def _check(settings: Settings) -> None:
             raise ConfigError(
                 f"setting {key!r} from {settings.sources.get(key, 'the defaults')} must not be empty"
             )
+    if settings.heartbeat_timeout <= settings.heartbeat_interval:
+        raise ConfigError(
+            f"setting 'heartbeat_timeout' from {settings.sources.get('heartbeat_timeout', 'the defaults')} "
+            f"({settings.heartbeat_timeout:g} s) must be longer than 'heartbeat_interval' "
+            f"({settings.heartbeat_interval:g} s)"
+        )
     prefix = settings.http_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(

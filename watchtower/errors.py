@@ -9,6 +9,8 @@ The tree::
  +-- DatabaseUnavailable the ledger's database cannot be reached or opened
      +-- BusError           the command bus cannot be reached or answered badly
      +-- WorkerError        a worker cannot be found, started or steered
+     |    +-- UnknownWorker  no worker has that id
+     |    +-- WorkerGone     the worker has stopped or was lost: it cannot be steered
  +-- AppImportError     the user's app module cannot be imported
      +-- MetricsError       the metrics directory or server cannot be set up
           +-- MetricsDirInUse     another supervisor holds the metrics directory
@@ -47,6 +49,14 @@ class BusError(WatchtowerError):
 
 class WorkerError(WatchtowerError):
     """A worker cannot be found, started or steered."""
+
+
+class UnknownWorker(WorkerError):
+    """No worker record has the id given."""
+
+
+class WorkerGone(WorkerError):
+    """The worker has stopped (or was lost): a command to it would never be obeyed."""
 
 
 class AppImportError(WatchtowerError):

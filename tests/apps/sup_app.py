@@ -1,0 +1,48 @@
+"""The app the supervisor tests run: a Redis broker and an actor that naps and leaves traces.
+
+Environment (``WT_TEST_*``, never ``WATCHTOWER_*``): ``WT_TEST_NAMESPACE``
+(required: the broker's namespace and the prefix of the trace keys),
+``WT_TEST_REDIS``, ``WT_TEST_QUEUE`` (default ``default``),
+``WT_TEST_HEARTBEAT_MS`` (the broker's heartbeat timeout: how soon the
+messages of a dead worker are redelivered) and ``WT_TEST_MAINTENANCE``
+(the broker's maintenance chance per million commands).
+
+Traces under ``<namespace>:t:``: ``runs:<token>`` (finished executions),
+``starts:<token>`` (a list of the pids that started it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+NAMESPACE = os.environ["WT_TEST_NAMESPACE"]
+URL = os.environ.get("WT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+QUEUE = os.environ.get("WT_TEST_QUEUE", "default")
+traces = redis.Redis.from_url(URL)
+
+broker = RedisBroker(
+    url=URL,
+    namespace=NAMESPACE,
+    heartbeat_timeout=int(os.environ.get("WT_TEST_HEARTBEAT_MS", "60000")),
+    maintenance_chance=int(os.environ.get("WT_TEST_MAINTENANCE", "1000")),
+)
+dramatiq.set_broker(broker)
+
+
+def trace(name: str) -> str:
+    return f"{NAMESPACE}:t:{name}"
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def nap(token: str, seconds: float = 0.0) -> None:
+    """Records which process started it, naps ``seconds``, counts a finished run."""
+    traces.rpush(trace(f"starts:{token}"), os.getpid())
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)  # short sleeps, so that a time limit can interrupt
+    traces.incr(trace(f"runs:{token}"))

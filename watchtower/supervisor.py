@@ -1,0 +1,567 @@
+"""The supervisor: keeps one pool of worker processes running, healthy and obedient.
+
+``watchtower supervise --supervisor NAME`` runs one :class:`Supervisor`.  Its
+control flow is Horizon's: one loop in the main thread, and signal handlers
+that only *record* a pending signal for the loop to act on.  Each pass
+(every ``TICK`` seconds):
+
+1. acts on a recorded SIGTERM/SIGINT: every worker gets SIGTERM, and the
+   loop waits for them (their longest job time limit plus a margin) before
+   it kills what is left;
+2. reaps exited workers: records the exit code and reason on their rows,
+   returns the jobs they held to pending as lost, and schedules a restart
+   with :class:`~watchtower.pool.RestartPolicy`'s backoff;
+3. every second, reads its workers' heartbeats and kills a worker that is
+   alive but silent past ``heartbeat_timeout`` (it is then replaced);
+4. drains its inbox on the command bus for start requests;
+5. starts what is missing up to ``min_processes`` (plus accepted requests,
+   up to ``max_processes``);
+6. every few seconds, marks lost the stale worker records of any host and
+   supervisor (idempotently: see :func:`watchtower.manager.clean_stale_workers`).
+
+The processes are managed without the ledger: when its database is down,
+workers are still reaped and restarted, and the row updates wait in a
+queue until it is back.  Workers are started in sessions of their own, so
+a terminal's Ctrl-C reaches only the supervisor, which then stops them in
+order; each worker also watches the supervisor's pid and stops when it is
+gone (after a ``kill -9`` of the supervisor).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import IO, Any
+
+import peewee
+
+from . import metrics, records, store
+from .bus import CommandBus, open_bus, supervisor_inbox_key
+from .config import Settings, replace
+from .errors import AppImportError, DatabaseUnavailable, WatchtowerError, WorkerError
+from .models import WorkerStatus, now_ms
+from .pool import (
+    WORKER_OPTIONS,
+    Child,
+    RestartPolicy,
+    Slot,
+    SlotKind,
+    check_options,
+    check_queues,
+    new_worker_id,
+    worker_options,
+)
+from .worker import EXIT_MEMORY, EXIT_OK
+
+__all__ = ["Supervisor", "check_app", "TICK"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two passes of the loop.
+TICK = 0.1
+#: Seconds between two reads of the workers' heartbeats, and of the inbox.
+HEARTBEAT_CHECK_EVERY = 1.0
+INBOX_EVERY = 0.5
+#: Seconds between two cleanups of stale records (at most; less when heartbeat_timeout is short).
+CLEANUP_EVERY = 15.0
+#: Added to the longest job time limit when waiting for workers to stop.
+SHUTDOWN_MARGIN = 30.0
+#: Assumed job time limit when a worker has none (timeout 0).
+UNLIMITED_JOB_WAIT = 60.0
+#: Seconds to leave the ledger alone after one of its operations failed.
+DB_RETRY = 5.0
+#: Seconds the supervisor keeps trying to write its last row updates when it exits.
+FINAL_WRITE_WAIT = 10.0
+
+
+LedgerAction = Callable[[], None]
+
+
+def check_app(spec: str | None) -> str:
+    """The module named by the ``app`` setting, if it can be found (it is not imported).
+
+    Whether it imports cleanly is the workers' business: an app that raises
+    on import makes them crash-loop, which the supervisor shows.
+    """
+    if not spec:
+        raise AppImportError("no app module given: set 'app' (WATCHTOWER_APP, or --app) to the module of your actors")
+    module = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        found = None
+    except Exception:  # a parent package that raises: the workers will say so
+        return module
+    if found is None:
+        raise AppImportError(
+            f"cannot find app module {module!r} (setting 'app'): check its name and that it is "
+            f"importable from {os.getcwd()} (PYTHONPATH)"
+        )
+    return module
+
+
+class Supervisor:
+    """Runs the pool that ``settings.supervisor(name)`` declares.
+
+    Keyword-only: ``name`` of the supervisor; ``bus`` and ``database``
+    ready-made (opened from the settings otherwise); ``env``, the
+    environment for the workers (the CLI passes the config file and its
+    flags down this way; default: this process's); ``policy``, the restart
+    backoff; ``clock``, monotonic seconds; ``output``, where the workers'
+    output is copied (this process's stderr by default).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str = "default",
+        bus: CommandBus | None = None,
+        database: peewee.Database | None = None,
+        env: Mapping[str, str] | None = None,
+        policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        output: IO[bytes] | None = None,
+        tick: float = TICK,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.config = settings.supervisor(name)  # ConfigError naming the known ones
+        self.hostname = settings.hostname
+        self.policy = policy or RestartPolicy()
+        self.clock = clock
+        self.tick = tick
+        self._bus = bus
+        self._db = database
+        self._env = dict(os.environ if env is None else env)
+        self._output = output
+        self._slots: list[Slot] = []
+        self._signals: list[int] = []
+        self._stopping = False
+        self._deadline: float | None = None
+        self._spawned = 0
+        self._todo: collections.deque[tuple[str, LedgerAction]] = collections.deque(maxlen=100_000)
+        self._db_retry_at = 0.0
+        self._db_ok_since = 0.0
+        self._due = {"heartbeats": 0.0, "inbox": 0.0, "cleanup": 0.0}
+        self._last_warning: dict[str, float] = {}
+        self._run_dir: str | None = None
+        self._metrics_dir: metrics.MultiprocessDir | None = None
+        self._metrics_server: metrics.MetricsServer | None = None
+
+    # The outside world ----------------------------------------------------
+
+    @property
+    def bus(self) -> CommandBus:
+        if self._bus is None:
+            self._bus = open_bus(self.settings)
+        return self._bus
+
+    def check(self) -> None:
+        """Refuse to start with a clear error: app missing, ledger or bus unreachable."""
+        check_app(self.settings.app)
+        if self._db is None:
+            self._db = store.connect(self.settings.database_url)
+        self.bus.ping()
+
+    def children(self) -> dict[str, int]:
+        """Worker id -> pid of the processes running now."""
+        return {slot.child.worker_id: slot.child.pid for slot in self._slots if slot.child is not None}
+
+    # The loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT, then stop every worker; returns the exit code (0)."""
+        self.check()
+        self._start_metrics()
+        self._run_dir = tempfile.mkdtemp(prefix=f"watchtower-{self.name}-")
+        self._db_ok_since = self.clock()
+        self._slots = [
+            Slot(kind=SlotKind.POOL, queues=self.config.queues, options=worker_options(self.config))
+            for _ in range(self.config.min_processes)
+        ]
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        logger.info(
+            "supervisor %s on %s: %d to %d workers for %s (pid %d)",
+            self.name, self.hostname, self.config.min_processes, self.config.max_processes,
+            ", ".join(self.config.queues), os.getpid(),
+        )
+        try:
+            while not (self._stopping and not self.children()):
+                self._pass()
+                time.sleep(self.tick)
+            self._finish()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            # Only after a bug: whatever still runs is asked to stop (it also
+            # stops by itself once this process is gone).
+            for slot in self._slots:
+                if slot.child is not None and slot.child.popen.poll() is None:
+                    slot.child.popen.send_signal(signal.SIGTERM)
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._stop_metrics()
+        logger.info("supervisor %s stopped", self.name)
+        return 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only recorded: the loop acts on it between two passes.
+        self._signals.append(signum)
+
+    def _pass(self) -> None:
+        now = self.clock()
+        while self._signals:
+            self._on_stop_signal(self._signals.pop(0), now)
+        self._reap(now)
+        if self._stopping:
+            if self._deadline is not None and now >= self._deadline:
+                self._kill_all(f"still running {self._grace():g} s after SIGTERM")
+                self._deadline = None
+            self._run_ledger(now)
+            return
+        if now >= self._due["heartbeats"]:
+            self._due["heartbeats"] = now + HEARTBEAT_CHECK_EVERY
+            self._guarded("heartbeats", self._check_heartbeats, now)
+        if now >= self._due["inbox"]:
+            self._due["inbox"] = now + INBOX_EVERY
+            self._guarded("inbox", self._drain_inbox)
+        for slot in self._slots:
+            if slot.child is None and now >= slot.not_before:
+                self._spawn(slot, now)
+        if now >= self._due["cleanup"]:
+            self._due["cleanup"] = now + min(CLEANUP_EVERY, self.settings.heartbeat_timeout)
+            self._guarded("cleanup", self._housekeeping)
+        self._run_ledger(now)
+
+    def _guarded(self, what: str, step: Callable[..., None], *args: Any) -> None:
+        """Run a housekeeping step; its failure is logged, never fatal to the pool."""
+        if what != "inbox" and self.clock() < self._db_retry_at:
+            return
+        try:
+            step(*args)
+        except (peewee.PeeweeException, DatabaseUnavailable) as error:
+            self._db_failed(what, error)
+        except WatchtowerError as error:  # the bus
+            self._warn(what, "supervisor %s: %s failed: %s", self.name, what, error)
+        except Exception:
+            logger.exception("supervisor %s: %s failed", self.name, what)
+
+    def _warn(self, key: str, message: str, *args: Any) -> None:
+        """Log a repeated warning at most every 30 s."""
+        now = self.clock()
+        if now - self._last_warning.get(key, -1e9) >= 30.0:
+            self._last_warning[key] = now
+            logger.warning(message, *args)
+
+    # Starting workers -----------------------------------------------------
+
+    def _spawn(self, slot: Slot, now: float) -> None:
+        self._spawned += 1
+        worker_id = slot.next_id or new_worker_id(self.hostname, self.name, self._spawned)
+        slot.next_id = None
+        assert self._run_dir is not None
+        log_path = os.path.join(self._run_dir, f"worker-{self._spawned}.log")
+        try:
+            with open(log_path, "wb") as out:  # the child keeps its own descriptor
+                popen = subprocess.Popen(
+                    self._command(worker_id, slot),
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as error:
+            slot.failures += 1
+            slot.not_before = now + max(1.0, self.policy.delay(slot.failures))
+            logger.error("supervisor %s cannot start a worker: %s", self.name, error)
+            self._ledger("spawn failure", partial(
+                records.record_refusal, worker_id, supervisor=self.name, hostname=self.hostname, queues=slot.queues,
+                why=f"cannot start the process: {error}",
+            ))
+            return
+        child = Child(worker_id, popen, started=now, log=open(log_path, "rb"), log_path=log_path)
+        slot.restarts = slot.processes
+        slot.processes += 1
+        slot.child = child
+        logger.info("started worker %s (pid %d) for %s", worker_id, popen.pid, ", ".join(slot.queues))
+        self._ledger("register", partial(
+            records.register_process, worker_id, supervisor=self.name, hostname=self.hostname, pid=popen.pid,
+            queues=slot.queues, options=slot.options, restarts=slot.restarts,
+        ))
+
+    def _command(self, worker_id: str, slot: Slot) -> list[str]:
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        root = ["--log-level", level] if level in ("DEBUG", "INFO", "WARNING", "ERROR") else []
+        command = [
+            sys.executable, "-m", "watchtower", *root, "worker", *slot.queues,
+            "--app", str(self.settings.app),
+            "--worker-id", worker_id,
+            "--supervisor", self.name,
+            "--hostname", self.hostname,
+            "--parent-pid", str(os.getpid()),
+        ]
+        for option in WORKER_OPTIONS:
+            command += [f"--{option}", str(slot.options[option])]
+        return command
+
+    # Watching workers -----------------------------------------------------
+
+    def _reap(self, now: float) -> None:
+        for slot in list(self._slots):
+            child = slot.child
+            if child is None:
+                continue
+            self._copy_output(child)
+            code = child.popen.poll()
+            if code is None:
+                continue
+            self._copy_output(child, final=True)
+            child.log.close()
+            os.unlink(child.log_path)
+            slot.child = None
+            self._on_exit(slot, child, code, now)
+
+    def _copy_output(self, child: Child, *, final: bool = False) -> None:
+        """Copy what the worker wrote since the last look to our stderr."""
+        lines = child.read_output(final=final)
+        if lines:
+            output = self._output or sys.stderr.buffer
+            try:
+                output.write(lines)
+                output.flush()
+            except (OSError, ValueError):
+                pass  # our own stderr is gone; the workers' output is not worth dying for
+
+    def _on_exit(self, slot: Slot, child: Child, code: int, now: float) -> None:
+        lifetime = now - child.started
+        if self._metrics_dir is not None:
+            metrics.mark_process_dead(child.pid, self._metrics_dir.path)
+        slot.failures = self.policy.failures_after(slot.failures, lifetime)
+        crashlooping = not self._stopping and self.policy.is_crashlooping(slot.failures)
+        delay = self.policy.delay(slot.failures)
+        reason = child.kill_reason or _describe_exit(code, child.last_line())
+        prefix = ""
+        if crashlooping:
+            status = WorkerStatus.CRASHLOOPING
+            prefix = (
+                f"crash-looping: {slot.failures} exits in a row within {self.policy.quick:g} s of start, "
+                f"next start in {delay:g} s; last: "
+            )
+        else:
+            status = WorkerStatus.LOST if code < 0 else WorkerStatus.STOPPED
+        log = logger.warning if code != 0 and not child.terminated else logger.info
+        log("worker %s (pid %d) exited after %.1f s: %s%s", child.worker_id, child.pid, lifetime, prefix, reason)
+        own_words = code >= 0 and child.kill_reason is None  # it exited by itself: it may have said why
+        self._ledger("exit", partial(
+            self._record_exit, child.worker_id, code=code, status=status, reason=reason, prefix=prefix,
+            own_words=own_words,
+        ))
+        retire = self._stopping or (slot.kind is SlotKind.REQUEST and code == 0 and not crashlooping)
+        if crashlooping:
+            if slot.crashloop_row not in (None, child.worker_id):
+                self._ledger("retire", partial(records.retire_crashloop, slot.crashloop_row))
+            slot.crashloop_row = child.worker_id
+        if retire:
+            self._slots.remove(slot)
+            if slot.crashloop_row is not None:
+                self._ledger("retire", partial(records.retire_crashloop, slot.crashloop_row))
+        else:
+            slot.not_before = now + delay
+            metrics.record_restart(self.name, _restart_reason(code, child))
+
+    def _record_exit(self, worker_id: str, **how: Any) -> None:
+        jobs = records.record_exit(worker_id, **how)
+        metrics.record_lost(jobs)
+        if jobs:
+            logger.warning("returned %d jobs of worker %s to pending as lost", len(jobs), worker_id)
+
+    def _check_heartbeats(self, now: float) -> None:
+        watched = {slot.child.worker_id: (slot, slot.child) for slot in self._slots if slot.child is not None}
+        records.vouch_for(slot.crashloop_row for slot in self._slots if slot.crashloop_row is not None)
+        beats = records.heartbeats(watched)
+        wall = now_ms()
+        # Heartbeats read while the ledger was recovering from an outage may
+        # be old for no fault of the workers: judge only after a full period.
+        trust = now - self._db_ok_since >= self.settings.heartbeat_timeout
+        for worker_id, (slot, child) in watched.items():
+            if now - child.started >= self.policy.quick and slot.crashloop_row is not None:
+                records.retire_crashloop(slot.crashloop_row)  # it is healthy again
+                slot.crashloop_row = None
+            last = max(beats.get(worker_id) or 0, wall - int((now - child.started) * 1000))
+            silent = (wall - last) / 1000
+            if trust and silent > self.settings.heartbeat_timeout and child.kill_reason is None and not child.terminated:
+                child.kill_reason = f"hung: no heartbeat for {silent:.0f} s, killed by its supervisor"
+                logger.warning("worker %s (pid %d) is %s", worker_id, child.pid, child.kill_reason)
+                child.popen.kill()
+
+    # Requests -------------------------------------------------------------
+
+    def _drain_inbox(self) -> None:
+        for text in self.bus.pop_all(supervisor_inbox_key(self.name)):
+            self._accept(text)
+
+    def _accept(self, text: str) -> None:
+        try:
+            request = json.loads(text)
+            worker_id = request["worker_id"]
+            if not isinstance(worker_id, str) or not 0 < len(worker_id) <= 128:
+                raise ValueError("worker_id must be a string of 1 to 128 characters")
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("supervisor %s ignored a malformed start request %.200r: %s", self.name, text, error)
+            return
+        running = len(self._slots)
+        try:
+            queues = check_queues(request.get("queues", request.get("queue", list(self.config.queues))))
+            options = worker_options(self.config, check_options(request.get("options")))
+            if running >= self.config.max_processes:
+                raise WorkerError(
+                    f"supervisor {self.name!r} on {self.hostname} already runs {running} workers, "
+                    f"its max_processes"
+                )
+        except WorkerError as error:
+            logger.warning("supervisor %s refused to start worker %s: %s", self.name, worker_id, error)
+            self._ledger("refusal", partial(
+                records.record_refusal, worker_id, supervisor=self.name, hostname=self.hostname, queues=(),
+                why=str(error),
+            ))
+            return
+        logger.info("supervisor %s accepted a request for worker %s", self.name, worker_id)
+        self._slots.append(Slot(kind=SlotKind.REQUEST, queues=queues, options=options, next_id=worker_id))
+
+    # Housekeeping ---------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        records.clean_stale_workers(self.settings.heartbeat_timeout, keep=set(self.children()))
+        # PRUNE(branch prune): an AutoPruner(settings, owner=..., db=...).tick() here, when it lands.
+
+    def _start_metrics(self) -> None:
+        """A multiprocess directory that starts empty for the workers, and /metrics served from it."""
+        self._metrics_dir = metrics.open_multiprocess_dir(self.settings)
+        self._env.update(self._metrics_dir.env())
+        served = replace(self.settings, metrics_dir=os.fspath(self._metrics_dir))
+        try:
+            # API(branch api): serve the whole API here (app=create_app(...)) once it lands.
+            self._metrics_server = metrics.start_metrics_server(served, supervisor=self.name)
+        except BaseException:
+            self._metrics_dir.release()
+            raise
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+        if self._metrics_dir is not None:
+            self._metrics_dir.release()
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where /metrics is served (None before run())."""
+        return self._metrics_server.url if self._metrics_server is not None else None
+
+    # The ledger queue -----------------------------------------------------
+
+    def _ledger(self, what: str, action: LedgerAction) -> None:
+        """Queue a row update; it runs now, or once the ledger is back."""
+        self._todo.append((what, action))
+
+    def _run_ledger(self, now: float) -> None:
+        if now < self._db_retry_at:
+            return
+        while self._todo:
+            what, action = self._todo[0]
+            try:
+                action()
+            except (peewee.PeeweeException, DatabaseUnavailable) as error:
+                self._db_failed(what, error)
+                return
+            except Exception:
+                logger.exception("supervisor %s: recording %s failed", self.name, what)
+            self._todo.popleft()
+
+    def _db_failed(self, what: str, error: Exception) -> None:
+        now = self.clock()
+        self._db_retry_at = now + DB_RETRY
+        self._db_ok_since = self._db_retry_at
+        self._warn("db", "supervisor %s: the ledger is unavailable (%s: %s); %d updates wait",
+                   self.name, what, " ".join(str(error).split()), len(self._todo))
+        if self._db is not None:
+            try:
+                self._db.close()  # a broken connection is replaced on the next use
+            except Exception:
+                pass
+
+    # Stopping -------------------------------------------------------------
+
+    def _grace(self) -> float:
+        limits = [slot.options.get("timeout") or UNLIMITED_JOB_WAIT for slot in self._slots if slot.child]
+        return max(limits, default=0.0) + SHUTDOWN_MARGIN
+
+    def _on_stop_signal(self, signum: int, now: float) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping:
+            logger.warning("supervisor %s: %s again, killing the workers now", self.name, name)
+            self._deadline = now
+            return
+        self._stopping = True
+        self._deadline = now + self._grace()
+        logger.info("supervisor %s: %s, stopping %d workers (waiting up to %g s)",
+                    self.name, name, len(self.children()), self._grace())
+        for slot in list(self._slots):
+            if slot.child is None:
+                self._slots.remove(slot)
+                if slot.crashloop_row is not None:
+                    self._ledger("retire", partial(records.retire_crashloop, slot.crashloop_row))
+                continue
+            slot.child.terminated = True
+            slot.child.popen.send_signal(signal.SIGTERM)
+
+    def _kill_all(self, why: str) -> None:
+        for slot in self._slots:
+            if slot.child is not None and slot.child.popen.poll() is None:
+                slot.child.kill_reason = f"killed by its supervisor: {why}"
+                logger.warning("worker %s (pid %d) %s", slot.child.worker_id, slot.child.pid, slot.child.kill_reason)
+                slot.child.popen.kill()
+
+    def _finish(self) -> None:
+        """The last row updates; a ledger that is down gets a few seconds to come back."""
+        deadline = self.clock() + FINAL_WRITE_WAIT
+        while self._todo and self.clock() < deadline:
+            self._db_retry_at = 0.0
+            self._run_ledger(self.clock())
+            if self._todo:
+                time.sleep(0.5)
+        if self._todo:
+            logger.error("supervisor %s: %d worker updates could not be recorded", self.name, len(self._todo))
+        if self._bus is not None:
+            self._bus.close()
+
+
+def _restart_reason(code: int, child: Child) -> str:
+    """The ``reason`` label of the restarts counter."""
+    if child.kill_reason is not None:
+        return "hung"
+    if code < 0:
+        return "killed"
+    return {EXIT_OK: "exit", EXIT_MEMORY: "memory"}.get(code, "crash")
+
+
+def _describe_exit(code: int, last_line: str | None) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == 0:
+        return "exited with code 0"
+    return f"exited with code {code}: {last_line}" if last_line else f"exited with code {code}"
