@@ -79,6 +79,12 @@ class Settings:
     recorder_batch_size: int = 1_000
     retention_completed_days: float = 7.0
     retention_failed_days: float = 30.0
+    # Skipped jobs (AgeLimit) are dead-lettered by Dramatiq: kept as long as failures.
+    retention_skipped_days: float = 30.0
+    # Per-minute rollups: MetricsCollector reads the last 24 hours.
+    retention_rollup_days: float = 2.0
+    # Stopped and lost worker rows: as long as completed jobs, which name them.
+    retention_workers_days: float = 7.0
     retention_auto: bool = False
     retention_interval: float = 3600.0
     http_host: str = "127.0.0.1"
@@ -122,6 +128,9 @@ KEYS: dict[str, tuple[str, type]] = {
     "recorder.batch_size": ("recorder_batch_size", int),
     "retention.completed_days": ("retention_completed_days", float),
     "retention.failed_days": ("retention_failed_days", float),
+    "retention.skipped_days": ("retention_skipped_days", float),
+    "retention.rollup_days": ("retention_rollup_days", float),
+    "retention.workers_days": ("retention_workers_days", float),
     "retention.auto": ("retention_auto", bool),
     "retention.interval": ("retention_interval", float),
     "http.host": ("http_host", str),
@@ -152,6 +161,7 @@ _POSITIVE = {"recorder.buffer_size", "recorder.batch_size", "threads", "max_proc
 _ABOVE_ZERO = {"recorder.flush_interval", "retention.interval", "heartbeat_interval", "heartbeat_timeout"}
 _NON_NEGATIVE = {
     "recorder.flush_interval", "retention.completed_days", "retention.failed_days",
+    "retention.skipped_days", "retention.rollup_days", "retention.workers_days",
     "retention.interval", "http.port", "heartbeat_interval",
     "min_processes", "timeout", "memory", "sleep", "rest",
 }

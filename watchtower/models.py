@@ -1,4 +1,4 @@
-"""The ledger's tables as Peewee models: Job, Worker, Command, Rollup, Meta.
+"""The ledger's tables as Peewee models: Job, Worker, Command, Rollup, Meta, Lease.
 
 The models are bound to a :class:`peewee.DatabaseProxy`; :func:`watchtower.store.connect`
 points it at a real database, so the models can be imported before any
@@ -24,7 +24,7 @@ from typing import Any
 
 import peewee
 
-__all__ = ["Job", "JobCount", "HourlyRollup", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "JobStatus", "WorkerStatus", "database"]
+__all__ = ["Job", "JobCount", "HourlyRollup", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "Lease", "JobStatus", "WorkerStatus", "database"]
 
 #: Every model is bound to this proxy; ``store.connect`` initialises it.
 database = peewee.DatabaseProxy()
@@ -210,7 +210,7 @@ class Job(BaseModel):
     worker_id = peewee.CharField(max_length=128, null=True)
     attempts = peewee.IntegerField(default=0)
     lost_attempts = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
-    exception = peewee.TextField(null=True)
+    exception = BigTextField(null=True)  # capped tracebacks can pass 64 KiB in utf8mb4
     queued_at = TimestampField()
     eta = TimestampField(null=True)
     started_at = TimestampField(null=True)
@@ -409,4 +409,21 @@ class Meta(BaseModel):
         table_name = "watchtower_meta"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, CommandEntry, Rollup, HourlyRollup, JobCount)
+class Lease(BaseModel):
+    """A named claim that one process at a time holds until it expires.
+
+    ``next_at`` is the earliest time the claim may be taken again after its
+    holder released it: a schedule shared by every host (see watchtower.lease).
+    """
+
+    name = peewee.CharField(max_length=64, primary_key=True)
+    owner = peewee.CharField(max_length=255)
+    token = peewee.CharField(max_length=32)  # new on every acquisition
+    expires_at = TimestampField()
+    next_at = TimestampField(default=0)
+
+    class Meta:
+        table_name = "watchtower_leases"
+
+
+MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, CommandEntry, Rollup, HourlyRollup, JobCount, Lease)

@@ -9,8 +9,10 @@ transaction through :func:`watchtower.ledger.write_batch`.
 When the database is slow or down, the batch in hand is kept and retried
 with backoff while new events wait in the deque, up to ``buffer_size``
 events in all.  Past that, new events are dropped, counted, and logged once
-per ``DROP_LOG_INTERVAL`` seconds, never once per event.  Jobs are never
-slowed: ``record`` does not block.
+per ``drop_log_interval`` seconds (and at close), never once per event.
+Jobs are never slowed: ``record`` does not block.  Whatever is still
+buffered is written at interpreter exit (atexit, and multiprocessing's
+finalizers in forked children, which skip atexit).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import atexit
 import collections
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -47,7 +50,7 @@ class RecorderStats:
 
     buffered: int  # events waiting, including a batch being retried
     written: int  # events written since start
-    dropped: int  # events dropped since start (buffer full, or unwritten at exit)
+    dropped: int  # events dropped since start (buffer full, refused by the database, unwritten at close)
     failures: int  # failed batch writes since start
     last_flush_seconds: float  # how long the last successful write took
 
@@ -58,6 +61,10 @@ class Recorder:
     ``database`` is a URL or an open Peewee database; with a URL the
     connection is opened (and the schema created) by the flusher thread on
     its first write, so constructing a Recorder does no I/O.
+
+    A forked child starts with an empty buffer and a flusher of its own (the
+    parent's buffer is the parent's to write); periodic tasks registered
+    with :meth:`every` stay with the process that registered them.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class Recorder:
         buffer_size: int = 100_000,
         batch_size: int = 1_000,
         on_write: Callable[[list[JobEvent], float], None] | None = None,
+        drop_log_interval: float = DROP_LOG_INTERVAL,
     ) -> None:
         if flush_interval <= 0:
             raise ValueError(f"flush_interval must be positive, not {flush_interval!r}")
@@ -78,6 +86,7 @@ class Recorder:
         self.flush_interval = flush_interval
         self.buffer_size = buffer_size
         self.batch_size = batch_size
+        self.drop_log_interval = drop_log_interval
         #: Called from the flusher thread after each batch written, with the
         #: batch and the seconds the write took (the metrics count them here).
         self.write_listeners: list[Callable[[list[JobEvent], float], None]] = []
@@ -89,20 +98,26 @@ class Recorder:
 
     def _reset(self) -> None:
         self._jobs: collections.deque[JobEvent] = collections.deque()
-        self._workers: collections.deque[WorkerEvent] = collections.deque()
+        # Worker rows: the newest value of each field, merged as it comes, so
+        # that heartbeats during a long outage do not pile up.
+        self._workers: dict[str, dict[str, object]] = {}
         self._in_hand: list[JobEvent] = []
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self._done = threading.Condition()
-        self._accepted = 0
-        self._finished = 0  # written or dropped, in the order accepted
+        # One lock for the counters and the buffer's bound, held only for a
+        # few bytecodes (never during I/O): ``x += 1`` from several job
+        # threads at once loses counts, and the drop counter must be exact.
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._accepted = 0  # events appended to the buffer
+        self._finished = 0  # of those, written (or given up at close)
         self._written = 0
         self._dropped = 0
         self._dropped_unlogged = 0
-        self._last_drop_log = 0.0
+        self._last_drop_log = float("-inf")
         self._failures = 0
         self._last_flush_seconds = 0.0
         self._start_lock = threading.Lock()
@@ -113,22 +128,22 @@ class Recorder:
         """Append one job event; never blocks, never raises for a full buffer."""
         if self._thread is None or self._pid != os.getpid():
             self._start()
-        if len(self._jobs) + len(self._in_hand) >= self.buffer_size:
-            self._dropped += 1
-            self._dropped_unlogged += 1
+        with self._lock:
+            if len(self._jobs) + len(self._in_hand) >= self.buffer_size:
+                self._dropped += 1
+                self._dropped_unlogged += 1
+                return
             self._accepted += 1
-            self._finished += 1
-            return
-        self._accepted += 1
-        self._jobs.append(event)
+            self._jobs.append(event)
         if len(self._jobs) >= self.batch_size:
             self._wakeup.set()
 
     def record_worker(self, event: WorkerEvent) -> None:
-        """Append new values for a worker row (heartbeats, status changes)."""
+        """Record new values for a worker row (heartbeats, status changes)."""
         if self._thread is None or self._pid != os.getpid():
             self._start()
-        self._workers.append(event)
+        with self._lock:
+            self._workers.setdefault(event.worker_id, {}).update(event.fields)
 
     def every(self, seconds: float, callback: Callable[[], None]) -> None:
         """Call ``callback`` from the flusher thread about every ``seconds``."""
@@ -137,16 +152,16 @@ class Recorder:
     # Control --------------------------------------------------------------
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Wait until every event recorded so far is written (or dropped).
+        """Wait until every event recorded so far is written.
 
-        Returns False if that did not happen within ``timeout`` seconds.
+        Returns False if that did not happen within ``timeout`` seconds
+        (the database is slow or down; the events stay buffered).
         """
-        if self._thread is None:
+        if self._thread is None or self._pid != os.getpid():
             return not self._jobs and not self._workers
-        target = self._accepted
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._done:
-            self._wakeup.set()
+            target = self._accepted
             while self._finished < target or self._workers:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -168,10 +183,15 @@ class Recorder:
         self._stop.set()
         self._wakeup.set()
         thread.join(timeout=max(1.0, self.flush_interval * 4))
-        left = len(self._jobs) + len(self._in_hand)
+        with self._lock:
+            left = len(self._jobs) + len(self._in_hand)
+            self._dropped += left
+            self._finished += left
+            self._jobs.clear()
+            self._in_hand = []
         if left:
             logger.error("watchtower recorder closing with %d unwritten events: they are lost", left)
-            self._dropped += left
+        self._log_drops(force=True)
         self._thread = None
 
     def stats(self) -> RecorderStats:
@@ -188,15 +208,27 @@ class Recorder:
     def _start(self) -> None:
         with self._start_lock:
             if self._pid != os.getpid():
-                # A forked child: the parent's buffer and thread are the
-                # parent's to write; start afresh.
-                self._reset()
-                if isinstance(self._database, str):
-                    self._db = None
+                self._after_fork()  # forked by a path that skipped the fork hook
             if self._thread is not None:
                 return
+            if self._forked and "multiprocessing.util" in sys.modules:
+                # A multiprocessing child ends with os._exit(), which skips
+                # atexit; multiprocessing runs its own finalizers first.
+                from multiprocessing.util import Finalize
+
+                Finalize(None, _close_all, exitpriority=-100)
             self._thread = threading.Thread(target=self._run, name="watchtower-recorder", daemon=True)
             self._thread.start()
+
+    _forked = False
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's buffer, thread, connection and tasks."""
+        self._reset()
+        self._periodic = []
+        self._forked = True
+        if isinstance(self._database, str):
+            self._db = None
 
     def _connect(self) -> peewee.Database:
         if self._db is None:
@@ -224,7 +256,7 @@ class Recorder:
                 backoff = min(MAX_BACKOFF, max(self.flush_interval, backoff * 2 or 0.1))
                 logger.warning(
                     "watchtower recorder cannot write %d events (retrying in %.1fs): %s",
-                    len(self._in_hand), backoff, error,
+                    len(self._in_hand), backoff, " ".join(str(error).split()),
                 )
                 self._discard_connection()
                 if stopping:
@@ -247,27 +279,74 @@ class Recorder:
                 take = min(self.batch_size, remaining, len(self._jobs))
                 self._in_hand = [self._jobs.popleft() for _ in range(take)]
                 remaining -= take
-            workers = [self._workers.popleft() for _ in range(len(self._workers))]
+            with self._lock:
+                workers = [WorkerEvent(worker_id, fields) for worker_id, fields in self._workers.items()]
+                self._workers = {}
             if not self._in_hand and not workers:
                 return
             started = time.perf_counter()
             try:
-                write_batch(db, self._in_hand, workers)
+                self._write(db, workers)
             except Exception:
-                self._workers.extendleft(reversed(workers))
+                with self._lock:  # put them back under what came meanwhile
+                    for worker in workers:
+                        self._workers[worker.worker_id] = {**worker.fields, **self._workers.get(worker.worker_id, {})}
                 raise
             elapsed = time.perf_counter() - started
-            batch, self._in_hand = self._in_hand, []
-            self._last_flush_seconds = elapsed
-            self._written += len(batch)
             with self._done:
+                batch, self._in_hand = self._in_hand, []
+                self._last_flush_seconds = elapsed
+                self._written += len(batch)
                 self._finished += len(batch)
                 self._done.notify_all()
-            for listener in self.write_listeners:
-                try:
-                    listener(batch, elapsed)
-                except Exception:
-                    logger.exception("watchtower recorder's write listener %r failed", listener)
+            if batch:
+                self._notify(batch, elapsed)
+
+    def _write(self, db: peewee.Database, workers: list[WorkerEvent]) -> None:
+        """Write the batch in hand; if the database refuses some of it, write the rest.
+
+        A value the database rejects (a queue name longer than its column,
+        say) would otherwise fail the same batch forever and stop recording.
+        Such a batch is written one event at a time and the refused events
+        are dropped.  Any other error leaves the unwritten events in hand.
+        """
+        try:
+            write_batch(db, self._in_hand, workers)
+            return
+        except (peewee.DataError, peewee.IntegrityError) as error:
+            logger.error("watchtower recorder: the database refused a batch (%s); writing it event by event",
+                         " ".join(str(error).split()))
+        while self._in_hand:
+            event = self._in_hand[0]
+            try:
+                write_batch(db, [event])
+            except (peewee.DataError, peewee.IntegrityError) as error:
+                logger.error("watchtower recorder dropped a %s event of message %s that the database refused: %s",
+                             event.kind.value, event.message_id, " ".join(str(error).split()))
+                with self._done:
+                    self._dropped += 1
+                    self._finished += 1
+                    self._in_hand.pop(0)
+                continue
+            with self._done:
+                self._written += 1
+                self._finished += 1
+                self._in_hand.pop(0)
+                self._done.notify_all()
+            self._notify([event], 0.0)
+        for worker in workers:
+            try:
+                write_batch(db, [], [worker])
+            except (peewee.DataError, peewee.IntegrityError) as error:
+                logger.error("watchtower recorder dropped values for worker %s that the database refused: %s",
+                             worker.worker_id, " ".join(str(error).split()))
+
+    def _notify(self, batch: list[JobEvent], elapsed: float) -> None:
+        for listener in self.write_listeners:
+            try:
+                listener(batch, elapsed)
+            except Exception:
+                logger.exception("watchtower recorder's write listener %r failed", listener)
 
     def _run_periodic(self) -> None:
         now = time.monotonic()
@@ -287,23 +366,33 @@ class Recorder:
         except Exception:
             pass  # the connection is already broken; a new one is opened next time
 
-    def _log_drops(self) -> None:
-        if not self._dropped_unlogged:
-            return
+    def _log_drops(self, *, force: bool = False) -> None:
+        """Log the drops since the last report, at most once per drop_log_interval."""
         now = time.monotonic()
-        if now - self._last_drop_log < DROP_LOG_INTERVAL:
-            return
-        with self._done:
-            self._done.notify_all()
+        with self._lock:
+            count = self._dropped_unlogged
+            if not count or (not force and now - self._last_drop_log < self.drop_log_interval):
+                return
+            self._dropped_unlogged = 0
+            self._last_drop_log = now
+            total = self._dropped
         logger.error(
             "watchtower recorder dropped %d events (buffer full at %d events; %d dropped in all)",
-            self._dropped_unlogged, self.buffer_size, self._dropped,
+            count, self.buffer_size, total,
         )
-        self._dropped_unlogged = 0
-        self._last_drop_log = now
 
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Runs in the child right after os.fork(), before any other thread
+    # exists there: the one moment the parent's locks are safe to replace.
+    for recorder in list(_live_recorders):
+        recorder._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -8,12 +8,14 @@ Supported URLs::
 
 ``?option=value`` pairs after the URL are passed to the driver (for example
 ``?connect_timeout=5``).  SQLite runs in WAL mode with a busy timeout so that
-many processes can record into one file at once.
+many processes can record into one file at once, and in incremental
+auto-vacuum mode so that a prune can give freed space back to the file system.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -105,6 +107,10 @@ def open_database(url: str) -> peewee.Database:
             timeout=SQLITE_BUSY_TIMEOUT,
             pragmas={
                 "busy_timeout": int(SQLITE_BUSY_TIMEOUT * 1000),
+                # Before any table exists (it is a no-op afterwards): lets
+                # watchtower.prune hand pages freed by a prune back to the
+                # file system with PRAGMA incremental_vacuum.
+                "auto_vacuum": "incremental",
                 "journal_mode": "wal",
                 "synchronous": "normal",
             },
@@ -176,6 +182,16 @@ def connect(url: str, *, create: bool = True) -> peewee.Database:
 
 
 _connect_lock = threading.RLock()
+
+
+def _reinit_connect_lock() -> None:
+    # A thread of the parent (a recorder connecting) may hold the lock at
+    # the fork; in the child that thread is gone and the lock would stay held.
+    global _connect_lock
+    _connect_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reinit_connect_lock)
 
 
 def redact_url(url: str) -> str:
