@@ -79,11 +79,14 @@ def _guarded(hook: F) -> F:
 
 
 def _broker_kind(broker: dramatiq.Broker) -> str:
-    name = type(broker).__name__.lower()
-    for kind in ("redis", "rabbitmq", "stub"):
-        if kind in name:
-            return kind
-    return name.removesuffix("broker")
+    # Through the class's bases, so that an app's own subclass of
+    # RedisBroker still counts as Redis (and its message ids are kept).
+    for cls in type(broker).__mro__:
+        name = cls.__name__.lower()
+        for kind in ("redis", "rabbitmq", "stub"):
+            if kind in name:
+                return kind
+    return type(broker).__name__.lower().removesuffix("broker")
 
 
 def format_exception(exception: BaseException) -> str:
@@ -241,7 +244,9 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             actor=message.actor_name,
             connection=self._connection,
             queued_at=message.message_timestamp,
-            broker_message_id=options.get("redis_message_id"),
+            # Only Redis has an id of its own (dead letters are keyed by it);
+            # a message sent on from another broker may still carry a stale one.
+            broker_message_id=options.get("redis_message_id") if self._connection == "redis" else None,
             **fields,
         )
 

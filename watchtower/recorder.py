@@ -211,22 +211,21 @@ class Recorder:
                 self._after_fork()  # forked by a path that skipped the fork hook
             if self._thread is not None:
                 return
-            if self._forked and "multiprocessing.util" in sys.modules:
-                # A multiprocessing child ends with os._exit(), which skips
-                # atexit; multiprocessing runs its own finalizers first.
+            multiprocessing = sys.modules.get("multiprocessing")
+            if multiprocessing is not None and multiprocessing.parent_process() is not None:
+                # A forked multiprocessing child (the ``dramatiq`` command's
+                # worker processes) ends with os._exit(), which skips atexit;
+                # multiprocessing runs its own finalizers first.
                 from multiprocessing.util import Finalize
 
                 Finalize(None, _close_all, exitpriority=-100)
             self._thread = threading.Thread(target=self._run, name="watchtower-recorder", daemon=True)
             self._thread.start()
 
-    _forked = False
-
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's buffer, thread, connection and tasks."""
         self._reset()
         self._periodic = []
-        self._forked = True
         if isinstance(self._database, str):
             self._db = None
 
