@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env, unique, wait_until
+from conftest import make_database_url, subprocess_env, unique, wait_until
 from watchtower import models, store
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.models import Job, Rollup, Worker, now_ms
@@ -101,10 +101,12 @@ def test_periodic_tasks_run_on_the_flusher_thread(sqlite_url: str) -> None:
         recorder.close()
 
 
-def test_values_the_database_refuses_are_dropped_and_the_rest_written(postgres_url: str,
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_values_the_database_refuses_are_dropped_and_the_rest_written(kind: str, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    """A queue name longer than its column fails the batch on PostgreSQL; the other events still land."""
-    recorder = Recorder(postgres_url, flush_interval=30, batch_size=10_000)
+    """A queue name longer than its column fails the batch (SQLite would take it); the other events still land."""
+    url, drop = make_database_url(kind, tmp_path)
+    recorder = Recorder(url, flush_interval=30, batch_size=10_000)
     try:
         good = [unique("m") for _ in range(5)]
         for message_id in good[:3]:
@@ -113,7 +115,7 @@ def test_values_the_database_refuses_are_dropped_and_the_rest_written(postgres_u
         for message_id in good[3:]:
             recorder.record(enqueued(message_id))
         assert recorder.flush(timeout=30)
-        store.connect(postgres_url)
+        store.connect(url)
         assert {job.message_id for job in Job.select()} == set(good)
         assert recorder.stats().dropped == 1 and recorder.stats().written == 5
         assert sum(r.count for r in Rollup.select().where(Rollup.kind == "enqueued")) == 5  # no double counts
@@ -125,6 +127,7 @@ def test_values_the_database_refuses_are_dropped_and_the_rest_written(postgres_u
     finally:
         recorder.close()
         models.database.obj.close()
+        drop()
 
 
 def _child(recorder: Recorder, ids: list[str], marker: str) -> None:

@@ -151,7 +151,7 @@ def is_deadlock(error: BaseException) -> bool:
     """Whether ``error`` is the database aborting a transaction that may simply run again."""
     original = error.args[0] if error.args and isinstance(error.args[0], BaseException) else error.__context__
     if original is None:
-        return False
+        original = error  # a driver's own exception
     if getattr(original, "sqlstate", None) in _PG_RETRY_STATES:
         return True
     code = original.args[0] if original.args else None
@@ -190,7 +190,11 @@ def _upsert_jobs(db: peewee.Database, kind: str, events: Sequence[JobEvent]) -> 
         # PyMySQL folds a single-row INSERT run by executemany into
         # multi-row INSERTs itself.
         sql = f"INSERT INTO {table} ({names}) VALUES {placeholders}" + _conflict_clause(kind)
-        db.cursor().executemany(sql, rows)
+        # Through Peewee's wrapper, so that driver errors arrive as Peewee's
+        # (the deadlock retry and the recorder's handling of refused values
+        # look for those).
+        with peewee.__exception_wrapper__:
+            db.cursor().executemany(sql, rows)
         return
     # SQLite: multi-row statements, so that one sqlite3_step (run without
     # the GIL) writes a whole chunk; row-by-row executemany hands the GIL
