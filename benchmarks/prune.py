@@ -1,60 +1,72 @@
 """Pruning a million rows while a recorder keeps writing.
 
-    python3 benchmarks/prune.py [--rows 1000000] [--keep 50000] [--rate 500] [--databases sqlite,postgresql]
+    python3 benchmarks/prune.py [--rows 1000000] [--keep 50000] [--rate 500] [--rounds 3]
+                                [--databases sqlite,postgresql[,mysql]]
 
-For each database: a fresh ledger is filled (outside the measurement) with
+For each database a ledger is filled once (outside the measurement) with
 ``--rows`` finished jobs past their retention (completed, failed and skipped
-mixed) and ``--keep`` rows that must stay (recent, pending, processing).
-Then a real :class:`watchtower.Recorder` starts recording ``--rate`` jobs a
-second (enqueued, started, completed: three events each) and, once it is
-writing steadily, :func:`watchtower.prune.prune` runs with the default
-retention.  Reported: the prune's time (and the part spent handing space
-back on SQLite), its longest delete transaction, and the longest write of
-the recorder while the prune ran (a write includes waiting for the lock:
-that is the stall a live worker sees).  Afterwards the benchmark checks
-that exactly the expired rows went and that every recorded job landed.
+mixed, spread over four weeks) and ``--keep`` rows that must stay (recent,
+pending, processing); each round prunes a fresh copy of it (a file copy on
+SQLite, ``CREATE DATABASE ... TEMPLATE`` on PostgreSQL, a table copy on
+MySQL).  In each round a real :class:`watchtower.Recorder` records
+``--rate`` jobs a second (enqueued, started, completed: three events each)
+and, once it is writing steadily, :func:`watchtower.prune.prune` runs with
+the default retention and the default batch tuning.
+
+Reported per database (median of the rounds, and the worst round): the
+prune's time (including, on SQLite, handing the space back to the file
+system), its batches and longest delete transaction, and the longest write
+of the recorder while the prune ran (a write includes waiting for the
+lock: the stall a live worker sees).  Each round checks that exactly the
+expired rows went and that every recorded job landed.  The machine's load
+average is printed too: on a shared machine it explains most of the spread.
 
 Budget (DESIGN.md): a million rows in under 10 s, no recorder write over 0.5 s.
 
 Servers: PostgreSQL at WT_BENCH_POSTGRES (default
-postgresql://postgres@127.0.0.1:5432/postgres; a database of the
-benchmark's own is created and dropped).  SQLite in a temporary directory.
+postgresql://postgres@127.0.0.1:5432/postgres) and MariaDB at WT_BENCH_MYSQL
+(default mysql://root@127.0.0.1:3306/test); databases of the benchmark's own
+are created and dropped.  SQLite in a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+MYSQL_ADMIN = os.environ.get("WT_BENCH_MYSQL", "mysql://root@127.0.0.1:3306/test")
 
 DAY_MS = 86_400_000
 
 
-def fill(db, rows: int, keep: int) -> None:  # type: ignore[no-untyped-def]
+def fill(db: Any, rows: int, keep: int) -> None:
     from fill import insert_jobs, job_row
 
     from watchtower.models import now_ms
 
     now = now_ms()
-    oldest = now - 60 * DAY_MS  # to now - 32 days
+    oldest = now - 60 * DAY_MS  # to now - 32 days: past every default retention
     statuses = ["completed"] * 16 + ["failed"] * 3 + ["skipped"]
 
-    def expired():  # type: ignore[no-untyped-def]
+    def expired() -> Iterator[tuple[Any, ...]]:
         for i in range(rows):
-            # Spread over 28 days, all before the longest cutoff (30 days).
             yield job_row(statuses[i % 20], oldest + 28 * DAY_MS * i // rows)
 
-    def kept():  # type: ignore[no-untyped-def]
+    def kept() -> Iterator[tuple[Any, ...]]:
         for i in range(keep):
             status = ("completed", "pending", "processing", "failed")[i % 4]
             yield job_row(status, now - DAY_MS + i if status in ("completed", "failed") else None)
@@ -63,22 +75,14 @@ def fill(db, rows: int, keep: int) -> None:  # type: ignore[no-untyped-def]
     insert_jobs(db, kept())
 
 
-def measure(kind: str, url: str, rows: int, keep: int, rate: int, tuning: dict[str, float]) -> dict[str, float]:
-    """Fill, then prune while recording; returns the numbers."""
+def measure(kind: str, url: str, rows: int, keep: int, rate: int) -> dict[str, float]:
+    """Prune the filled ledger at ``url`` while recording; returns the numbers."""
     from fill import completed_job_events
 
     from watchtower import Recorder, store
     from watchtower.prune import Retention, prune
 
     db = store.connect(url)
-    started = time.perf_counter()
-    fill(db, rows, keep)
-    fill_seconds = time.perf_counter() - started
-    if kind == "sqlite":
-        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    elif kind == "postgresql":
-        db.execute_sql("ANALYZE")
-
     writes: list[tuple[float, float]] = []  # (end time, seconds)
     recorder = Recorder(url, flush_interval=0.25, on_write=lambda batch, seconds: writes.append(
         (time.perf_counter(), seconds)))
@@ -101,9 +105,9 @@ def measure(kind: str, url: str, rows: int, keep: int, rate: int, tuning: dict[s
     try:
         while len(writes) < 4:  # the recorder is connected and writing
             time.sleep(0.05)
-        before = os.path.getsize(url.split("///", 1)[1]) if kind == "sqlite" else 0
+        load = os.getloadavg()[0]
         window_start = time.perf_counter()
-        result = prune(db, Retention(), **tuning)
+        result = prune(db, Retention())
         window_end = time.perf_counter()
         time.sleep(0.5)
     finally:
@@ -114,82 +118,172 @@ def measure(kind: str, url: str, rows: int, keep: int, rate: int, tuning: dict[s
     during = [seconds for end, seconds in writes if end >= window_start and end - seconds <= window_end]
     remaining = db.execute_sql("SELECT COUNT(*) FROM watchtower_jobs WHERE queue = 'default'").fetchone()[0]
     landed = db.execute_sql("SELECT COUNT(*) FROM watchtower_jobs WHERE queue = 'live'").fetchone()[0]
-    if kind == "sqlite":
-        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks at a checkpoint
-    after = os.path.getsize(url.split("///", 1)[1]) if kind == "sqlite" else 0
     db.close()
     if result.jobs_total != rows or remaining != keep:
         raise SystemExit(f"{kind}: pruned {result.jobs_total} of {rows}, {remaining} of {keep} kept rows left")
     if landed != produced[0]:
         raise SystemExit(f"{kind}: {landed} of {produced[0]} recorded jobs landed in the ledger")
     return {
-        "fill": fill_seconds,
         "prune": result.seconds,
         "vacuum": result.vacuum_seconds,
         "batches": result.batches,
         "longest_batch": result.longest_batch,
         "writes": len(during),
         "longest_write": max(during, default=0.0),
-        "recorded": produced[0],
-        "mb_before": before / 1e6,
-        "mb_after": after / 1e6,
+        "load": load,
     }
 
 
-def postgres_database() -> tuple[str, object]:
-    import psycopg
+# Databases: a filled template, and fresh copies of it -----------------------
 
-    from watchtower.store import check_database_url
 
-    admin = check_database_url(POSTGRES_ADMIN)
-    name = f"wtbench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+class Sqlite:
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+        self.template = f"{tmp}/template.db"
+        self.rounds = 0
 
-    def drop() -> None:
-        with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    def template_url(self) -> str:
+        return f"sqlite:///{self.template}"
 
-    return POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name, drop
+    def seal(self, db: Any) -> None:
+        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def copy(self) -> tuple[str, Callable[[], None]]:
+        self.rounds += 1
+        path = f"{self.tmp}/round{self.rounds}.db"
+        shutil.copyfile(self.template, path)
+        return f"sqlite:///{path}", lambda: os.remove(path)
+
+    def drop(self) -> None:
+        pass
+
+
+class Postgres:
+    def __init__(self) -> None:
+        from watchtower.store import check_database_url
+
+        self.admin = check_database_url(POSTGRES_ADMIN)
+        self.template = f"wtbench_{uuid.uuid4().hex[:10]}"
+        self._sql(f'CREATE DATABASE "{self.template}"')
+
+    def _sql(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(dbname=self.admin.database, autocommit=True, **self.admin.params) as conn:
+            conn.execute(statement)
+
+    def template_url(self) -> str:
+        return POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + self.template
+
+    def seal(self, db: Any) -> None:
+        db.execute_sql("ANALYZE")
+
+    def copy(self) -> tuple[str, Callable[[], None]]:
+        name = f"{self.template}_{uuid.uuid4().hex[:6]}"
+        self._sql(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        return POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name, lambda: self._sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+    def drop(self) -> None:
+        self._sql(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
+
+
+class Mysql:
+    def __init__(self) -> None:
+        from watchtower.store import check_database_url
+
+        self.admin = check_database_url(MYSQL_ADMIN)
+        self.template = f"wtbench_{uuid.uuid4().hex[:10]}"
+        self._sql(f"CREATE DATABASE `{self.template}` CHARACTER SET utf8mb4")
+
+    def _sql(self, *statements: str) -> None:
+        import pymysql
+
+        conn = pymysql.connect(database=self.admin.database, autocommit=True, **self.admin.params)
+        try:
+            with conn.cursor() as cursor:
+                for statement in statements:
+                    cursor.execute(statement)
+        finally:
+            conn.close()
+
+    def template_url(self) -> str:
+        return MYSQL_ADMIN.rsplit("/", 1)[0] + "/" + self.template
+
+    def seal(self, db: Any) -> None:
+        db.execute_sql("ANALYZE TABLE watchtower_jobs")
+
+    def copy(self) -> tuple[str, Callable[[], None]]:
+        from watchtower import store
+
+        name = f"{self.template}_{uuid.uuid4().hex[:6]}"
+        self._sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        url = MYSQL_ADMIN.rsplit("/", 1)[0] + "/" + name
+        store.connect(url).close()  # the schema, with its triggers
+        # Rows only: the job counts come along, the triggers stay quiet.
+        self._sql(
+            f"INSERT INTO `{name}`.watchtower_jobs SELECT * FROM `{self.template}`.watchtower_jobs",
+            f"DELETE FROM `{name}`.watchtower_job_counts",
+            f"INSERT INTO `{name}`.watchtower_job_counts SELECT * FROM `{self.template}`.watchtower_job_counts",
+        )
+        return url, lambda: self._sql(f"DROP DATABASE `{name}`")
+
+    def drop(self) -> None:
+        self._sql(f"DROP DATABASE IF EXISTS `{self.template}`")
+
+
+def run(kind: str, rows: int, keep: int, rate: int, rounds: int) -> list[dict[str, float]]:
+    from watchtower import store
+
+    with tempfile.TemporaryDirectory(prefix="wtbench") as tmp:
+        database = {"sqlite": lambda: Sqlite(tmp), "postgresql": Postgres, "mysql": Mysql}[kind]()
+        try:
+            db = store.connect(database.template_url())
+            started = time.perf_counter()
+            fill(db, rows, keep)
+            database.seal(db)
+            db.close()
+            print(f"{kind}: filled in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+            results = []
+            for _ in range(rounds):
+                url, drop = database.copy()
+                try:
+                    results.append(measure(kind, url, rows, keep, rate))
+                finally:
+                    drop()
+                print(f"{kind}: {results[-1]}", file=sys.stderr, flush=True)
+            return results
+        finally:
+            database.drop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="expired rows to prune")
     parser.add_argument("--keep", type=int, default=50_000, help="rows that must stay")
     parser.add_argument("--rate", type=int, default=500, help="jobs a second recorded meanwhile")
-    parser.add_argument("--databases", default="sqlite,postgresql")
-    parser.add_argument("--batch-seconds", type=float, default=None, help="prune(batch_seconds=...), default its own")
-    parser.add_argument("--pause", type=float, default=None, help="prune(pause=...), default its own")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--databases", default="sqlite,postgresql", help="any of sqlite, postgresql, mysql")
     args = parser.parse_args()
-    tuning = {name: value for name, value in (("batch_seconds", args.batch_seconds), ("pause", args.pause))
-              if value is not None}
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    results = {}
-    for kind in args.databases.split(","):
-        with tempfile.TemporaryDirectory(prefix="wtbench") as tmp:
-            if kind == "sqlite":
-                url, drop = f"sqlite:///{tmp}/ledger.db", (lambda: None)
-            elif kind == "postgresql":
-                url, drop = postgres_database()
-            else:
-                raise SystemExit(f"unknown database {kind!r}: use sqlite or postgresql")
-            try:
-                results[kind] = measure(kind, url, args.rows, args.keep, args.rate, tuning)
-            finally:
-                drop()  # type: ignore[operator]
-        print(f"{kind}: {results[kind]}", file=sys.stderr, flush=True)
+    results = {kind: run(kind, args.rows, args.keep, args.rate, args.rounds) for kind in args.databases.split(",")}
 
-    print(f"\n{args.rows:,} expired rows pruned, {args.keep:,} kept, recording {args.rate} jobs/s meanwhile\n")
-    print("| database | prune (s) | of which vacuum (s) | batches | longest batch (s) | recorder writes during prune "
-          "| longest recorder write (s) | file MB before → after |")
+    print(f"\n{args.rows:,} expired rows pruned ({args.keep:,} kept) while recording {args.rate} jobs/s; "
+          f"median of {args.rounds} rounds (worst round)\n")
+    print("| database | prune (s) | of which vacuum (s) | batches | longest batch (s) "
+          "| longest recorder write (s) | recorder writes during prune | load average |")
     print("|---|---|---|---|---|---|---|---|")
-    for kind, r in results.items():
-        size = f"{r['mb_before']:.0f} → {r['mb_after']:.0f}" if kind == "sqlite" else "–"
-        print(f"| {kind} | {r['prune']:.2f} | {r['vacuum']:.2f} | {r['batches']:.0f} | {r['longest_batch']:.3f} "
-              f"| {r['writes']:.0f} | {r['longest_write']:.3f} | {size} |")
+    for kind, rounds in results.items():
+        def cell(name: str, fmt: str) -> str:
+            values = [r[name] for r in rounds]
+            return f"{statistics.median(values):{fmt}} ({max(values):{fmt}})"
+
+        loads = [r["load"] for r in rounds]
+        print(f"| {kind} | {cell('prune', '.2f')} | {cell('vacuum', '.2f')} | {cell('batches', '.0f')} "
+              f"| {cell('longest_batch', '.3f')} | {cell('longest_write', '.3f')} | {cell('writes', '.0f')} "
+              f"| {min(loads):.1f}–{max(loads):.1f} |")
 
 
 if __name__ == "__main__":
