@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from fill import insert_jobs, job_row
@@ -15,7 +17,7 @@ from watchtower.lease import acquire, free_at
 from watchtower.models import Job, JobStatus, now_ms
 from watchtower.prune import DAY_MS, LEASE_NAME, AutoPruner, PruneResult, Retention, prune, prune_if_due
 
-from conftest import wait_until
+from conftest import REDIS_URL, wait_until
 
 AUTO = Settings(retention_auto=True, retention_interval=0.0)
 
@@ -171,3 +173,34 @@ def test_a_prune_stops_when_told_to_between_batches(sqlite_url: str, monkeypatch
 
     assert not result.complete
     assert result.jobs_total == 100 and Job.select().count() == 900
+
+
+def test_a_running_supervisor_trims_the_ledger_on_schedule(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str
+) -> None:
+    from supervision import running, start_supervisor, wait_exit, write_config
+
+    db = store.connect(sqlite_url)
+    _expired(db, 2_000)
+    insert_jobs(db, [job_row(JobStatus.PENDING, None) for _ in range(10)])
+    path = write_config(
+        tmp_path / "watchtower.toml",
+        app="apps.sup_app", database_url=sqlite_url, command_bus="redis", redis_url=REDIS_URL,
+        redis_prefix=redis_namespace, heartbeat_timeout=2.0,
+        **{"http.port": 0, "retention.auto": True, "retention.interval": 1.0},
+        supervisors={"default": {"queues": [f"q_{redis_namespace}"], "min_processes": 1, "threads": 1,
+                                 "memory": 1024}},
+    )
+    log = tmp_path / "supervisor.log"
+    env = {"WT_TEST_NAMESPACE": redis_namespace, "WT_TEST_REDIS": REDIS_URL}
+    with running(start_supervisor(path, "default", log, **env), log) as supervisor:
+        wait_until(lambda: "pruned 2000 jobs (completed 2000)" in log.read_text(), timeout=60,
+                   message="the first automatic prune")
+        assert Job.select().where(Job.status == JobStatus.COMPLETED).count() == 0
+        _expired(db, 500)  # more expire later: the next scheduled prune takes them
+        wait_until(lambda: "pruned 500 jobs (completed 500)" in log.read_text(), timeout=60,
+                   message="the next automatic prune")
+        assert Job.select().where(Job.status == JobStatus.COMPLETED).count() == 0
+        assert Job.select().where(Job.status == JobStatus.PENDING).count() == 10
+        supervisor.send_signal(signal.SIGTERM)
+        assert wait_exit(supervisor, 90) == 0

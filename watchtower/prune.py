@@ -529,7 +529,7 @@ def prune_if_due(
             assert lease is not None
             return lease.renew()
 
-        logger.info("automatic prune by %s", owner)
+        logger.debug("automatic prune by %s", owner)
         result = prune(
             db, Retention.from_settings(settings), now=now, progress=progress,
             between_batches=keep_lease, cancel=cancel,
@@ -592,6 +592,7 @@ class AutoPruner:
         try:
             result = prune_if_due(self.settings, owner=self.owner, db=self.db, clock=self.clock, cancel=self._cancel)
             if result is not None:
+                logger.info("automatic prune by %s: %s", self.owner, result.summary())
                 self._done.append(result)
         except Exception:
             logger.exception("automatic prune by %s failed", self.owner)

@@ -17,7 +17,9 @@ that only *record* a pending signal for the loop to act on.  Each pass
 5. starts what is missing up to ``min_processes`` (plus accepted requests,
    up to ``max_processes``);
 6. every few seconds, marks lost the stale worker records of any host and
-   supervisor (idempotently: see :func:`watchtower.manager.clean_stale_workers`).
+   supervisor (idempotently: see :func:`watchtower.manager.clean_stale_workers`);
+   with ``retention.auto``, it also starts a prune in a thread of its own when
+   one is due (one supervisor at a time: see :mod:`watchtower.prune`).
 
 The processes are managed without the ledger: when its database is down,
 workers are still reaped and restarted, and the row updates wait in a
@@ -62,6 +64,7 @@ from .pool import (
     new_worker_id,
     worker_options,
 )
+from .prune import AutoPruner
 from .worker import EXIT_MEMORY, EXIT_OK
 
 __all__ = ["Supervisor", "check_app", "TICK"]
@@ -159,6 +162,7 @@ class Supervisor:
         self._run_dir: str | None = None
         self._metrics_dir: metrics.MultiprocessDir | None = None
         self._metrics_server: metrics.MetricsServer | None = None
+        self._pruner: AutoPruner | None = None
 
     # The outside world ----------------------------------------------------
 
@@ -184,6 +188,8 @@ class Supervisor:
     def run(self) -> int:
         """Run until SIGTERM or SIGINT, then stop every worker; returns the exit code (0)."""
         self.check()
+        assert self._db is not None
+        self._pruner = AutoPruner(self.settings, owner=f"{self.hostname}/{self.name}/{os.getpid()}", db=self._db)
         self._start_metrics()
         self._run_dir = tempfile.mkdtemp(prefix=f"watchtower-{self.name}-")
         self._db_ok_since = self.clock()
@@ -212,6 +218,8 @@ class Supervisor:
                     slot.child.popen.send_signal(signal.SIGTERM)
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._stop_metrics()
+            if self._pruner is not None:
+                self._pruner.close()  # a prune in progress stops after its batch
         logger.info("supervisor %s stopped", self.name)
         return 0
 
@@ -444,7 +452,8 @@ class Supervisor:
 
     def _housekeeping(self) -> None:
         records.clean_stale_workers(self.settings.heartbeat_timeout, keep=set(self.children()))
-        # PRUNE(branch prune): an AutoPruner(settings, owner=..., db=...).tick() here, when it lands.
+        if self._pruner is not None:
+            self._pruner.tick()  # returns at once: a due prune runs in a thread of its own
 
     def _start_metrics(self) -> None:
         """A multiprocess directory that starts empty for the workers, and /metrics served from it."""
