@@ -17,35 +17,51 @@ from test_metrics import parse, promtool_check, value
 from watchtower import metrics
 from watchtower.config import load_settings, replace
 from watchtower.ledger import mark_lost
-from watchtower.models import Job, JobStatus, Rollup
+from watchtower.models import Job, JobStatus, Rollup, Worker
 from watchtower.store import connect
 
 
 class Workers:
-    """Worker processes of metrics_workload writing into one multiprocess directory."""
+    """Worker processes writing into one multiprocess directory, as a supervisor's children.
 
-    def __init__(self, directory: Path, env: dict[str, str]) -> None:
+    ``kind`` is ``dramatiq`` (metrics_workload's own dramatiq.Worker) or
+    ``watchtower`` (``python -m watchtower worker --app metrics_workload``).
+    """
+
+    def __init__(self, directory: Path, env: dict[str, str], kind: str) -> None:
         self.directory = directory
         self.env = env
+        self.kind = kind
         self.children: list[subprocess.Popen[str]] = []
 
     def start(self, worker_id: str | None = None) -> subprocess.Popen[str]:
-        env = dict(self.env, PROMETHEUS_MULTIPROC_DIR=str(self.directory))
-        if worker_id:
-            env["WT_APP_WORKER_ID"] = worker_id
-        child = subprocess.Popen(
-            [sys.executable, "-m", "metrics_workload"], env=subprocess_env(**env),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
+        worker_id = worker_id or unique("w")
+        env = dict(self.env, PROMETHEUS_MULTIPROC_DIR=str(self.directory), WT_APP_WORKER_ID=worker_id)
+        if self.kind == "dramatiq":
+            command = [sys.executable, "-m", "metrics_workload"]
+        else:
+            command = [
+                sys.executable, "-m", "watchtower", "--database-url", self.env["WT_APP_DATABASE_URL"], "worker",
+                "--app", "metrics_workload", "--worker-id", worker_id, "--threads", "2", "--sleep", "0.1",
+            ]
+        child = subprocess.Popen(command, env=subprocess_env(**env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
         self.children.append(child)
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
+        if self.kind == "dramatiq":
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+        else:
+            wait_until(lambda: (row := Worker.get_or_none(Worker.worker_id == worker_id)) and row.status == "running",
+                       timeout=60, message=f"worker {worker_id} running")
         return child
 
     def stop(self, child: subprocess.Popen[str]) -> None:
         """A graceful stop: the worker finishes, flushes its ledger events and exits."""
-        assert child.stdin is not None
-        child.stdin.close()
+        if self.kind == "dramatiq":
+            assert child.stdin is not None
+            child.stdin.close()
+        else:
+            child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == 0
 
     def close(self) -> None:
@@ -65,19 +81,25 @@ def app_env(redis_namespace: str, sqlite_url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def workers(tmp_path: Path, app_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Workers]:
+@pytest.fixture(params=["dramatiq", "watchtower"])
+def workers(
+    request: pytest.FixtureRequest, tmp_path: Path, app_env: dict[str, str], sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Workers]:
+    """Worker processes of each kind in turn; the models bound to the ledger."""
+    db = connect(sqlite_url)
     held = metrics.prepare_multiprocess_dir(tmp_path / "metrics")
     # The producer in this process imports the same app module.
     for name, text in app_env.items():
         monkeypatch.setenv(name, text)
     sys.modules.pop("metrics_workload", None)
-    group = Workers(held.path, app_env)
+    group = Workers(held.path, app_env, request.param)
     try:
         yield group
     finally:
         group.close()
         held.release()
+        db.close()
         sys.modules.pop("metrics_workload", None)
 
 
@@ -103,7 +125,6 @@ def ledger_counts(queue: str) -> dict[tuple[str, str], int]:
 def test_counters_equal_the_ledger_after_a_run_of_real_workers(workers: Workers, app_env, sqlite_url):
     import metrics_workload as app
 
-    connect(sqlite_url)
     queue = app_env["WT_APP_QUEUE"]
     for _ in range(2):
         workers.start()
@@ -161,7 +182,6 @@ def test_counters_equal_the_ledger_after_a_run_of_real_workers(workers: Workers,
 def test_a_killed_worker_leaves_the_in_progress_gauge_and_its_counters_stay(workers: Workers, app_env, sqlite_url):
     import metrics_workload as app
 
-    connect(sqlite_url)
     settings = load_settings(overrides={"database_url": sqlite_url}, env={})
     queue = app_env["WT_APP_QUEUE"]
     victim = workers.start(worker_id="victim-1")
