@@ -138,6 +138,19 @@ def test_processes_add_up_and_a_dead_process_leaves_the_live_gauge(tmp_path: Pat
         assert value(samples, "watchtower_jobs_in_progress", **job) == 0  # the dead one's 2 are gone
         assert value(samples, "watchtower_jobs_started_total", **job) == 5  # its counters stay
         assert value(samples, "watchtower_jobs_completed_total", **job) == 3
+        assert value(samples, "watchtower_job_queue_wait_seconds_count", **job) == 5
+        # ... folded into one archive file per type, so files do not pile up.
+        names = {p.name for p in held.path.glob("*.db")}
+        assert f"counter_{first.pid}.db" not in names and f"histogram_{first.pid}.db" not in names
+        assert {"counter_dead.db", "histogram_dead.db", f"counter_{second.pid}.db"} <= names
+
+        second.kill()
+        second.wait(timeout=30)
+        metrics.mark_process_dead(second.pid, held.path)
+        samples = parse(metrics.exposition(settings)[0])
+        assert value(samples, "watchtower_jobs_started_total", **job) == 5
+        assert value(samples, "watchtower_job_duration_seconds_sum", **job) == pytest.approx(0.06)
+        assert not {f"counter_{first.pid}.db", f"counter_{second.pid}.db"} & {p.name for p in held.path.glob("*")}
     finally:
         for child in (first, second):
             if child.poll() is None:
@@ -260,3 +273,52 @@ def test_a_configured_metrics_dir_is_kept_after_release(tmp_path: Path, settings
     held = metrics.open_multiprocess_dir(replace(settings, metrics_dir=str(tmp_path / "mine")))
     held.release()
     assert (tmp_path / "mine").is_dir()
+
+
+def test_a_live_process_files_are_not_folded(tmp_path: Path):
+    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    child = start_child(str(held.path), started=1, finished=0)
+    try:
+        metrics.mark_process_dead(child.pid, held.path)  # a mistake: it still runs
+        assert (held.path / f"counter_{child.pid}.db").exists()
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        held.release()
+
+
+def test_a_scrape_never_sees_a_dead_process_twice_or_not_at_all(tmp_path: Path, settings):
+    """Folding dead processes' files while scrapes read the directory: every scrape sees the exact total."""
+    import threading
+
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    settings = replace(settings, metrics_dir=str(held.path))
+    key = mmap_key("watchtower_jobs_enqueued", "watchtower_jobs_enqueued_total", ["queue", "actor"],
+                   ["q_fold", "a"], "Messages sent to a queue (a retry is not counted again).")
+    dead_pids = range(4_190_000, 4_190_120)  # above any pid this machine hands out
+    for pid in dead_pids:
+        file = MmapedDict(str(held.path / f"counter_{pid}.db"))
+        file.write_value(key, 1.0, 0.0)
+        file.close()
+    seen: list[float | None] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            seen.append(value(parse(metrics.exposition(settings)[0]), "watchtower_jobs_enqueued_total",
+                              queue="q_fold", actor="a"))
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for pid in dead_pids:
+            metrics.mark_process_dead(pid, held.path)
+    finally:
+        done.set()
+        scraper.join(timeout=60)
+        held.release()
+    print(f"{len(seen)} scrapes while folding")
+    assert seen and set(seen) == {float(len(dead_pids))}, sorted(set(seen), key=str)
+    assert [p.name for p in held.path.glob("counter_*.db")] == ["counter_dead.db"]

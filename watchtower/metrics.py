@@ -57,22 +57,24 @@ What a supervisor does, in order:
 from __future__ import annotations
 
 import errno
-import fcntl
-import glob
 import logging
 import os
 import platform
-import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import MetricsDirInUse, MetricsError, MetricsServerError
+from . import multiproc
+from .errors import MetricsServerError
 from .events import JobEvent, Kind
+from .multiproc import (
+    MULTIPROC_ENV,
+    MultiprocessDir,
+    mark_process_dead,
+    open_multiprocess_dir,
+    prepare_multiprocess_dir,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
@@ -106,9 +108,6 @@ DURATION_BUCKETS = (
 )
 #: The recorder's batch writes, seconds.
 FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-#: The environment variable prometheus-client reads for its directory.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _JOB_LABELS = ("queue", "actor")
 
@@ -313,109 +312,6 @@ def record_restart(supervisor: str, reason: str) -> None:
     process_metrics().restarts.labels(supervisor, reason).inc()
 
 
-# The multiprocess directory ---------------------------------------------------
-
-
-@dataclass
-class MultiprocessDir:
-    """A multiprocess directory this process owns (wiped, locked) until :meth:`release`."""
-
-    path: Path
-    _lock_fd: int | None = None
-    _remove: bool = False
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def env(self) -> dict[str, str]:
-        """What to add to a child process's environment so that it writes here."""
-        return {MULTIPROC_ENV: str(self.path)}
-
-    def release(self) -> None:
-        """Give up the lock (the supervisor is exiting).
-
-        The files stay, except in a temporary directory that
-        :func:`open_multiprocess_dir` made: that one is removed.
-        """
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        if self._remove:
-            shutil.rmtree(self.path, ignore_errors=True)
-            self._remove = False
-
-
-_LOCK_NAME = ".watchtower.lock"
-# The files prometheus-client writes: counter_PID.db, gauge_MODE_PID.db...
-_METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
-
-
-def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
-    """Create ``path`` if needed, lock it for this process, and delete old metric files.
-
-    Call it once when the supervisor starts, before it starts any worker
-    (give each child ``.env()``).  Only prometheus-client's own files are
-    deleted, so pointing ``metrics_dir`` at a shared directory by mistake
-    cannot delete anything else.  Raises MetricsDirInUse if another live
-    process (another supervisor) holds the directory: two supervisors must
-    not share one, or each would wipe and count the other's files.
-    """
-    directory = Path(path)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise MetricsError(f"cannot use metrics_dir {str(directory)!r}: {error.strerror}") from error
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise MetricsDirInUse(
-            f"metrics_dir {str(directory)!r} is in use by another process (pid {owner}): "
-            "give each supervisor a directory of its own (setting metrics_dir, WATCHTOWER_METRICS_DIR)"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
-    removed = 0
-    for pattern in _METRIC_FILES:
-        for file in glob.glob(os.path.join(directory, pattern)):
-            os.remove(file)
-            removed += 1
-    if removed:
-        logger.info("removed %d metric files left in %s by an earlier run", removed, directory)
-    return MultiprocessDir(directory, fd)
-
-
-def open_multiprocess_dir(settings: Settings) -> MultiprocessDir:
-    """The supervisor's directory: ``metrics_dir`` prepared, or a fresh temporary one.
-
-    Without ``metrics_dir`` every supervisor gets a directory of its own, so
-    that two supervisors on one host never share one.
-    """
-    if settings.metrics_dir:
-        return prepare_multiprocess_dir(settings.metrics_dir)
-    held = prepare_multiprocess_dir(tempfile.mkdtemp(prefix="watchtower-metrics-"))
-    held._remove = True
-    return held
-
-
-def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
-    """Forget the live gauges of the exited process ``pid`` (its counters stay).
-
-    Call it for every child that exits, whatever the cause (clean exit, crash,
-    SIGKILL, memory limit): without it, the in-progress gauge keeps counting
-    the attempts the dead process was running.  ``path`` defaults to
-    ``PROMETHEUS_MULTIPROC_DIR``; without either, there is nothing to do.
-    """
-    directory = os.fspath(path) if path is not None else os.environ.get(MULTIPROC_ENV)
-    if not directory:
-        return
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(pid, directory)
-
-
 # The exposition --------------------------------------------------------------
 
 
@@ -458,6 +354,20 @@ class _Merged:
             yield family
 
 
+class _Files:
+    """The multiprocess directory's files, read under the directory's scrape lock."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        with multiproc.reading(self._directory):
+            families = list(MultiProcessCollector(None, path=self._directory).collect())
+        yield from families
+
+
 class _Local:
     """This process's own metric objects, unless the scraped files already hold them."""
 
@@ -492,10 +402,8 @@ def exposition(settings: Settings, *, broker: Any = None, supervisor: str | None
     directory = multiprocess_dir(settings)
     collectors: list[Any] = [_Local(directory)]
     if directory:
-        from prometheus_client.multiprocess import MultiProcessCollector
-
         if os.path.isdir(directory):
-            collectors.insert(0, MultiProcessCollector(None, path=directory))
+            collectors.insert(0, _Files(directory))
         else:
             logger.warning("metrics_dir %s does not exist: serving this process's metrics only", directory)
     registry.register(_Merged(collectors))

@@ -1,0 +1,224 @@
+"""prometheus-client's multiprocess directory, kept right for a supervisor's lifetime.
+
+- :func:`prepare_multiprocess_dir` / :func:`open_multiprocess_dir`: at
+  supervisor start, create the directory, lock it (two supervisors must not
+  share one) and delete the files of an earlier run;
+- :func:`mark_process_dead`: for every child that exits, however it died.
+  The dead process's live gauges go (prometheus-client's own
+  ``mark_process_dead``), and its counters and histograms are folded into
+  one archive file per type (``counter_dead.db``...).  Without the folding,
+  a supervisor that recycles workers (memory limit) keeps a file per worker
+  it ever ran, and every scrape reads them all: thousands of files after a
+  few days;
+- :func:`reading`: what a scrape holds while it reads the files, so that it
+  never sees a dead process's values both in its own file and in the archive
+  (nor neither).  A shared ``flock`` on ``.watchtower.scrape.lock``, against
+  the exclusive one the folding takes: it works across processes too (a
+  ``watchtower serve`` reading the supervisor's directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import MetricsDirInUse, MetricsError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = [
+    "MULTIPROC_ENV",
+    "MultiprocessDir",
+    "mark_process_dead",
+    "open_multiprocess_dir",
+    "prepare_multiprocess_dir",
+    "reading",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The environment variable prometheus-client reads for its directory.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Types whose values outlive their process (live gauges do not).
+_KEPT_TYPES = ("counter", "histogram", "summary")
+_ARCHIVE = "dead"  # counter_dead.db: the folded values of every dead process
+_SCRAPE_LOCK = ".watchtower.scrape.lock"
+
+
+@dataclass
+class MultiprocessDir:
+    """A multiprocess directory this process owns (wiped, locked) until :meth:`release`."""
+
+    path: Path
+    _lock_fd: int | None = None
+    _remove: bool = False
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def env(self) -> dict[str, str]:
+        """What to add to a child process's environment so that it writes here."""
+        return {MULTIPROC_ENV: str(self.path)}
+
+    def release(self) -> None:
+        """Give up the lock (the supervisor is exiting).
+
+        The files stay, except in a temporary directory that
+        :func:`open_multiprocess_dir` made: that one is removed.
+        """
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._remove:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._remove = False
+
+
+_LOCK_NAME = ".watchtower.lock"
+# The files prometheus-client writes: counter_PID.db, gauge_MODE_PID.db...
+_METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
+
+def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
+    """Create ``path`` if needed, lock it for this process, and delete old metric files.
+
+    Call it once when the supervisor starts, before it starts any worker
+    (give each child ``.env()``).  Only prometheus-client's own files are
+    deleted, so pointing ``metrics_dir`` at a shared directory by mistake
+    cannot delete anything else.  Raises MetricsDirInUse if another live
+    process (another supervisor) holds the directory: two supervisors must
+    not share one, or each would wipe and count the other's files.
+    """
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise MetricsError(f"cannot use metrics_dir {str(directory)!r}: {error.strerror}") from error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise MetricsDirInUse(
+            f"metrics_dir {str(directory)!r} is in use by another process (pid {owner}): "
+            "give each supervisor a directory of its own (setting metrics_dir, WATCHTOWER_METRICS_DIR)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+    removed = 0
+    for pattern in _METRIC_FILES:
+        for file in glob.glob(os.path.join(directory, pattern)):
+            os.remove(file)
+            removed += 1
+    if removed:
+        logger.info("removed %d metric files left in %s by an earlier run", removed, directory)
+    return MultiprocessDir(directory, fd)
+
+
+def open_multiprocess_dir(settings: Settings) -> MultiprocessDir:
+    """The supervisor's directory: ``metrics_dir`` prepared, or a fresh temporary one.
+
+    Without ``metrics_dir`` every supervisor gets a directory of its own, so
+    that two supervisors on one host never share one.
+    """
+    if settings.metrics_dir:
+        return prepare_multiprocess_dir(settings.metrics_dir)
+    held = prepare_multiprocess_dir(tempfile.mkdtemp(prefix="watchtower-metrics-"))
+    held._remove = True
+    return held
+
+
+def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
+    """Forget the live gauges of the exited process ``pid``; fold its counters into the archive.
+
+    Call it for every child that exits, whatever the cause (clean exit, crash,
+    SIGKILL, memory limit), after reaping it and before starting its
+    replacement: without it, the in-progress gauge keeps counting the
+    attempts the dead process was running.  Its counters and histograms keep
+    their values (in the archive files).  ``path`` defaults to
+    ``PROMETHEUS_MULTIPROC_DIR``; without either, there is nothing to do.
+    """
+    directory = os.fspath(path) if path is not None else os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    from prometheus_client import multiprocess
+
+    with _scrape_lock(directory, fcntl.LOCK_EX):
+        multiprocess.mark_process_dead(pid, directory)
+        if _alive(pid):
+            # Not dead (or the pid is already someone else's): its files
+            # may still be written, so they stay where they are.
+            return
+        for typ in _KEPT_TYPES:
+            _fold(directory, typ, pid)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _fold(directory: str, typ: str, pid: int) -> None:
+    """Add ``TYP_PID.db``'s values into ``TYP_dead.db`` and remove it (under the exclusive lock)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    dead = os.path.join(directory, f"{typ}_{pid}.db")
+    if not os.path.exists(dead):
+        return
+    archive = os.path.join(directory, f"{typ}_{_ARCHIVE}.db")
+    totals: dict[str, float] = {}
+    for file in (archive, dead):
+        if os.path.exists(file):
+            for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(file):
+                totals[key] = totals.get(key, 0.0) + value
+    # Written aside (no scrape globs *.tmp), then renamed over the archive.
+    partial = archive + ".tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(partial)
+    folded = MmapedDict(partial)
+    try:
+        for key, value in totals.items():
+            folded.write_value(key, value, 0.0)
+    finally:
+        folded.close()
+    os.replace(partial, archive)
+    os.remove(dead)
+
+
+@contextlib.contextmanager
+def reading(directory: str) -> Iterator[None]:
+    """Hold this while reading the directory's files for a scrape."""
+    with _scrape_lock(directory, fcntl.LOCK_SH):
+        yield
+
+
+@contextlib.contextmanager
+def _scrape_lock(directory: str, mode: int) -> Iterator[None]:
+    try:
+        fd = os.open(os.path.join(directory, _SCRAPE_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        # A directory this process cannot write: read without the lock
+        # (a scrape may then rarely miss or double one dead process).
+        yield
+        return
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
