@@ -322,3 +322,49 @@ def test_a_scrape_never_sees_a_dead_process_twice_or_not_at_all(tmp_path: Path, 
     print(f"{len(seen)} scrapes while folding")
     assert seen and set(seen) == {float(len(dead_pids))}, sorted(set(seen), key=str)
     assert [p.name for p in held.path.glob("counter_*.db")] == ["counter_dead.db"]
+
+
+OTHER_CHILD = textwrap.dedent("""
+    import sys
+    from prometheus_client import Counter, Gauge, Histogram
+    # An app's own metrics in a worker process, in modes Watchtower does not use.
+    Gauge("app_temperature", "t", ["room"], multiprocess_mode="max", registry=None).labels("a").set(float(sys.argv[1]))
+    Gauge("app_last", "l", multiprocess_mode="all", registry=None).set(float(sys.argv[1]))
+    Counter("app_things", "n", ["kind"], registry=None).labels("x").inc(float(sys.argv[1]))
+    Histogram("app_seconds", "s", buckets=(1, 5), registry=None).observe(float(sys.argv[1]))
+    print("ready", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_the_fast_reader_gives_what_prometheus_client_gives(tmp_path: Path):
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from watchtower.multiproc import read_metrics
+
+    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    children = [start_child(str(held.path), started=3, finished=2), start_child(str(held.path), started=1, finished=1)]
+    for number in ("2", "7"):
+        child = subprocess.Popen([sys.executable, "-c", OTHER_CHILD, number], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=subprocess_env(**held.env()))
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        children.append(child)
+    try:
+        gone = children.pop(0)
+        gone.kill()
+        gone.wait(timeout=30)
+        metrics.mark_process_dead(gone.pid, held.path)  # some values in the archive files
+
+        def samples(families) -> dict:
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+        ours = samples(read_metrics(str(held.path)))
+        theirs = samples(MultiProcessCollector(None, path=str(held.path)).collect())
+        assert ours == theirs
+        assert ours[("app_temperature", (("room", "a"),))] == 7.0  # the max mode, through the library
+        assert ours[("watchtower_jobs_started_total", (("actor", "work"), ("queue", "q1")))] == 4.0
+    finally:
+        for child in children:
+            child.kill()
+            child.wait(timeout=30)
+        held.release()

@@ -355,17 +355,13 @@ class _Merged:
 
 
 class _Files:
-    """The multiprocess directory's files, read under the directory's scrape lock."""
+    """The multiprocess directory's files (see :func:`watchtower.multiproc.read_metrics`)."""
 
     def __init__(self, directory: str) -> None:
         self._directory = directory
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        with multiproc.reading(self._directory):
-            families = list(MultiProcessCollector(None, path=self._directory).collect())
-        yield from families
+        yield from multiproc.read_metrics(self._directory)
 
 
 class _Local:
