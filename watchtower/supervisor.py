@@ -189,21 +189,21 @@ class Supervisor:
         """Run until SIGTERM or SIGINT, then stop every worker; returns the exit code (0)."""
         self.check()
         assert self._db is not None
-        self._pruner = AutoPruner(self.settings, owner=f"{self.hostname}/{self.name}/{os.getpid()}", db=self._db)
         self._start_metrics()
-        self._run_dir = tempfile.mkdtemp(prefix=f"watchtower-{self.name}-")
-        self._db_ok_since = self.clock()
-        self._slots = [
-            Slot(kind=SlotKind.POOL, queues=self.config.queues, options=worker_options(self.config))
-            for _ in range(self.config.min_processes)
-        ]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        logger.info(
-            "supervisor %s on %s: %d to %d workers for %s (pid %d)",
-            self.name, self.hostname, self.config.min_processes, self.config.max_processes,
-            ", ".join(self.config.queues), os.getpid(),
-        )
         try:
+            self._run_dir = tempfile.mkdtemp(prefix=f"watchtower-{self.name}-")
+            self._pruner = AutoPruner(self.settings, owner=f"{self.hostname}/{self.name}/{os.getpid()}", db=self._db)
+            self._db_ok_since = self.clock()
+            self._slots = [
+                Slot(kind=SlotKind.POOL, queues=self.config.queues, options=worker_options(self.config))
+                for _ in range(self.config.min_processes)
+            ]
+            logger.info(
+                "supervisor %s on %s: %d to %d workers for %s (pid %d)",
+                self.name, self.hostname, self.config.min_processes, self.config.max_processes,
+                ", ".join(self.config.queues), os.getpid(),
+            )
             while not (self._stopping and not self.children()):
                 self._pass()
                 time.sleep(self.tick)
@@ -216,7 +216,8 @@ class Supervisor:
             for slot in self._slots:
                 if slot.child is not None and slot.child.popen.poll() is None:
                     slot.child.popen.send_signal(signal.SIGTERM)
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+            if self._run_dir is not None:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
             self._stop_metrics()
             if self._pruner is not None:
                 self._pruner.close()  # a prune in progress stops after its batch
