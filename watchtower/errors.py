@@ -15,6 +15,10 @@ The tree::
      +-- MetricsError       the metrics directory or server cannot be set up
           +-- MetricsDirInUse     another supervisor holds the metrics directory
           +-- MetricsServerError  /metrics cannot be served (port in use...)
+     +-- BrokerError        the app's broker cannot be reached
+     +-- JobError           a job cannot be found or acted on
+          +-- JobNotFound        no job has that id
+          +-- JobConflict        the job's state forbids the action (retry a completed job...)
 
 The command line turns every one of them into a one-line message and a
 non-zero exit code; the HTTP API turns them into JSON errors.
@@ -73,3 +77,19 @@ class MetricsDirInUse(MetricsError):
 
 class MetricsServerError(MetricsError):
     """The /metrics server cannot listen where it was told (port in use, no such address)."""
+
+
+class BrokerError(WatchtowerError):
+    """The app's Dramatiq broker cannot be reached or refused a message."""
+
+
+class JobError(WatchtowerError):
+    """A job cannot be found or acted on."""
+
+
+class JobNotFound(JobError):
+    """No job in the ledger has the given id."""
+
+
+class JobConflict(JobError):
+    """The job's state forbids the action: it is not failed, or was already retried."""

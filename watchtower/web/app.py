@@ -1,0 +1,194 @@
+"""The control API as a Falcon WSGI app, made by :func:`create_app`.
+
+Where it answers.  The routes live under ``http.prefix`` (default
+``/watchtower``): ``/watchtower/api/poll``, ``/watchtower/jobs``...  A host
+application mounts the app at a path of its own, with werkzeug's
+``DispatcherMiddleware`` (Flask, Django) or ``a2wsgi`` (Starlette and other
+ASGI apps); the mount point becomes the WSGI ``SCRIPT_NAME``.  Then:
+
+- a mount point that already ends with the prefix counts as the prefix:
+  the default app mounted at ``/watchtower`` answers
+  ``/watchtower/api/poll``, not ``/watchtower/watchtower/api/poll``;
+- an app built with the prefix ``""`` answers right under its mount point.
+
+``/metrics`` is also answered outside the prefix, at the app's root, where
+Prometheus looks by default.
+
+Errors are JSON ``{"title": ..., "description": ...}``: 400/422 for bad
+input, 401/403 for missing credentials, 404 for unknown ids and routes, 409
+when the job's or worker's state forbids the action, 503 (with
+``Retry-After``) while the database, the bus or the broker is down.
+Anything else is a bug: it is logged with its traceback and answered 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+import peewee
+
+from ..errors import (
+    AppImportError,
+    BrokerError,
+    BusError,
+    ConfigError,
+    DatabaseUnavailable,
+    JobConflict,
+    JobNotFound,
+    WorkerError,
+)
+from ..models import database
+from .auth import Authorization
+from .context import Services
+from .jobs import FailedJobResource, FailedJobsResource, JobResource, JobsResource, RetryResource
+from .system import HealthResource, MetricsResource, OpenApiResource, PollResource
+from .workers import StartWorkerResource, WorkerCommandResource, WorkersResource
+
+__all__ = ["create_app", "normalize_prefix"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a client is asked to wait after a 503.
+RETRY_AFTER = 5
+
+
+def normalize_prefix(prefix: str) -> str:
+    """``prefix`` as ``/a/b`` (or ``""``), or a ConfigError saying how to write it."""
+    cleaned = prefix.strip().rstrip("/")
+    if cleaned and not cleaned.startswith("/"):
+        raise ConfigError(f"setting 'http.prefix' must start with '/' (such as /watchtower) or be empty, not {prefix!r}")
+    if any(part in (".", "..") for part in cleaned.split("/")) or "//" in cleaned:
+        raise ConfigError(f"setting 'http.prefix' must be a plain path such as /watchtower, not {prefix!r}")
+    return cleaned
+
+
+def create_app(
+    settings: Any,
+    *,
+    authorize: Callable[[falcon.Request], bool] | None = None,
+    broker: Any = None,
+    manager: Any = None,
+) -> falcon.App:
+    """The control API for ``settings`` (a :class:`~watchtower.config.Settings`).
+
+    - ``authorize``: a host application's check, ``authorize(req) -> bool``;
+      a request it accepts needs no token (see :mod:`watchtower.web.auth`);
+    - ``broker``: the Dramatiq broker that retries go to; by default the
+      broker of ``settings.app``, imported on the first retry;
+    - ``manager``: the :class:`~watchtower.manager.WorkerManager` for
+      worker commands; by default one on the bus that ``settings`` names.
+
+    Building the app does no I/O: a database that is down makes requests
+    answer 503 until it is back, and ``/health`` says so.
+    """
+    prefix = normalize_prefix(settings.http_prefix)
+    services = Services(settings=settings, broker=broker, manager=manager)
+    app = falcon.App(
+        middleware=[
+            PrefixRouter(prefix),
+            Authorization(token=settings.http_token, authorize=authorize),
+        ],
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    app.set_error_serializer(_serialize_error)
+    _add_error_handlers(app)
+
+    app.add_route("/api/poll", PollResource(services))
+    app.add_route("/jobs", JobsResource(services))
+    app.add_route("/jobs/{job_id}", JobResource(services))
+    app.add_route("/failed", FailedJobsResource(services))
+    app.add_route("/failed/{job_id}", FailedJobResource(services))
+    app.add_route("/failed/{job_id}/retry", RetryResource(services))
+    app.add_route("/workers", WorkersResource(services))
+    app.add_route("/workers/start", StartWorkerResource(services))
+    app.add_route("/workers/{worker_id}/{command}", WorkerCommandResource(services))
+    app.add_route("/metrics", MetricsResource(services))
+    app.add_route("/health", HealthResource(services))
+    app.add_route("/openapi.json", OpenApiResource())
+    return app
+
+
+class PrefixRouter:
+    """Falcon middleware that takes the prefix off the path before routing (see the module's docstring)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        mount = req.root_path.rstrip("/")
+        path = req.path
+        if not self.prefix or mount.endswith(self.prefix):
+            req.context.base_path = mount
+            return
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            req.path = path[len(self.prefix):] or "/"
+            req.context.base_path = mount + self.prefix
+            return
+        if path == "/metrics":
+            req.context.base_path = mount
+            return
+        raise falcon.HTTPNotFound(title="Not Found", description=f"the Watchtower API answers under {mount + self.prefix}/")
+
+
+def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    """Every error as JSON, whatever the client accepts (the API speaks JSON only)."""
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"title": error.title or str(error.status), "description": error.description or error.title or ""}
+
+
+def _raise(kind: type[falcon.HTTPError], description: str, **extra: Any) -> None:
+    title = {
+        falcon.HTTPNotFound: "Not Found",
+        falcon.HTTPConflict: "Conflict",
+        falcon.HTTPServiceUnavailable: "Service Unavailable",
+    }[kind]
+    raise kind(title=title, description=description, **extra)
+
+
+def _add_error_handlers(app: falcon.App) -> None:
+    def not_found(req: Any, resp: Any, error: Exception, params: Any) -> None:
+        _raise(falcon.HTTPNotFound, str(error))
+
+    def conflict(req: Any, resp: Any, error: Exception, params: Any) -> None:
+        _raise(falcon.HTTPConflict, str(error))
+
+    def worker_error(req: Any, resp: Any, error: Exception, params: Any) -> None:
+        # The manager raises WorkerGone (a WorkerError) for a worker that has
+        # stopped or was lost, and plain WorkerError for an unknown id.
+        if type(error).__name__ == "WorkerGone":
+            _raise(falcon.HTTPConflict, str(error))
+        _raise(falcon.HTTPNotFound, str(error))
+
+    def unavailable(req: Any, resp: Any, error: Exception, params: Any) -> None:
+        logger.warning("%s %s: %s", req.method, req.path, error)
+        _raise(falcon.HTTPServiceUnavailable, str(error), retry_after=RETRY_AFTER)
+
+    def app_missing(req: Any, resp: Any, error: Exception, params: Any) -> None:
+        logger.warning("%s %s: %s", req.method, req.path, error)
+        _raise(falcon.HTTPServiceUnavailable, f"this needs the app's broker, which cannot be loaded: {error}")
+
+    def database_down(req: Any, resp: Any, error: Exception, params: Any) -> None:
+        # This thread's connection may be broken: drop it so that the next
+        # request reconnects.
+        try:
+            database.close()
+        except Exception:
+            pass
+        reason = " ".join(str(error).split()) or type(error).__name__
+        logger.warning("%s %s: the ledger database failed: %s", req.method, req.path, reason)
+        _raise(falcon.HTTPServiceUnavailable, f"the ledger database is unavailable: {reason}", retry_after=RETRY_AFTER)
+
+    def bug(req: Any, resp: Any, error: Exception, params: Any) -> None:
+        logger.error("%s %s failed", req.method, req.path, exc_info=error)
+        raise falcon.HTTPInternalServerError(title="Internal Server Error", description="an unexpected error; see the server's log")
+
+    app.add_error_handler(Exception, bug)
+    app.add_error_handler(JobNotFound, not_found)
+    app.add_error_handler(JobConflict, conflict)
+    app.add_error_handler(WorkerError, worker_error)
+    app.add_error_handler([DatabaseUnavailable, BusError, BrokerError], unavailable)
+    app.add_error_handler(AppImportError, app_missing)
+    app.add_error_handler([peewee.OperationalError, peewee.InterfaceError], database_down)

@@ -1,0 +1,109 @@
+"""What the API's resources share: settings, the ledger, the bus, the manager, the broker.
+
+Built once by :func:`watchtower.web.create_app` and handed to every
+resource.  Nothing here does I/O when it is built: the ledger is opened
+(and its tables created) by the first request that needs it, and retried by
+the next one if the database was down; the bus, the worker manager and the
+app's broker are made on first use too.  So an API whose database is down
+still starts and answers ``/health`` with what is wrong.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .. import store
+from .redact import Redactor
+
+if TYPE_CHECKING:
+    import dramatiq
+
+    from ..bus import CommandBus
+    from ..config import Settings
+
+__all__ = ["Services"]
+
+T = TypeVar("T")
+
+
+class Services:
+    """The shared, lazily built dependencies of the API's resources."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        broker: dramatiq.Broker | None = None,
+        manager: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.redactor = Redactor(settings.redact)
+        self._broker = broker
+        self._manager = manager
+        self._bus: CommandBus | None = None
+        self._ledger_ready = False
+        self._lock = threading.RLock()
+
+    def _once(self, attribute: str, make: Callable[[], T]) -> T:
+        value = getattr(self, attribute)
+        if value is None:
+            with self._lock:
+                value = getattr(self, attribute)
+                if value is None:
+                    value = make()
+                    setattr(self, attribute, value)
+        return value  # type: ignore[no-any-return]
+
+    def ledger(self) -> None:
+        """Make sure the ledger's database is bound and has its tables.
+
+        Raises DatabaseUnavailable while the database cannot be reached; a
+        later call tries again.
+        """
+        if self._ledger_ready:
+            return
+        with self._lock:
+            if not self._ledger_ready:
+                store.connect(self.settings.database_url)
+                self._ledger_ready = True
+
+    def bus(self) -> CommandBus:
+        """The command bus that ``command_bus`` names (shared with the manager)."""
+        from ..bus import open_bus
+
+        return self._once("_bus", lambda: open_bus(self.settings))
+
+    def broker(self) -> dramatiq.Broker:
+        """The app's broker: the one given to create_app, else ``load_app(settings.app)``."""
+        from ..app import load_app
+
+        return self._once("_broker", lambda: load_app(self.settings.app))
+
+    def loaded_broker(self) -> dramatiq.Broker | None:
+        """The app's broker if it is already known, without importing the app."""
+        return self._broker
+
+    def manager(self) -> Any:
+        """The WorkerManager that sends commands to workers and start requests to supervisors."""
+        def make() -> Any:
+            from ..manager import WorkerManager
+
+            return WorkerManager(self.settings, bus=self.bus())
+
+        return self._once("_manager", make)
+
+    def stats(self) -> dict[str, Any]:
+        """The job and worker counts of the poll (MetricsCollector.get_stats())."""
+        try:
+            from ..collector import MetricsCollector
+        except ImportError:  # the collector lands with the metrics work
+            return {}
+        return dict(MetricsCollector(self.settings).get_stats())
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus exposition and its content type."""
+        from ..metrics import exposition
+
+        return exposition(self.settings, broker=self.loaded_broker())

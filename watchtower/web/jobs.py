@@ -1,0 +1,298 @@
+"""The job routes: list and show jobs, list, retry and delete failed jobs.
+
+Lists are newest first (by row id, which follows the first enqueue) and
+paginated without a total: counting a million rows costs more than the page
+itself, so a page says ``has_more`` instead.  Pages stop at ``MAX_PAGE``
+(deep OFFSETs cost as much as the rows they skip); filters narrow a list
+faster than paging does.
+
+``search`` matches the actor's name and the message's arguments and
+keyword arguments, case-insensitively.  Arguments live inside the stored
+message text, so matching them is a LIKE scan that no index helps: the scan
+is bounded to the ``SEARCH_WINDOW`` newest rows that pass the other filters,
+and a response says whether the search covered them all
+(``search_complete``).  Candidates found by SQL are checked again against
+the *redacted* arguments, so a search cannot find a row by the value of a
+redacted field.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import falcon
+import peewee
+
+from ..errors import JobConflict, JobNotFound
+from ..models import Job, JobStatus, database
+from ..store import dialect
+from . import params
+from .context import Services
+
+__all__ = [
+    "JobsResource",
+    "JobResource",
+    "FailedJobsResource",
+    "FailedJobResource",
+    "RetryResource",
+    "job_summary",
+    "job_detail",
+    "SUMMARY_COLUMNS",
+    "SEARCH_WINDOW",
+    "MAX_PAGE",
+]
+
+#: Jobs per page by default, and at most; the last page a list serves.
+#: Together they bound how deep an OFFSET goes (20,000 rows).
+PER_PAGE = 50
+MAX_PER_PAGE = 100
+MAX_PAGE = 200
+#: How many of the newest (filtered) rows a search looks through at most.
+SEARCH_WINDOW = 10_000
+#: The longest search text.
+MAX_SEARCH = 200
+
+# The columns of a list entry: everything but the message and the traceback.
+SUMMARY_COLUMNS = (
+    Job.id, Job.message_id, Job.queue, Job.actor, Job.connection, Job.status, Job.worker_id,
+    Job.attempts, Job.lost_attempts, Job.queued_at, Job.eta, Job.started_at, Job.completed_at,
+    Job.retried_from, Job.retried_by,
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    """An aware datetime as RFC 3339 text with milliseconds, in UTC."""
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """A job as a list shows it."""
+    return {
+        "id": job.message_id,
+        "queue": job.queue,
+        "actor": job.actor,
+        "connection": job.connection,
+        "status": job.status,
+        "attempts": job.attempts,
+        "lost_attempts": job.lost_attempts,
+        "worker_id": job.worker_id,
+        "queued_at": iso(job.queued_at),
+        "eta": iso(job.eta),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "duration": job.get_duration(),
+        "retried_from": job.retried_from,
+        "retried_by": job.retried_by,
+    }
+
+
+def job_detail(job: Job, services: Services) -> dict[str, Any]:
+    """The whole record: the summary, the stored message (redacted) and the traceback."""
+    detail = job_summary(job)
+    payload: dict[str, Any] | None = None
+    readable = job.payload is not None
+    if job.payload is not None:
+        try:
+            payload = services.redactor.redact(job.get_payload())
+        except Exception:  # a message another encoder wrote, which this process cannot read
+            readable = False
+    detail.update(
+        payload=payload,
+        payload_readable=readable,
+        exception=job.exception,
+        broker_message_id=job.broker_message_id,
+    )
+    return detail
+
+
+def _page(req: falcon.Request) -> tuple[int, int]:
+    page = params.query_int(req, "page", default=1, minimum=1, maximum=MAX_PAGE)
+    per_page = params.query_int(req, "per_page", default=PER_PAGE, minimum=1, maximum=MAX_PER_PAGE)
+    return page, per_page
+
+
+def list_jobs(
+    services: Services,
+    *,
+    status: str | None,
+    queue: str | None,
+    search: str | None,
+    page: int,
+    per_page: int,
+) -> dict[str, Any]:
+    """One page of jobs, newest first, as the list routes answer it."""
+    services.ledger()
+    where: list[Any] = []
+    if status is not None:
+        where.append(Job.status == status)
+    if queue is not None:
+        where.append(Job.queue == queue)
+    offset = (page - 1) * per_page
+    answer: dict[str, Any] = {"page": page, "per_page": per_page}
+    if search is None:
+        query = Job.select(*SUMMARY_COLUMNS)
+        if where:
+            query = query.where(*where)
+        rows = list(query.order_by(Job.id.desc()).offset(offset).limit(per_page + 1))
+    else:
+        ids, complete = _search(services, where, search, offset + per_page + 1)
+        ids = ids[offset:]
+        rows = list(Job.select(*SUMMARY_COLUMNS).where(Job.id.in_(ids)).order_by(Job.id.desc())) if ids else []
+        answer.update(search_window=SEARCH_WINDOW, search_complete=complete)
+    answer["has_more"] = len(rows) > per_page
+    answer["data"] = [job_summary(job) for job in rows[:per_page]]
+    return answer
+
+
+def _search(services: Services, where: list[Any], text: str, wanted: int) -> tuple[list[int], bool]:
+    """Row ids, newest first, of up to ``wanted`` jobs matching ``text``; and whether the window covered all rows."""
+    floor_query = Job.select(Job.id)
+    if where:
+        floor_query = floor_query.where(*where)
+    floor = floor_query.order_by(Job.id.desc()).offset(SEARCH_WINDOW - 1).limit(1).scalar()
+    complete = floor is None
+
+    # The message is stored as JSON with non-ASCII characters, quotes and
+    # backslashes escaped, so the payload is matched against the text as
+    # JSON writes it.
+    escaped = json.dumps(text)[1:-1]
+    like = "ILIKE" if dialect(database.obj) == "postgresql" else "LIKE"
+    conditions = list(where)
+    if floor is not None:
+        conditions.append(Job.id >= floor)
+    conditions.append(_like(Job.actor, like, text) | _like(Job.payload, like, escaped))
+
+    needle, needle_escaped = text.casefold(), escaped.casefold()
+    found: list[int] = []
+    last: int | None = None
+    while len(found) < wanted:
+        query = Job.select(Job.id, Job.actor, Job.payload).where(*conditions)
+        if last is not None:
+            query = query.where(Job.id < last)
+        chunk = list(query.order_by(Job.id.desc()).limit(200).tuples())
+        if not chunk:
+            break
+        for row_id, actor, payload in chunk:
+            if needle in actor.casefold() or _arguments_match(services, payload, needle_escaped):
+                found.append(row_id)
+                if len(found) >= wanted:
+                    break
+        last = chunk[-1][0]
+    return found, complete
+
+
+def _like(column: peewee.Field, operator: str, text: str) -> peewee.Node:
+    """``column LIKE '%text%'`` with the text's own wildcards taken literally ('!' escapes)."""
+    literal = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return peewee.NodeList((column, peewee.SQL(operator), f"%{literal}%", peewee.SQL("ESCAPE '!'")), parens=True)
+
+
+def _arguments_match(services: Services, payload: str | None, needle_escaped: str) -> bool:
+    """Whether the redacted arguments of a stored message contain the (JSON-escaped) needle."""
+    if not payload or payload.startswith("base64:"):
+        return False  # another encoder's bytes: only the actor can match
+    try:
+        message = json.loads(payload)
+        shown = services.redactor.redact([message.get("args"), message.get("kwargs")])
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return needle_escaped in json.dumps(shown).casefold()
+
+
+def _find(services: Services, raw_id: str) -> Job:
+    message_id = params.job_id(raw_id)
+    services.ledger()
+    job = Job.get_or_none(Job.message_id == message_id)
+    if job is None:
+        raise JobNotFound(f"no job has the id {message_id!r}")
+    return job
+
+
+class JobsResource:
+    """``GET /jobs?status=&queue=&search=&page=&per_page=``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        page, per_page = _page(req)
+        resp.media = list_jobs(
+            self.services,
+            status=params.query_choice(req, "status", JobStatus.ALL),
+            queue=params.query_queue(req),
+            search=params.query_text(req, "search", max_length=MAX_SEARCH),
+            page=page,
+            per_page=per_page,
+        )
+
+
+class JobResource:
+    """``GET /jobs/{id}``: the whole record."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        resp.media = job_detail(_find(self.services, job_id), self.services)
+
+
+class FailedJobsResource:
+    """``GET /failed?queue=&search=&page=&per_page=``: failed jobs, newest first."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        page, per_page = _page(req)
+        resp.media = list_jobs(
+            self.services,
+            status=JobStatus.FAILED,
+            queue=params.query_queue(req),
+            search=params.query_text(req, "search", max_length=MAX_SEARCH),
+            page=page,
+            per_page=per_page,
+        )
+
+
+class FailedJobResource:
+    """``DELETE /failed/{id}``: forget a failed job's record."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        job = _find(self.services, job_id)
+        if job.status != JobStatus.FAILED:
+            raise JobConflict(f"job {job.message_id} is {job.status}: only failed jobs can be deleted here")
+        Job.delete().where((Job.id == job.id) & (Job.status == JobStatus.FAILED)).execute()
+        resp.media = {"id": job.message_id, "deleted": True}
+
+
+class RetryResource:
+    """``POST /failed/{id}/retry``: enqueue the failed job's message again as a new, linked job."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        from ..retry import retry_failed
+
+        message_id = params.job_id(job_id)
+        self.services.ledger()
+        # Check the job before loading the app, so that an unknown id is a
+        # 404 even where the app's broker cannot be loaded.
+        if not Job.select(Job.id).where(Job.message_id == message_id).exists():
+            raise JobNotFound(f"no job has the id {message_id!r}")
+        result = retry_failed(message_id, broker=self.services.broker())
+        resp.status = falcon.HTTP_202
+        resp.media = {
+            "id": result.new_id,
+            "retried_from": result.failed_id,
+            "queue": result.queue,
+            "actor": result.actor,
+            "dead_letter_removed": result.dead_letter_removed,
+        }

@@ -1,0 +1,115 @@
+"""The overview routes: the dashboard's poll, health, Prometheus metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from importlib import resources
+from typing import Any
+
+import falcon
+
+from ..errors import WatchtowerError
+from ..models import Job, database
+from .context import Services
+from .jobs import SUMMARY_COLUMNS, job_summary
+from .workers import list_workers
+
+__all__ = ["PollResource", "HealthResource", "MetricsResource", "OpenApiResource", "openapi_document"]
+
+logger = logging.getLogger(__name__)
+
+#: Jobs in the poll's ``recentJobs``.
+RECENT_JOBS = 20
+
+
+class PollResource:
+    """``GET /api/poll``: ``{stats, recentJobs, workers}``, what a dashboard refreshes."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.services.ledger()
+        recent = Job.select(*SUMMARY_COLUMNS).order_by(Job.id.desc()).limit(RECENT_JOBS)
+        resp.media = {
+            "stats": self.services.stats(),
+            "recentJobs": [job_summary(job) for job in recent],
+            "workers": list_workers(alive=True),
+        }
+
+
+class HealthResource:
+    """``GET /health``: whether the ledger's database and the command bus answer (no auth)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        checks = {"database": self._database(), "bus": self._bus()}
+        healthy = all(check["ok"] for check in checks.values())
+        resp.status = falcon.HTTP_200 if healthy else falcon.HTTP_503
+        resp.media = {"status": "ok" if healthy else "unavailable", **checks}
+
+    def _database(self) -> dict[str, Any]:
+        try:
+            self.services.ledger()
+            database.execute_sql("SELECT 1").fetchall()
+        except Exception as error:  # any driver error means "does not answer"
+            _close_quietly()
+            return {"ok": False, "error": _reason(error)}
+        return {"ok": True}
+
+    def _bus(self) -> dict[str, Any]:
+        try:
+            self.services.bus().ping()
+        except Exception as error:
+            return {"ok": False, "error": _reason(error)}
+        return {"ok": True}
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, WatchtowerError):
+        return str(error)
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
+
+
+def _close_quietly() -> None:
+    try:
+        database.close()
+    except Exception:
+        pass
+
+
+class MetricsResource:
+    """``GET /metrics``: the Prometheus text exposition (no auth)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body, content_type = self.services.exposition()
+        resp.data = body
+        resp.content_type = content_type
+
+
+_DOCUMENT: dict[str, Any] | None = None
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document kept beside this module (``openapi.json``), parsed once."""
+    global _DOCUMENT
+    if _DOCUMENT is None:
+        text = resources.files(__package__).joinpath("openapi.json").read_text(encoding="utf-8")
+        _DOCUMENT = json.loads(text)
+    return _DOCUMENT
+
+
+class OpenApiResource:
+    """``GET /openapi.json``, its server URL set to where this app answers."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        document = copy.deepcopy(openapi_document())
+        document["servers"] = [{"url": req.context.base_path or "/"}]
+        resp.media = document

@@ -1,0 +1,165 @@
+"""The worker routes: list workers, ask for a new one, stop, pause or resume one.
+
+The API never runs a process itself: a start request goes to a
+supervisor's inbox on the command bus (the supervisor spawns the worker and
+answers with its id at once, 202), and stop / pause / resume are commands
+the worker reads from the bus.  Both go through the WorkerManager.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import falcon
+
+from ..errors import WorkerError
+from ..models import Worker, WorkerStatus
+from . import params
+from .context import Services
+from .jobs import iso
+
+__all__ = ["worker_rows", "list_workers", "WorkersResource", "StartWorkerResource", "WorkerCommandResource", "worker_record", "START_OPTIONS"]
+
+#: Workers listed at most (newest first); stale records are removed by the supervisors.
+MAX_WORKERS = 500
+
+#: The options a start request may carry: name -> (type, smallest, largest).
+START_OPTIONS: dict[str, tuple[type, float, float]] = {
+    "threads": (int, 1, 256),
+    "tries": (int, 1, 1000),
+    "timeout": (float, 0, 7 * 24 * 3600),
+    "memory": (int, 1, 1024 * 1024),
+    "sleep": (float, 0, 3600),
+    "rest": (float, 0, 3600),
+}
+
+_SUPERVISOR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+COMMANDS = ("stop", "pause", "resume")
+
+
+def _json(text: str | None, default: Any) -> Any:
+    try:
+        value = json.loads(text) if text else default
+    except ValueError:
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+def worker_record(worker: Worker) -> dict[str, Any]:
+    """A worker as the API shows it."""
+    return {
+        "id": worker.worker_id,
+        "supervisor": worker.supervisor,
+        "hostname": worker.hostname,
+        "pid": worker.pid,
+        "queues": _json(worker.queues, []),
+        "options": _json(worker.options, {}),
+        "status": worker.status,
+        "healthy": worker.is_healthy(),
+        "started_at": iso(worker.started_at),
+        "last_heartbeat": iso(worker.last_heartbeat),
+        "stopped_at": iso(worker.stopped_at),
+        "uptime": worker.get_uptime(),
+        "exit_code": worker.exit_code,
+        "exit_reason": worker.exit_reason,
+        "restarts": worker.restarts,
+        "jobs_processed": worker.get_jobs_processed_count(),
+        "jobs_failed": worker.get_jobs_failed_count(),
+        "memory_rss": worker.memory_rss,
+    }
+
+
+def worker_rows(*, status: str | None = None, supervisor: str | None = None, alive: bool = False) -> list[Worker]:
+    """Worker rows, newest first, at most MAX_WORKERS."""
+    query = Worker.select()
+    if status is not None:
+        query = query.where(Worker.status == status)
+    if alive:
+        query = query.where(Worker.status.in_(WorkerStatus.ALIVE))
+    if supervisor is not None:
+        query = query.where(Worker.supervisor == supervisor)
+    return list(query.order_by(Worker.started_at.desc(nulls="LAST"), Worker.worker_id).limit(MAX_WORKERS))
+
+
+def list_workers(*, status: str | None = None, supervisor: str | None = None, alive: bool = False) -> list[dict[str, Any]]:
+    """Worker records as the API shows them, newest first."""
+    return [worker_record(worker) for worker in worker_rows(status=status, supervisor=supervisor, alive=alive)]
+
+
+class WorkersResource:
+    """``GET /workers?status=&supervisor=``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        status = params.query_choice(req, "status", WorkerStatus.ALL)
+        supervisor = params.query_text(req, "supervisor", max_length=128)
+        self.services.ledger()
+        resp.media = {"data": list_workers(status=status, supervisor=supervisor)}
+
+
+def start_request(body: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+    """The queue, options and supervisor of a start request's body, checked (422 otherwise)."""
+    if "queue" not in body:
+        raise params.unprocessable('"queue" is required: the queue the new worker consumes, such as "default"')
+    queue = params.check_queue_name(body["queue"])
+    supervisor = body.get("supervisor")
+    if supervisor is not None and (not isinstance(supervisor, str) or not _SUPERVISOR.fullmatch(supervisor)):
+        raise params.unprocessable(
+            '"supervisor" must be a supervisor\'s name (letters, digits, ".", "_" and "-", at most 128 characters)'
+        )
+    options: dict[str, Any] = {}
+    for name, value in body.items():
+        if name in ("queue", "supervisor"):
+            continue
+        if name not in START_OPTIONS:
+            known = ", ".join(["queue", "supervisor", *START_OPTIONS])
+            raise params.unprocessable(f"unknown field {name[:64]!r}: a start request takes {known}")
+        kind, smallest, largest = START_OPTIONS[name]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or (kind is int and not isinstance(value, int)) or not math.isfinite(value):
+            what = "a whole number" if kind is int else "a number"
+            raise params.unprocessable(f"{name!r} must be {what} from {smallest:g} to {largest:g}, not {json.dumps(value)[:40]}")
+        if not smallest <= value <= largest:
+            raise params.unprocessable(f"{name!r} must be from {smallest:g} to {largest:g}, not {value}")
+        options[name] = kind(value)
+    return queue, options, supervisor
+
+
+class StartWorkerResource:
+    """``POST /workers/start`` ``{"queue": "default", "supervisor": ..., "threads": ..., ...}``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        queue, options, supervisor = start_request(params.json_object(req))
+        try:
+            worker_id = self.services.manager().start_worker(queue, options, supervisor=supervisor)
+        except WorkerError as error:
+            raise params.unprocessable(str(error)) from None
+        resp.status = falcon.HTTP_202
+        resp.media = {"id": worker_id, "queue": queue, "supervisor": supervisor, "options": options}
+
+
+class WorkerCommandResource:
+    """``POST /workers/{id}/stop|pause|resume``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, worker_id: str, command: str) -> None:
+        if command not in COMMANDS:
+            raise falcon.HTTPNotFound(
+                title="Not Found", description=f"workers take the commands {', '.join(COMMANDS)}, not {command[:32]!r}"
+            )
+        wid = params.worker_id(worker_id)
+        manager = self.services.manager()
+        getattr(manager, f"{command}_worker")(wid)  # WorkerError -> 404, WorkerGone -> 409 (see app)
+        resp.status = falcon.HTTP_202
+        resp.media = {"id": wid, "command": command}
