@@ -40,7 +40,6 @@ from ..errors import (
     JobNotFound,
     WorkerError,
 )
-from ..models import database
 from .auth import Authorization
 from .context import Services
 from .jobs import FailedJobResource, FailedJobsResource, JobResource, JobsResource, RetryResource
@@ -94,7 +93,7 @@ def create_app(
     )
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_serialize_error)
-    _add_error_handlers(app)
+    _add_error_handlers(app, services)
 
     app.add_route("/api/poll", PollResource(services))
     app.add_route("/jobs", JobsResource(services))
@@ -148,7 +147,7 @@ def _raise(kind: type[falcon.HTTPError], description: str, **extra: Any) -> None
     raise kind(title=title, description=description, **extra)
 
 
-def _add_error_handlers(app: falcon.App) -> None:
+def _add_error_handlers(app: falcon.App, services: Services) -> None:
     def not_found(req: Any, resp: Any, error: Exception, params: Any) -> None:
         _raise(falcon.HTTPNotFound, str(error))
 
@@ -171,12 +170,9 @@ def _add_error_handlers(app: falcon.App) -> None:
         _raise(falcon.HTTPServiceUnavailable, f"this needs the app's broker, which cannot be loaded: {error}")
 
     def database_down(req: Any, resp: Any, error: Exception, params: Any) -> None:
-        # This thread's connection may be broken: drop it so that the next
-        # request reconnects.
-        try:
-            database.close()
-        except Exception:
-            pass
+        # This thread's connections may be broken: drop them so that the
+        # next request reconnects.
+        services.close_connections()
         reason = " ".join(str(error).split()) or type(error).__name__
         logger.warning("%s %s: the ledger database failed: %s", req.method, req.path, reason)
         _raise(falcon.HTTPServiceUnavailable, f"the ledger database is unavailable: {reason}", retry_after=RETRY_AFTER)

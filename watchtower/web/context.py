@@ -15,12 +15,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import store
+from ..models import database
 from .redact import Redactor
 
 if TYPE_CHECKING:
     import dramatiq
 
     from ..bus import CommandBus
+    from ..collector import MetricsCollector
     from ..config import Settings
 
 __all__ = ["Services"]
@@ -43,6 +45,7 @@ class Services:
         self._broker = broker
         self._manager = manager
         self._bus: CommandBus | None = None
+        self._collector: MetricsCollector | None = None
         self._ledger_ready = False
         self._lock = threading.RLock()
 
@@ -81,10 +84,6 @@ class Services:
 
         return self._once("_broker", lambda: load_app(self.settings.app))
 
-    def loaded_broker(self) -> dramatiq.Broker | None:
-        """The app's broker if it is already known, without importing the app."""
-        return self._broker
-
     def manager(self) -> Any:
         """The WorkerManager that sends commands to workers and start requests to supervisors."""
         def make() -> Any:
@@ -94,16 +93,29 @@ class Services:
 
         return self._once("_manager", make)
 
+    def collector(self) -> MetricsCollector:
+        """The MetricsCollector on the ledger's database (its own connection)."""
+        from ..collector import MetricsCollector
+
+        return self._once("_collector", lambda: MetricsCollector(self.settings))
+
     def stats(self) -> dict[str, Any]:
-        """The job and worker counts of the poll (MetricsCollector.get_stats())."""
-        try:
-            from ..collector import MetricsCollector
-        except ImportError:  # the collector lands with the metrics work
-            return {}
-        return dict(MetricsCollector(self.settings).get_stats())
+        """The job and worker counts of the poll."""
+        return dict(self.collector().get_stats())
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
         from ..metrics import exposition
 
-        return exposition(self.settings, broker=self.loaded_broker())
+        return exposition(self.settings, broker=self._broker)
+
+    def close_connections(self) -> None:
+        """Close this thread's database connections, so that the next use reconnects."""
+        databases = [database.obj] if database.obj is not None else []
+        if self._collector is not None:
+            databases.append(self._collector.db)
+        for db in databases:
+            try:
+                db.close()
+            except Exception:  # a broken connection may fail to close: it is dropped anyway
+                pass

@@ -10,7 +10,7 @@ from typing import Any
 
 import falcon
 
-from ..errors import WatchtowerError
+from ..errors import DatabaseUnavailable, WatchtowerError
 from ..models import Job, database
 from .context import Services
 from .jobs import SUMMARY_COLUMNS, job_summary
@@ -57,7 +57,7 @@ class HealthResource:
             self.services.ledger()
             database.execute_sql("SELECT 1").fetchall()
         except Exception as error:  # any driver error means "does not answer"
-            _close_quietly()
+            self.services.close_connections()
             return {"ok": False, "error": _reason(error)}
         return {"ok": True}
 
@@ -75,13 +75,6 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
 
 
-def _close_quietly() -> None:
-    try:
-        database.close()
-    except Exception:
-        pass
-
-
 class MetricsResource:
     """``GET /metrics``: the Prometheus text exposition (no auth)."""
 
@@ -89,6 +82,10 @@ class MetricsResource:
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            self.services.ledger()  # the ledger's tables, for the values read from them
+        except DatabaseUnavailable:
+            pass  # the exposition leaves those values out and says so in its log
         body, content_type = self.services.exposition()
         resp.data = body
         resp.content_type = content_type

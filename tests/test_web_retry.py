@@ -1,0 +1,229 @@
+"""Retrying a failed job through the API, with real Redis and a real worker process,
+through the WSGI app in this process and through ``watchtower serve`` over HTTP.
+
+The failed job is run again as a new job; both records name each other; the
+Redis dead letter of the failed message is gone; a second retry is refused.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import httpx
+import pytest
+import redis
+from conftest import REDIS_URL, subprocess_env, unique, wait_until
+from dramatiq.brokers.redis import RedisBroker
+from web_support import AUTH, TOKEN, client, serve_api, web_settings
+
+from watchtower import store
+from watchtower.models import Job, JobStatus
+from watchtower.web import create_app
+
+DEADLINE = 30.0
+
+
+@dataclass
+class World:
+    namespace: str
+    queue: str
+    database_url: str
+    tmp_path: Path
+    redis: redis.Redis
+    producer: RedisBroker
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return subprocess_env(
+            WT_TEST_NAMESPACE=self.namespace,
+            WT_TEST_REDIS=REDIS_URL,
+            WT_TEST_QUEUE=self.queue,
+            WATCHTOWER_DATABASE_URL=self.database_url,
+            WATCHTOWER_COMMAND_BUS="redis",
+            WATCHTOWER_REDIS_URL=REDIS_URL,
+            WATCHTOWER_REDIS_PREFIX=self.namespace,
+            WATCHTOWER_HEARTBEAT_INTERVAL="0.5",
+            **extra,
+        )
+
+    def start_worker(self) -> str:
+        worker_id = unique("w")
+        log = (self.tmp_path / f"{worker_id}.log").open("wb")
+        child = subprocess.Popen(
+            [sys.executable, "-m", "watchtower", "worker", self.queue, "--app", "apps.web",
+             "--worker-id", worker_id, "--sleep", "0.2"],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.children.append(child)
+        return worker_id
+
+    def send(self, actor: str, *args: Any, **kwargs: Any) -> str:
+        self.producer.declare_queue(self.queue)
+        message = dramatiq.Message(queue_name=self.queue, actor_name=actor, args=args, kwargs=kwargs, options={})
+        self.producer.enqueue(message)
+        return message.message_id
+
+    def job(self, message_id: str, status: str) -> Job:
+        return wait_until(
+            lambda: (job := Job.get_or_none(Job.message_id == message_id)) is not None and job.status == status and job,
+            timeout=DEADLINE, message=f"job {message_id} to be {status}",
+        )
+
+    def trace(self, name: str) -> int:
+        return int(self.redis.get(f"{self.namespace}:t:{name}") or 0)
+
+    def dead_letter(self, broker_message_id: str) -> tuple[Any, Any]:
+        key = f"{self.namespace}:{self.queue}.XQ"
+        return self.redis.zscore(key, broker_message_id), self.redis.hget(key + ".msgs", broker_message_id)
+
+
+@pytest.fixture
+def world(tmp_path: Path, redis_namespace: str, queue_name: str) -> Iterator[World]:
+    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    db = store.connect(database_url)
+    connection = redis.Redis.from_url(REDIS_URL)
+    producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
+    world = World(redis_namespace, queue_name, database_url, tmp_path, connection, producer)
+    try:
+        yield world
+    finally:
+        for child in world.children:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=DEADLINE)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        for log in tmp_path.glob("*.log"):
+            print(f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}")
+        producer.close()
+        connection.close()
+        db.close()
+
+
+@pytest.mark.parametrize("transport", ["wsgi", "http"])
+def test_retrying_a_failed_job_runs_it_again_and_links_both_records(world: World, transport: str) -> None:
+    world.start_worker()
+    token = unique("t")
+    failed_id = world.send("flaky", token, password="hunter2")
+    failed = world.job(failed_id, JobStatus.FAILED)
+    assert world.trace(f"runs:{token}") == 1
+    assert "not fixed yet" in failed.exception
+    assert failed.broker_message_id
+    assert world.dead_letter(failed.broker_message_id)[0] is not None  # Redis holds the dead letter
+
+    world.redis.set(f"{world.namespace}:t:fixed:{token}", 1)
+    if transport == "wsgi":
+        settings = web_settings(world.database_url, world.namespace)
+        api = client(create_app(settings, broker=world.producer))
+
+        def post(path: str) -> tuple[int, Any]:
+            answer = api.simulate_post(path)
+            return answer.status_code, answer.json
+
+        def get(path: str) -> Any:
+            return api.simulate_get(path).json
+
+        answer = post(f"/watchtower/failed/{failed_id}/retry")
+        checks(world, token, failed_id, answer, post, get)
+        return
+
+    server = serve_api(world.env(WATCHTOWER_API_TOKEN=TOKEN), "--app", "apps.web")
+    try:
+        with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=DEADLINE) as http:
+
+            def post(path: str) -> tuple[int, Any]:
+                answer = http.post(path)
+                return answer.status_code, answer.json()
+
+            def get(path: str) -> Any:
+                return http.get(path).json()
+
+            answer = post(f"/watchtower/failed/{failed_id}/retry")
+            checks(world, token, failed_id, answer, post, get)
+    finally:
+        assert server.stop() == 0
+
+
+def checks(world: World, token: str, failed_id: str, answer: tuple[int, Any], post: Any, get: Any) -> None:
+    status, body = answer
+    assert status == 202, body
+    new_id = body["id"]
+    assert new_id != failed_id
+    assert body["retried_from"] == failed_id and body["actor"] == "flaky" and body["queue"] == world.queue
+    assert body["dead_letter_removed"] is True
+
+    new = world.job(new_id, JobStatus.COMPLETED)
+    assert world.trace(f"runs:{token}") == 2
+    assert new.retried_from == failed_id
+    old = Job.get(Job.message_id == failed_id)
+    assert old.retried_by == new_id and old.status == JobStatus.FAILED
+    stored = new.get_payload()
+    assert stored["args"] == [token] and stored["kwargs"] == {"password": "hunter2"}  # redaction never touched it
+    assert "traceback" not in stored["options"] and "retries" not in stored["options"]
+
+    old_shown, new_shown = get(f"/watchtower/jobs/{failed_id}"), get(f"/watchtower/jobs/{new_id}")
+    assert old_shown["retried_by"] == new_id and new_shown["retried_from"] == failed_id
+    assert new_shown["status"] == "completed"
+    assert new_shown["payload"]["kwargs"] == {"password": "[redacted]"}
+    assert world.dead_letter(old.broker_message_id) == (None, None)
+
+    again, refusal = post(f"/watchtower/failed/{failed_id}/retry")
+    assert again == 409 and new_id in refusal["description"]
+    not_failed, refusal = post(f"/watchtower/failed/{new_id}/retry")
+    assert not_failed == 409 and "completed" in refusal["description"]
+
+
+def run_cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watchtower", *args], env=world.env(), cwd=world.tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_the_retry_and_workers_commands_at_a_terminal(world: World) -> None:
+    from web_support import seed_job
+
+    worker_id = world.start_worker()
+    first, second = unique("t"), unique("t")
+    first_id, second_id = world.send("flaky", first), world.send("flaky", second)
+    world.job(first_id, JobStatus.FAILED)
+    world.job(second_id, JobStatus.FAILED)
+    elsewhere = seed_job(queue="elsewhere", actor="flaky", status=JobStatus.FAILED, args=("x",))
+
+    world.redis.set(f"{world.namespace}:t:fixed:{first}", 1)
+    done = run_cli(world, "retry", first_id, "--app", "apps.web")
+    assert done.returncode == 0, done.stderr
+    new_id = done.stdout.split(" -> ")[1].split()[0]
+    assert done.stdout.startswith(f"{first_id} -> {new_id} (flaky on {world.queue})")
+    world.job(new_id, JobStatus.COMPLETED)
+
+    again = run_cli(world, "retry", first_id, "--app", "apps.web")
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"Error: job {first_id} was already retried as job {new_id}"
+    unknown = run_cli(world, "retry", "no-such-job", "--app", "apps.web")
+    assert unknown.returncode == 1 and unknown.stderr.strip() == "Error: no job has the id 'no-such-job'"
+    assert run_cli(world, "retry", "--app", "apps.web").returncode == 2  # neither an id nor --all-failed
+
+    world.redis.set(f"{world.namespace}:t:fixed:{second}", 1)
+    everything = run_cli(world, "retry", "--all-failed", "--queue", world.queue, "--app", "apps.web")
+    assert everything.returncode == 0, everything.stderr
+    assert f"retried 1 failed jobs of queue {world.queue}" in everything.stderr
+    assert everything.stdout.startswith(f"{second_id} -> ")
+    world.job(everything.stdout.split(" -> ")[1].split()[0], JobStatus.COMPLETED)
+    assert Job.get(Job.id == elsewhere.id).retried_by is None  # another queue: left alone
+    assert world.trace(f"runs:{first}") == 2 and world.trace(f"runs:{second}") == 2
+
+    table = run_cli(world, "workers")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["ID", "SUPERVISOR", "HOST", "PID", "STATUS", "QUEUES", "HEARTBEAT", "PROCESSED", "FAILED"]
+    mine = [row for row in rows if row.startswith(worker_id)]
+    assert len(mine) == 1 and " running " in mine[0] and world.queue in mine[0]
