@@ -117,6 +117,9 @@ def test_search_matches_the_actor_and_the_arguments_case_insensitively(api: Any)
     assert found("%") == [quoted.message_id]
     assert found("café") == [quoted.message_id]
     assert found("zzz-no-such-text") == []
+    # Text no column can hold is still just text to look for.
+    assert found("nul\x00byte") == []
+    assert found("lone \ud800 surrogate") == []
     answer = api.simulate_get("/watchtower/jobs", params={"search": "acme"}).json
     assert answer["search_complete"] is True and answer["search_window"] == jobs_module.SEARCH_WINDOW
 
@@ -174,7 +177,6 @@ def test_delete_removes_a_failed_jobs_record_only(api: Any) -> None:
         ("/watchtower/jobs", {"per_page": "101"}, 400, "'per_page' must be from 1 to 100"),
         ("/watchtower/jobs", {"queue": "no spaces"}, 400, "'queue' must be a queue name"),
         ("/watchtower/jobs", {"search": "x" * 201}, 400, "at most 200"),
-        ("/watchtower/jobs", {"search": "nul\x00byte"}, 400, "control characters"),
         ("/watchtower/jobs/not a valid id!", {}, 400, "is not a job id"),
         ("/watchtower/jobs/" + "a" * 65, {}, 400, "is not a job id"),
         ("/watchtower/jobs/0b1c5f4e-8c5a-4d6e-9f0a-1b2c3d4e5f60", {}, 404, "no job has the id"),

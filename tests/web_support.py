@@ -52,7 +52,8 @@ def seed_job(
 ) -> Job:
     """Insert one job row as the ledger would hold it (payload = the encoded message)."""
     message = dramatiq.Message(
-        queue_name=queue, actor_name=actor, args=args, kwargs=kwargs or {}, options=options or {}
+        queue_name=queue, actor_name=actor, args=args, kwargs=kwargs or {}, options=options or {},
+        **({"message_id": fields.pop("message_id")} if "message_id" in fields else {}),
     )
     now = now_ms() + next(_clock)
     row = {

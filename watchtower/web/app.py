@@ -42,6 +42,7 @@ from ..errors import (
 )
 from .auth import Authorization
 from .context import Services
+from .params import KnownParams
 from .jobs import FailedJobResource, FailedJobsResource, JobResource, JobsResource, RetryResource
 from .system import HealthResource, MetricsResource, OpenApiResource, PollResource
 from .workers import StartWorkerResource, WorkerCommandResource, WorkersResource
@@ -89,6 +90,7 @@ def create_app(
         middleware=[
             PrefixRouter(prefix),
             Authorization(token=settings.http_token, authorize=authorize),
+            KnownParams(),
         ],
     )
     app.req_options.strip_url_path_trailing_slash = True

@@ -19,6 +19,7 @@ redacted field.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +54,8 @@ MAX_PAGE = 200
 SEARCH_WINDOW = 10_000
 #: The longest search text.
 MAX_SEARCH = 200
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # The columns of a list entry: everything but the message and the traceback.
 SUMMARY_COLUMNS = (
@@ -164,7 +167,13 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
     conditions = list(where)
     if floor is not None:
         conditions.append(Job.id >= floor)
-    conditions.append(_like(Job.actor, like, text) | _like(Job.payload, like, escaped))
+    match = _like(Job.payload, like, escaped)
+    if not _UNSTORABLE.search(text):
+        # Text no column can hold (NUL, lone surrogates) cannot be in an
+        # actor's name, and the drivers refuse to send it: match the
+        # payload alone, where it is escaped as JSON writes it.
+        match = _like(Job.actor, like, text) | match
+    conditions.append(match)
 
     needle, needle_escaped = text.casefold(), escaped.casefold()
     found: list[int] = []
@@ -215,6 +224,8 @@ def _find(services: Services, raw_id: str) -> Job:
 class JobsResource:
     """``GET /jobs?status=&queue=&search=&page=&per_page=``."""
 
+    query_params = ("status", "queue", "search", "page", "per_page")
+
     def __init__(self, services: Services) -> None:
         self.services = services
 
@@ -224,7 +235,7 @@ class JobsResource:
             self.services,
             status=params.query_choice(req, "status", JobStatus.ALL),
             queue=params.query_queue(req),
-            search=params.query_text(req, "search", max_length=MAX_SEARCH),
+            search=params.query_search(req, "search", max_length=MAX_SEARCH),
             page=page,
             per_page=per_page,
         )
@@ -243,6 +254,8 @@ class JobResource:
 class FailedJobsResource:
     """``GET /failed?queue=&search=&page=&per_page=``: failed jobs, newest first."""
 
+    query_params = ("queue", "search", "page", "per_page")
+
     def __init__(self, services: Services) -> None:
         self.services = services
 
@@ -252,7 +265,7 @@ class FailedJobsResource:
             self.services,
             status=JobStatus.FAILED,
             queue=params.query_queue(req),
-            search=params.query_text(req, "search", max_length=MAX_SEARCH),
+            search=params.query_search(req, "search", max_length=MAX_SEARCH),
             page=page,
             per_page=per_page,
         )

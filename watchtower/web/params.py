@@ -1,6 +1,7 @@
 """Reading and checking what a request carries: query parameters, path ids, JSON bodies.
 
-Every check fails with a 400 (the request is malformed: a filter that is not
+An empty text filter (``?status=&queue=``, as an HTML form sends it) means
+"no filter"; an empty number is malformed.  Every check fails with a 400 (the request is malformed: a filter that is not
 one of the allowed values, an id that cannot be an id, a body that is not
 JSON) or a 422 (the body is JSON but says something impossible), and the
 error names the parameter, what it got and what would be right.  Nothing
@@ -18,7 +19,9 @@ from typing import Any
 import falcon
 
 __all__ = [
+    "KnownParams",
     "query_text",
+    "query_search",
     "query_int",
     "query_choice",
     "query_queue",
@@ -56,6 +59,23 @@ def _shown(value: str, limit: int = 40) -> str:
     return repr(_BAD_CHARACTERS.sub("?", text))
 
 
+class KnownParams:
+    """Falcon middleware: refuse query parameters a resource does not name in ``query_params``.
+
+    A misspelt filter (``?stauts=failed``) would otherwise be ignored and
+    return every job, which looks like an answer.
+    """
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]) -> None:
+        if resource is None:
+            return
+        allowed: tuple[str, ...] = getattr(resource, "query_params", ())
+        for name in req.params:
+            if name not in allowed:
+                takes = f"takes {', '.join(allowed)}" if allowed else "takes no query parameters"
+                raise bad_request(f"unknown parameter {_shown(name)}: this route {takes}")
+
+
 def query_text(req: falcon.Request, name: str, *, max_length: int) -> str | None:
     """The query parameter ``name`` as text, or None when it is absent or empty."""
     value = req.get_param(name)
@@ -68,10 +88,20 @@ def query_text(req: falcon.Request, name: str, *, max_length: int) -> str | None
     return value
 
 
-def query_int(req: falcon.Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
-    """The query parameter ``name`` as a whole number in [minimum, maximum]."""
+def query_search(req: falcon.Request, name: str, *, max_length: int) -> str | None:
+    """Free text to search for: any characters, at most ``max_length`` of them."""
     value = req.get_param(name)
     if value is None or value == "":
+        return None
+    if len(value) > max_length:
+        raise bad_request(f"parameter {name!r} is {len(value)} characters long; at most {max_length} are allowed")
+    return value
+
+
+def query_int(req: falcon.Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
+    """The query parameter ``name`` as a whole number in [minimum, maximum] (``default`` when absent)."""
+    value = req.get_param(name)
+    if value is None:
         return default
     # isdecimal() also accepts other scripts' digits, which int() takes too;
     # the length cap keeps int() from parsing a megabyte of digits.

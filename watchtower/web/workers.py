@@ -93,12 +93,19 @@ def list_workers(*, status: str | None = None, supervisor: str | None = None, al
 class WorkersResource:
     """``GET /workers?status=&supervisor=``."""
 
+    query_params = ("status", "supervisor")
+
     def __init__(self, services: Services) -> None:
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = params.query_choice(req, "status", WorkerStatus.ALL)
-        supervisor = params.query_text(req, "supervisor", max_length=128)
+        supervisor = req.get_param("supervisor") or None
+        if supervisor is not None and not _SUPERVISOR.fullmatch(supervisor):
+            raise params.bad_request(
+                "parameter 'supervisor' must be a supervisor's name "
+                "(letters, digits, '.', '_' and '-', at most 128 characters)"
+            )
         self.services.ledger()
         resp.media = {"data": list_workers(status=status, supervisor=supervisor)}
 
