@@ -154,7 +154,9 @@ def _unlink(row_id: int, new_id: str) -> None:
 def _is_connection_error(error: Exception) -> bool:
     import redis
 
-    return isinstance(error, (dramatiq.errors.ConnectionError, redis.RedisError, OSError))
+    # Dramatiq 2.1 renamed ConnectionError (the old name warns when touched).
+    broker_errors = getattr(dramatiq.errors, "BrokerConnectionError", None) or dramatiq.errors.ConnectionError
+    return isinstance(error, (broker_errors, redis.RedisError, OSError))
 
 
 def remove_dead_letter(
