@@ -9,103 +9,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import dramatiq
 import httpx
 import pytest
-import redis
-from conftest import REDIS_URL, subprocess_env, unique, wait_until
-from dramatiq.brokers.redis import RedisBroker
-from web_support import AUTH, TOKEN, client, serve_api, web_settings
+from conftest import unique
+from web_support import DEADLINE, AUTH, TOKEN, World, client, seed_job, serve_api, web_settings, world  # noqa: F401 (fixture)
 
-from watchtower import store
 from watchtower.models import Job, JobStatus
 from watchtower.web import create_app
-
-DEADLINE = 30.0
-
-
-@dataclass
-class World:
-    namespace: str
-    queue: str
-    database_url: str
-    tmp_path: Path
-    redis: redis.Redis
-    producer: RedisBroker
-    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return subprocess_env(
-            WT_TEST_NAMESPACE=self.namespace,
-            WT_TEST_REDIS=REDIS_URL,
-            WT_TEST_QUEUE=self.queue,
-            WATCHTOWER_DATABASE_URL=self.database_url,
-            WATCHTOWER_COMMAND_BUS="redis",
-            WATCHTOWER_REDIS_URL=REDIS_URL,
-            WATCHTOWER_REDIS_PREFIX=self.namespace,
-            WATCHTOWER_HEARTBEAT_INTERVAL="0.5",
-            **extra,
-        )
-
-    def start_worker(self) -> str:
-        worker_id = unique("w")
-        log = (self.tmp_path / f"{worker_id}.log").open("wb")
-        child = subprocess.Popen(
-            [sys.executable, "-m", "watchtower", "worker", self.queue, "--app", "apps.web",
-             "--worker-id", worker_id, "--sleep", "0.2"],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
-        self.children.append(child)
-        return worker_id
-
-    def send(self, actor: str, *args: Any, **kwargs: Any) -> str:
-        self.producer.declare_queue(self.queue)
-        message = dramatiq.Message(queue_name=self.queue, actor_name=actor, args=args, kwargs=kwargs, options={})
-        self.producer.enqueue(message)
-        return message.message_id
-
-    def job(self, message_id: str, status: str) -> Job:
-        return wait_until(
-            lambda: (job := Job.get_or_none(Job.message_id == message_id)) is not None and job.status == status and job,
-            timeout=DEADLINE, message=f"job {message_id} to be {status}",
-        )
-
-    def trace(self, name: str) -> int:
-        return int(self.redis.get(f"{self.namespace}:t:{name}") or 0)
-
-    def dead_letter(self, broker_message_id: str) -> tuple[Any, Any]:
-        key = f"{self.namespace}:{self.queue}.XQ"
-        return self.redis.zscore(key, broker_message_id), self.redis.hget(key + ".msgs", broker_message_id)
-
-
-@pytest.fixture
-def world(tmp_path: Path, redis_namespace: str, queue_name: str) -> Iterator[World]:
-    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    db = store.connect(database_url)
-    connection = redis.Redis.from_url(REDIS_URL)
-    producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
-    world = World(redis_namespace, queue_name, database_url, tmp_path, connection, producer)
-    try:
-        yield world
-    finally:
-        for child in world.children:
-            if child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(timeout=DEADLINE)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-        for log in tmp_path.glob("*.log"):
-            print(f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}")
-        producer.close()
-        connection.close()
-        db.close()
 
 
 @pytest.mark.parametrize("transport", ["wsgi", "http"])
@@ -189,9 +101,7 @@ def run_cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_retry_and_workers_commands_at_a_terminal(world: World) -> None:
-    from web_support import seed_job
-
-    worker_id = world.start_worker()
+    _, worker_id = world.start_worker()
     first, second = unique("t"), unique("t")
     first_id, second_id = world.send("flaky", first), world.send("flaky", second)
     world.job(first_id, JobStatus.FAILED)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 from dramatiq.common import q_name
@@ -203,7 +203,7 @@ def retryable_failed_ids(*, queue: str | None = None, batch: int = 1000) -> list
         )
         if queue is not None:
             query = query.where(Job.queue == queue)
-        rows = list(query.order_by(Job.id).limit(batch).tuples())
+        rows = cast(list[tuple[int, str]], list(query.order_by(Job.id).limit(batch).tuples()))
         if not rows:
             return ids
         ids.extend(message_id for _, message_id in rows)

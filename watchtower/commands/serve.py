@@ -35,7 +35,7 @@ def is_loopback_host(host: str) -> bool:
         infos = socket.getaddrinfo(name, None)
     except (OSError, UnicodeError):
         return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%", 1)[0]).is_loopback for info in infos)
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos)
 
 
 def check_bind(settings: Settings) -> None:

@@ -86,13 +86,14 @@ def create_app(
     """
     prefix = normalize_prefix(settings.http_prefix)
     services = Services(settings=settings, broker=broker, manager=manager)
-    app = falcon.App(
-        middleware=[
-            PrefixRouter(prefix),
-            Authorization(token=settings.http_token, authorize=authorize),
-            KnownParams(),
-        ],
-    )
+    # In this order: the prefix comes off before the token is checked
+    # against the route, and unknown parameters are refused after routing.
+    middleware: list[Any] = [
+        PrefixRouter(prefix),
+        Authorization(token=settings.http_token, authorize=authorize),
+        KnownParams(),
+    ]
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_serialize_error)
     _add_error_handlers(app, services)
@@ -136,8 +137,18 @@ class PrefixRouter:
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """Every error as JSON, whatever the client accepts (the API speaks JSON only)."""
+    description = error.description
+    if description is None:  # Falcon's own routing errors carry none
+        if isinstance(error, falcon.HTTPMethodNotAllowed):
+            allowed = dict(error.headers or {}).get("Allow", "")
+            description = f"{req.method} is not allowed here; this route answers {allowed}"
+        elif isinstance(error, falcon.HTTPNotFound):
+            base = getattr(req.context, "base_path", "")
+            description = f"nothing answers at this path; the routes are listed in {base}/openapi.json"
+        else:
+            description = error.title or str(error.status)
     resp.content_type = falcon.MEDIA_JSON
-    resp.media = {"title": error.title or str(error.status), "description": error.description or error.title or ""}
+    resp.media = {"title": error.title or str(error.status), "description": description}
 
 
 def _raise(kind: type[falcon.HTTPError], description: str, **extra: Any) -> None:

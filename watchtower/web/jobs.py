@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import falcon
 import peewee
@@ -182,7 +182,7 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
         query = Job.select(Job.id, Job.actor, Job.payload).where(*conditions)
         if last is not None:
             query = query.where(Job.id < last)
-        chunk = list(query.order_by(Job.id.desc()).limit(200).tuples())
+        chunk = cast(list[tuple[int, str, str | None]], list(query.order_by(Job.id.desc()).limit(200).tuples()))
         if not chunk:
             break
         for row_id, actor, payload in chunk:
@@ -194,7 +194,7 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
     return found, complete
 
 
-def _like(column: peewee.Field, operator: str, text: str) -> peewee.Node:
+def _like(column: peewee.Field, operator: str, text: str) -> peewee.ColumnBase:
     """``column LIKE '%text%'`` with the text's own wildcards taken literally ('!' escapes)."""
     literal = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
     return peewee.NodeList((column, peewee.SQL(operator), f"%{literal}%", peewee.SQL("ESCAPE '!'")), parens=True)

@@ -103,9 +103,9 @@ def query_int(req: falcon.Request, name: str, *, default: int, minimum: int, max
     value = req.get_param(name)
     if value is None:
         return default
-    # isdecimal() also accepts other scripts' digits, which int() takes too;
-    # the length cap keeps int() from parsing a megabyte of digits.
-    if len(value) > 12 or not value.isdecimal():
+    # ASCII digits only (int() would take other scripts' digits too); the
+    # length cap keeps int() from parsing a megabyte of digits.
+    if len(value) > 12 or not (value.isascii() and value.isdigit()):
         raise bad_request(f"parameter {name!r} must be a whole number from {minimum} to {maximum}, not {_shown(value)}")
     number = int(value)
     if not minimum <= number <= maximum:

@@ -1,0 +1,120 @@
+"""The control API's answer times at 10,000 and at 1,000,000 job rows.
+
+    python3 benchmarks/api.py [--small 10000] [--large 1000000] [--runs 30] [--databases sqlite,postgresql]
+
+Each ledger is filled as benchmarks/collector.py fills it (a week of jobs on
+3 queues x 2 actors, their rollups, 16 workers), then every stored message
+is given a realistic payload (about 250 bytes of JSON with two arguments and
+a keyword argument).  Requests go through the real WSGI app in this process
+(falcon.testing), token and all; each is made ``--runs`` times after two
+warm-up calls.  The table gives p50 / p95 in milliseconds and the ratio of the
+large to the small p50.  Budget (DESIGN.md): poll and the job list under
+50 ms at one million rows, their cost not growing with the table.
+
+Searches are bounded to the 10,000 newest rows that pass the other filters,
+so their cost is that of scanning 10,000 payloads whatever the table's size;
+"search (no match)" is the worst case: the whole window is scanned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from collector import fill, ledger  # noqa: E402  (benchmarks/collector.py: the same ledger)
+
+TOKEN = "bench-token"
+
+REQUESTS = (
+    ("poll", "/watchtower/api/poll"),
+    ("jobs", "/watchtower/jobs"),
+    ("jobs status=failed", "/watchtower/jobs?status=failed"),
+    ("jobs queue=emails", "/watchtower/jobs?queue=emails"),
+    ("jobs status+queue", "/watchtower/jobs?status=failed&queue=emails"),
+    ("jobs page 200 x 100", "/watchtower/jobs?page=200&per_page=100"),
+    ("failed", "/watchtower/failed"),
+    ("job detail", "/watchtower/jobs/m000000042"),
+    ("workers", "/watchtower/workers"),
+    ("search (matches)", "/watchtower/jobs?search=customer-42@"),
+    ("search (no match)", "/watchtower/jobs?search=no-such-text"),
+)
+
+
+def give_payloads(url: str) -> None:
+    """Replace the fill's empty payloads with messages of a realistic size."""
+    from watchtower.store import connect
+
+    db = connect(url)
+    concat = (
+        "'{\"queue_name\":\"' || queue || '\",\"actor_name\":\"' || actor || '\",\"args\":[' || id || "
+        "',\"customer-' || (id - (id / 1000) * 1000) || '@example.com\"],\"kwargs\":{\"template\":\"welcome\",\"locale\":\"en\"},"
+        "\"options\":{\"redis_message_id\":\"0b1c5f4e-8c5a-4d6e-9f0a-1b2c3d4e5f60\"},\"message_id\":\"' || message_id || "
+        "'\",\"message_timestamp\":' || queued_at || '}'"
+    )
+    started = time.perf_counter()
+    with db.atomic():
+        db.execute_sql(f"UPDATE watchtower_jobs SET payload = {concat}")
+    db.execute_sql("ANALYZE")
+    print(f"  payloads written in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+    db.close()
+
+
+def measure(url: str, runs: int) -> dict[str, tuple[float, float]]:
+    import falcon.testing
+
+    from watchtower.config import load_settings
+    from watchtower.web import create_app
+
+    settings = load_settings(env={}, overrides={"database_url": url, "http.token": TOKEN})
+    client = falcon.testing.TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"})
+    results = {}
+    for name, path in REQUESTS:
+        for _ in range(2):
+            answer = client.simulate_get(path)
+            assert answer.status_code == 200, (path, answer.status_code, answer.text)
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            client.simulate_get(path)
+            times.append((time.perf_counter() - started) * 1000)
+        times.sort()
+        results[name] = (statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.95))])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    args = parser.parse_args()
+
+    table = []
+    for kind in args.databases.split(","):
+        results = {}
+        for size in (args.small, args.large):
+            with ledger(kind) as url:
+                fill(url, kind, size)
+                give_payloads(url)
+                results[size] = measure(url, args.runs)
+        for name, _ in REQUESTS:
+            small, large = results[args.small][name], results[args.large][name]
+            table.append((name, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
+            print(f"  {kind} {name}: {small[0]:.2f} -> {large[0]:.2f} ms", file=sys.stderr, flush=True)
+
+    print(f"\n| request | database | {args.small:,} rows p50 / p95 (ms) | {args.large:,} rows p50 / p95 (ms) | ratio (p50) |")
+    print("|---|---|---|---|---|")
+    for name, kind, small, large, ratio in table:
+        print(f"| {name} | {kind} | {small[0]:.2f} / {small[1]:.2f} | {large[0]:.2f} / {large[1]:.2f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
