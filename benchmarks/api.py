@@ -61,7 +61,10 @@ def give_payloads(url: str) -> None:
     started = time.perf_counter()
     with db.atomic():
         db.execute_sql(f"UPDATE watchtower_jobs SET payload = {concat}")
-    db.execute_sql("ANALYZE")
+    # The update left a dead copy of every row behind (PostgreSQL): clean
+    # up as autovacuum would in a live ledger, so that the timings are not
+    # those of a table twice its size.
+    db.execute_sql("VACUUM ANALYZE" if db.__class__.__name__.startswith("Postgres") else "ANALYZE")
     print(f"  payloads written in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
     db.close()
 
