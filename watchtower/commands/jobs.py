@@ -64,12 +64,11 @@ def _age(value: datetime | None) -> str:
 @click.pass_context
 def workers(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """List the workers: id, supervisor, host, pid, status, queues, heartbeat, jobs."""
-    from ..store import connect
-    from ..web.workers import worker_record, worker_rows
+    from ..manager import WorkerManager
+    from ..web.workers import worker_record
 
-    settings = settings_from(ctx)
-    connect(settings.database_url)
-    rows = worker_rows(alive=not show_all)
+    manager = WorkerManager(settings_from(ctx))
+    rows = manager.get_all_workers() if show_all else manager.get_running_workers()
     if as_json:
         for row in rows:
             click.echo(json.dumps(worker_record(row)))

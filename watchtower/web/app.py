@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import falcon
 import peewee
@@ -38,7 +38,9 @@ from ..errors import (
     DatabaseUnavailable,
     JobConflict,
     JobNotFound,
+    UnknownWorker,
     WorkerError,
+    WorkerGone,
 )
 from .auth import Authorization
 from .context import Services
@@ -46,6 +48,12 @@ from .params import KnownParams
 from .jobs import FailedJobResource, FailedJobsResource, JobResource, JobsResource, RetryResource
 from .system import HealthResource, MetricsResource, OpenApiResource, PollResource
 from .workers import StartWorkerResource, WorkerCommandResource, WorkersResource
+
+if TYPE_CHECKING:
+    import dramatiq
+
+    from ..config import Settings
+    from ..manager import WorkerManager
 
 __all__ = ["create_app", "normalize_prefix"]
 
@@ -66,11 +74,11 @@ def normalize_prefix(prefix: str) -> str:
 
 
 def create_app(
-    settings: Any,
+    settings: Settings,
     *,
     authorize: Callable[[falcon.Request], bool] | None = None,
-    broker: Any = None,
-    manager: Any = None,
+    broker: dramatiq.Broker | None = None,
+    manager: WorkerManager | None = None,
 ) -> falcon.App:
     """The control API for ``settings`` (a :class:`~watchtower.config.Settings`).
 
@@ -109,7 +117,7 @@ def create_app(
     app.add_route("/workers/{worker_id}/{command}", WorkerCommandResource(services))
     app.add_route("/metrics", MetricsResource(services))
     app.add_route("/health", HealthResource(services))
-    app.add_route("/openapi.json", OpenApiResource())
+    app.add_route("/openapi.json", OpenApiResource(services))
     return app
 
 
@@ -167,12 +175,8 @@ def _add_error_handlers(app: falcon.App, services: Services) -> None:
     def conflict(req: Any, resp: Any, error: Exception, params: Any) -> None:
         _raise(falcon.HTTPConflict, str(error))
 
-    def worker_error(req: Any, resp: Any, error: Exception, params: Any) -> None:
-        # The manager raises WorkerGone (a WorkerError) for a worker that has
-        # stopped or was lost, and plain WorkerError for an unknown id.
-        if type(error).__name__ == "WorkerGone":
-            _raise(falcon.HTTPConflict, str(error))
-        _raise(falcon.HTTPNotFound, str(error))
+    def unprocessable(req: Any, resp: Any, error: Exception, params: Any) -> None:
+        raise falcon.HTTPUnprocessableEntity(title="Unprocessable Entity", description=str(error))
 
     def unavailable(req: Any, resp: Any, error: Exception, params: Any) -> None:
         logger.warning("%s %s: %s", req.method, req.path, error)
@@ -195,9 +199,9 @@ def _add_error_handlers(app: falcon.App, services: Services) -> None:
         raise falcon.HTTPInternalServerError(title="Internal Server Error", description="an unexpected error; see the server's log")
 
     app.add_error_handler(Exception, bug)
-    app.add_error_handler(JobNotFound, not_found)
-    app.add_error_handler(JobConflict, conflict)
-    app.add_error_handler(WorkerError, worker_error)
+    app.add_error_handler([JobNotFound, UnknownWorker], not_found)
+    app.add_error_handler([JobConflict, WorkerGone], conflict)
+    app.add_error_handler(WorkerError, unprocessable)  # the manager refused the request itself
     app.add_error_handler([DatabaseUnavailable, BusError, BrokerError], unavailable)
     app.add_error_handler(AppImportError, app_missing)
     app.add_error_handler([peewee.OperationalError, peewee.InterfaceError], database_down)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from ..bus import CommandBus
     from ..collector import MetricsCollector
+    from ..manager import WorkerManager
     from ..config import Settings
 
 __all__ = ["Services"]
@@ -38,7 +39,7 @@ class Services:
         *,
         settings: Settings,
         broker: dramatiq.Broker | None = None,
-        manager: Any = None,
+        manager: WorkerManager | None = None,
     ) -> None:
         self.settings = settings
         self.redactor = Redactor(settings.redact)
@@ -84,14 +85,12 @@ class Services:
 
         return self._once("_broker", lambda: load_app(self.settings.app))
 
-    def manager(self) -> Any:
-        """The WorkerManager that sends commands to workers and start requests to supervisors."""
-        def make() -> Any:
-            from ..manager import WorkerManager
+    def manager(self) -> WorkerManager:
+        """The WorkerManager on this app's bus and ledger (start requests, commands)."""
+        from ..manager import WorkerManager
 
-            return WorkerManager(self.settings, bus=self.bus())
-
-        return self._once("_manager", make)
+        self.ledger()
+        return self._once("_manager", lambda: WorkerManager(self.settings, bus=self.bus(), database=database.obj))
 
     def collector(self) -> MetricsCollector:
         """The MetricsCollector on the ledger's database (its own connection)."""

@@ -104,9 +104,18 @@ def openapi_document() -> dict[str, Any]:
 
 
 class OpenApiResource:
-    """``GET /openapi.json``, its server URL set to where this app answers."""
+    """``GET /openapi.json``, completed with this deployment's facts.
+
+    The server URL is where this app answers (its mount point and prefix),
+    and a start request's ``supervisor`` lists the configured supervisors.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         document = copy.deepcopy(openapi_document())
         document["servers"] = [{"url": req.context.base_path or "/"}]
+        supervisor = document["components"]["schemas"]["StartRequest"]["properties"]["supervisor"]
+        supervisor["enum"] = [*sorted(self.services.settings.supervisors), None]
         resp.media = document

@@ -15,7 +15,6 @@ from typing import Any
 
 import falcon
 
-from ..errors import WorkerError
 from ..models import Worker, WorkerStatus
 from . import params
 from .context import Services
@@ -146,10 +145,11 @@ class StartWorkerResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         queue, options, supervisor = start_request(params.json_object(req))
-        try:
-            worker_id = self.services.manager().start_worker(queue, options, supervisor=supervisor)
-        except WorkerError as error:
-            raise params.unprocessable(str(error)) from None
+        # The manager checks the supervisor's name against the settings
+        # (WorkerError -> 422) and pushes the request to its inbox.
+        manager = self.services.manager()
+        supervisor = supervisor or manager.default_supervisor()
+        worker_id = manager.start_worker(queue, options, supervisor=supervisor)
         resp.status = falcon.HTTP_202
         resp.media = {"id": worker_id, "queue": queue, "supervisor": supervisor, "options": options}
 
@@ -167,6 +167,6 @@ class WorkerCommandResource:
             )
         wid = params.worker_id(worker_id)
         manager = self.services.manager()
-        getattr(manager, f"{command}_worker")(wid)  # WorkerError -> 404, WorkerGone -> 409 (see app)
+        getattr(manager, f"{command}_worker")(wid)  # UnknownWorker -> 404, WorkerGone -> 409 (see app)
         resp.status = falcon.HTTP_202
         resp.media = {"id": wid, "command": command}
