@@ -126,6 +126,10 @@ def test_counters_equal_the_ledger_after_a_run_of_real_workers(workers: Workers,
     import metrics_workload as app
 
     queue = app_env["WT_APP_QUEUE"]
+    # The recorder counters have no labels: this process's own share may
+    # hold drops of earlier tests in the same run (outage tests drop on purpose).
+    dropped_before = value(scrape(load_settings(overrides={"database_url": sqlite_url}, env={}), workers.directory),
+                           "watchtower_recorder_events_dropped_total") or 0
     for _ in range(2):
         workers.start()
     for n in range(20):
@@ -176,7 +180,7 @@ def test_counters_equal_the_ledger_after_a_run_of_real_workers(workers: Workers,
         assert value(samples, "watchtower_job_queue_wait_seconds_count", **job) == numbers["started"]
     written = value(samples, "watchtower_recorder_events_written_total")
     assert written is not None and written > 0
-    assert value(samples, "watchtower_recorder_events_dropped_total") == 0
+    assert (value(samples, "watchtower_recorder_events_dropped_total") or 0) == dropped_before
 
 
 def test_a_killed_worker_leaves_the_in_progress_gauge_and_its_counters_stay(workers: Workers, app_env, sqlite_url):
