@@ -439,3 +439,50 @@ def test_a_worker_past_its_memory_limit_is_replaced_and_its_reason_kept(
         assert "memory: RSS " in looping.exit_reason
         sup.send_signal(signal.SIGTERM)
         assert wait_exit(sup, 90) == 0
+
+
+def test_the_pool_keeps_healing_while_the_ledger_is_down_and_records_it_afterwards(
+    tmp_path: Path, postgres_url: str, redis_namespace: str, queue_name: str
+) -> None:
+    import peewee
+    import psycopg
+    from conftest import POSTGRES_ADMIN
+
+    from watchtower.store import check_database_url
+
+    path = config(tmp_path, postgres_url, redis_namespace, queues=[queue_name], min_processes=1)
+    db = store.connect(postgres_url)
+    admin = check_database_url(POSTGRES_ADMIN)
+    name = check_database_url(postgres_url).database
+
+    def server(sql: str) -> None:
+        with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
+            conn.execute(sql)
+
+    def read(query: Any) -> Any:
+        try:
+            return query()
+        except peewee.PeeweeException:
+            db.close()  # our connection was cut too: a new one next time
+            return None
+
+    log = tmp_path / "supervisor.log"
+    try:
+        with running(start_supervisor(path, "default", log, **app_env(redis_namespace, queue_name)), log) as sup:
+            victim = wait_until(lambda: rows("default", WorkerStatus.RUNNING), 60, message="a running worker")[0]
+            # The ledger goes away: no new connections, the open ones cut.
+            server(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            server(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            os.kill(victim.pid, signal.SIGKILL)
+            wait_until(lambda: child_pids(sup) - {victim.pid}, 30, message="a new worker process without the ledger")
+            assert sup.poll() is None
+            server(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            dead = wait_until(lambda: read(lambda: row_with(victim.worker_id, WorkerStatus.LOST)), 60,
+                              message="the dead worker's record, once the ledger is back")
+            assert (dead.exit_code, dead.exit_reason) == (-9, "killed by SIGKILL")
+            assert "the ledger is unavailable" in log.read_text()
+            wait_until(lambda: read(lambda: rows("default", WorkerStatus.RUNNING)), 90, message="a running worker again")
+            sup.send_signal(signal.SIGTERM)
+            assert wait_exit(sup, 90) == 0
+    finally:
+        server(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
