@@ -462,7 +462,9 @@ class Supervisor:
         self._env.update(self._metrics_dir.env())
         served = replace(self.settings, metrics_dir=os.fspath(self._metrics_dir))
         try:
-            # API(branch api): serve the whole API here (app=create_app(...)) once it lands.
+            # TODO(api): serve the whole API here too (app=create_app(...)); it needs create_app's
+            # /metrics to scope worker gauges to this supervisor, and the bind check of
+            # commands/serve.py (no API beyond loopback without a token) in a library module.
             self._metrics_server = metrics.start_metrics_server(served, supervisor=self.name)
         except BaseException:
             self._metrics_dir.release()
