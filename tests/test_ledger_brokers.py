@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,8 @@ def test_every_job_life_is_recorded(
         worker_row = Worker.get(Worker.worker_id == worker_id)
         assert worker_row.status == WorkerStatus.STOPPED
         assert worker_row.get_queues() == [queue_name]
+        assert (worker_row.hostname, worker_row.pid) == (middleware.settings.hostname, os.getpid())
+        assert worker_row.stopped_at is not None and worker_row.started_at <= worker_row.stopped_at
         assert worker_row.get_jobs_processed_count() == 7  # attempts that ran; the skipped one did not
         assert worker_row.get_jobs_failed_count() == 4
         assert {job.message_id for job in worker_row.jobs} == set(ids)

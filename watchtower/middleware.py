@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
@@ -158,6 +157,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         self.jobs_failed = 0
         self.in_progress = 0
         self._worker: dramatiq.Worker | None = None
+        self._heartbeat_on = False
         try:
             # Prometheus counters of the events and of the recorder's health;
             # their objects are made on the first event, not here.
@@ -180,12 +180,13 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._inspect(broker)
         self._worker = worker
+        hostname = self.settings.hostname  # the name supervisors know this host by
         if self.worker_id is None:
-            self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+            self.worker_id = f"{hostname}-{os.getpid()}"
         if self.register_worker:
             now = time.time_ns() // 1_000_000
             self.recorder.record_worker(WorkerEvent(self.worker_id, {
-                "hostname": socket.gethostname(),
+                "hostname": hostname,
                 "pid": os.getpid(),
                 "queues": sorted({q_name(q) for q in (worker.consumer_whitelist or broker.get_declared_queues())}),
                 "status": WorkerStatus.RUNNING,
@@ -193,8 +194,9 @@ class WatchtowerMiddleware(dramatiq.Middleware):
                 "last_heartbeat": now,
                 "stopped_at": None,
             }))
-            interval = self.settings.heartbeat_interval or 1.0
-            self.recorder.every(interval, self._heartbeat)
+            if not self._heartbeat_on:  # once, however many workers this broker runs in turn
+                self._heartbeat_on = True
+                self.recorder.every(self.settings.heartbeat_interval, self._heartbeat)
 
     def _heartbeat(self) -> None:
         if self.worker_id is None or self._worker is None:
@@ -216,6 +218,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
 
     @_guarded
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._worker = None  # no heartbeats for a worker that has stopped
         if self.register_worker and self.worker_id is not None:
             fields = self.worker_counts()
             fields.update(status=WorkerStatus.STOPPED, stopped_at=time.time_ns() // 1_000_000, exit_code=0)
