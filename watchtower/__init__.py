@@ -15,6 +15,17 @@ from .store import connect
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # The web app is imported on first use: workers and producers import
+    # this package and never need Falcon.
+    if name == "create_app":
+        from .web import create_app
+
+        return create_app
+    raise AttributeError(f"module 'watchtower' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigError",
     "Job",
@@ -29,5 +40,6 @@ __all__ = [
     "WorkerManager",
     "WorkerStatus",
     "connect",
+    "create_app",
     "load_settings",
 ]

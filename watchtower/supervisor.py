@@ -51,7 +51,7 @@ import peewee
 from . import metrics, records, store
 from .bus import CommandBus, open_bus, supervisor_inbox_key
 from .config import Settings, replace
-from .errors import AppImportError, DatabaseUnavailable, WatchtowerError, WorkerError
+from .errors import AppImportError, ConfigError, DatabaseUnavailable, WatchtowerError, WorkerError
 from .models import WorkerStatus, now_ms
 from .pool import (
     WORKER_OPTIONS,
@@ -462,10 +462,20 @@ class Supervisor:
         self._env.update(self._metrics_dir.env())
         served = replace(self.settings, metrics_dir=os.fspath(self._metrics_dir))
         try:
-            # TODO(api): serve the whole API here too (app=create_app(...)); it needs create_app's
-            # /metrics to scope worker gauges to this supervisor, and the bind check of
-            # commands/serve.py (no API beyond loopback without a token) in a library module.
-            self._metrics_server = metrics.start_metrics_server(served, supervisor=self.name)
+            from .web import create_app
+            from .web.auth import check_bind
+
+            # The whole control API beside /metrics (which it answers at the
+            # root too, counting this supervisor's workers), unless the bind
+            # goes beyond loopback without a token: then /metrics alone, as
+            # Prometheus scrapes it from other hosts.
+            api = None
+            try:
+                check_bind(served)
+                api = create_app(served, database=self._db, supervisor=self.name)
+            except ConfigError as refusal:
+                logger.warning("supervisor %s serves /metrics only: %s", self.name, refusal)
+            self._metrics_server = metrics.start_metrics_server(served, supervisor=self.name, app=api)
         except BaseException:
             self._metrics_dir.release()
             raise

@@ -7,48 +7,17 @@ retry jobs and stop workers, so it is never open to a network by accident.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
-import socket
 from types import FrameType
 
 import click
 
 from ..cli import cli, settings_from
-from ..config import Settings
-from ..errors import ConfigError
 
-__all__ = ["serve", "check_bind", "is_loopback_host"]
+__all__ = ["serve"]
 
 logger = logging.getLogger(__name__)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback address."""
-    name = host.strip("[]")
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(name, None)
-    except (OSError, UnicodeError):
-        return False
-    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos)
-
-
-def check_bind(settings: Settings) -> None:
-    """Refuse to listen beyond loopback without a token (ConfigError naming the settings)."""
-    if settings.http_token or is_loopback_host(settings.http_host):
-        return
-    source = settings.sources.get("http.host", "the defaults")
-    if source.startswith("command line"):
-        source = "--host"
-    raise ConfigError(
-        f"refusing to serve the API on {settings.http_host!r} (from {source}) without a token: "
-        "set http.token (WATCHTOWER_API_TOKEN) or bind to 127.0.0.1"
-    )
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -70,6 +39,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, prefix: str | 
 
     from ..web import create_app
     from ..web.app import normalize_prefix
+    from ..web.auth import check_bind
 
     settings = settings_from(ctx, **{"http.host": host, "http.port": port, "http.prefix": prefix, "app": app_module})
     check_bind(settings)

@@ -79,6 +79,8 @@ def create_app(
     authorize: Callable[[falcon.Request], bool] | None = None,
     broker: dramatiq.Broker | None = None,
     manager: WorkerManager | None = None,
+    database: peewee.Database | None = None,
+    supervisor: str | None = None,
 ) -> falcon.App:
     """The control API for ``settings`` (a :class:`~watchtower.config.Settings`).
 
@@ -87,13 +89,19 @@ def create_app(
     - ``broker``: the Dramatiq broker that retries go to; by default the
       broker of ``settings.app``, imported on the first retry;
     - ``manager``: the :class:`~watchtower.manager.WorkerManager` for
-      worker commands; by default one on the bus that ``settings`` names.
+      worker commands; by default one on the bus that ``settings`` names;
+    - ``database``: the ledger, already opened with
+      :func:`watchtower.store.connect`, for a host that has it open (the
+      supervisor); by default the app opens ``settings.database_url``;
+    - ``supervisor``: the supervisor serving this app, whose /metrics then
+      counts that supervisor's workers on this host (see
+      :mod:`watchtower.scrape`).
 
     Building the app does no I/O: a database that is down makes requests
     answer 503 until it is back, and ``/health`` says so.
     """
     prefix = normalize_prefix(settings.http_prefix)
-    services = Services(settings=settings, broker=broker, manager=manager)
+    services = Services(settings=settings, broker=broker, manager=manager, database=database, supervisor=supervisor)
     # In this order: the prefix comes off before the token is checked
     # against the route, and unknown parameters are refused after routing.
     middleware: list[Any] = [

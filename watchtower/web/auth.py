@@ -11,6 +11,10 @@ A request is let in when any of these holds:
   address without a token; an app mounted in a public host without either
   still answers only local clients).
 
+Whoever serves the API on a socket (``watchtower serve``, the supervisor)
+calls :func:`check_bind` first: the API is never served beyond loopback
+without a token.
+
 ``/health`` and ``/metrics`` are always open: load balancers and Prometheus
 call them without credentials.  Otherwise a refusal is 401 with a
 ``WWW-Authenticate: Bearer`` challenge when a token would help, else 403.
@@ -21,11 +25,18 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import falcon
 
-__all__ = ["Authorization", "PUBLIC_PATHS"]
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["Authorization", "PUBLIC_PATHS", "check_bind", "is_loopback_host"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +49,33 @@ def _is_loopback(address: str | None) -> bool:
         return address is not None and ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address."""
+    name = host.strip("[]")
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos)
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to listen beyond loopback without a token (ConfigError naming the settings)."""
+    if settings.http_token or is_loopback_host(settings.http_host):
+        return
+    source = settings.sources.get("http.host", "the defaults")
+    if source.startswith("command line"):
+        source = "--host"
+    raise ConfigError(
+        f"refusing to serve the API on {settings.http_host!r} (from {source}) without a token: "
+        "set http.token (WATCHTOWER_API_TOKEN) or bind to 127.0.0.1"
+    )
 
 
 class Authorization:

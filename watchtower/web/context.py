@@ -20,6 +20,7 @@ from .redact import Redactor
 
 if TYPE_CHECKING:
     import dramatiq
+    import peewee
 
     from ..bus import CommandBus
     from ..collector import MetricsCollector
@@ -40,14 +41,19 @@ class Services:
         settings: Settings,
         broker: dramatiq.Broker | None = None,
         manager: WorkerManager | None = None,
+        database: peewee.Database | None = None,
+        supervisor: str | None = None,
     ) -> None:
         self.settings = settings
         self.redactor = Redactor(settings.redact)
+        self.supervisor = supervisor
         self._broker = broker
         self._manager = manager
+        self._database = database
         self._bus: CommandBus | None = None
         self._collector: MetricsCollector | None = None
-        self._ledger_ready = False
+        # A database the host opened (store.connect) is bound and has its tables.
+        self._ledger_ready = database is not None
         self._lock = threading.RLock()
 
     def _once(self, attribute: str, make: Callable[[], T]) -> T:
@@ -90,13 +96,15 @@ class Services:
         from ..manager import WorkerManager
 
         self.ledger()
-        return self._once("_manager", lambda: WorkerManager(self.settings, bus=self.bus(), database=database.obj))
+        return self._once("_manager", lambda: WorkerManager(
+            self.settings, bus=self.bus(), database=self._database or database.obj,
+        ))
 
     def collector(self) -> MetricsCollector:
         """The MetricsCollector on the ledger's database (its own connection)."""
         from ..collector import MetricsCollector
 
-        return self._once("_collector", lambda: MetricsCollector(self.settings))
+        return self._once("_collector", lambda: MetricsCollector(self._database or self.settings))
 
     def stats(self) -> dict[str, Any]:
         """The job and worker counts of the poll."""
@@ -106,14 +114,14 @@ class Services:
         """The Prometheus exposition and its content type."""
         from ..metrics import exposition
 
-        return exposition(self.settings, broker=self._broker)
+        return exposition(self.settings, broker=self._broker, supervisor=self.supervisor)
 
     def close_connections(self) -> None:
         """Close this thread's database connections, so that the next use reconnects."""
         databases = [database.obj] if database.obj is not None else []
         if self._collector is not None:
             databases.append(self._collector.db)
-        for db in databases:
+        for db in dict.fromkeys(databases):  # the collector may share the ledger's
             try:
                 db.close()
             except Exception:  # a broken connection may fail to close: it is dropped anyway

@@ -1,0 +1,56 @@
+"""The API served by a supervisor beside its /metrics: a worker asked for over HTTP is
+spawned by that supervisor, and stops when told to."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import wait_until
+from supervision import running, start_supervisor
+from test_supervisor import app_env, config, rows
+
+from watchtower import store
+from watchtower.models import Worker, WorkerStatus
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def served_at(log: Path) -> str:
+    found = re.search(r"serving Prometheus metrics at (http://\S+)/metrics", log.read_text(errors="replace"))
+    return found.group(1) if found else ""
+
+
+def test_a_worker_started_through_the_supervisors_api_is_spawned_and_stopped(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str
+) -> None:
+    path = config(tmp_path, sqlite_url, redis_namespace, queues=[queue_name], min_processes=1)
+    store.connect(sqlite_url)
+    log = tmp_path / "supervisor.log"
+    with running(start_supervisor(path, "default", log, **app_env(redis_namespace, queue_name)), log):
+        base = wait_until(lambda: served_at(log), 60, message="the supervisor's server")
+        wait_until(lambda: len(rows("default", WorkerStatus.RUNNING)) == 1, 60, message="the pool's worker")
+        # No token is configured: the supervisor's API answers loopback clients.
+        with httpx.Client(base_url=base, timeout=30) as http:
+            assert http.get("/metrics").status_code == 200
+            listed = http.get("/watchtower/workers").json()["data"]
+            assert [worker["status"] for worker in listed] == ["running"]
+
+            started = http.post("/watchtower/workers/start", json={"queue": queue_name, "threads": 1})
+            assert started.status_code == 202
+            worker_id = started.json()["id"]
+            row = wait_until(
+                lambda: (found := Worker.get_or_none(Worker.worker_id == worker_id)) is not None
+                and found.status == WorkerStatus.RUNNING and found,
+                60, message="the requested worker to run",
+            )
+            assert row.supervisor == "default" and row.pid
+
+            assert http.post(f"/watchtower/workers/{worker_id}/stop").status_code == 202
+            wait_until(lambda: Worker.get(Worker.worker_id == worker_id).status == WorkerStatus.STOPPED, 60,
+                       message="the requested worker to stop")
+            assert http.post(f"/watchtower/workers/{worker_id}/resume").status_code == 409
+            poll = http.get("/watchtower/api/poll").json()
+            assert poll["stats"]["active_workers"] == 1  # the pool's own worker is still there
