@@ -207,13 +207,13 @@ def load_settings(
     for name, text in env.items():
         if not name.startswith("WATCHTOWER_") or name in _ENV_OTHER:
             continue
-        key = _ENV_TO_KEY.get(name)
-        if key is None:
+        env_key = _ENV_TO_KEY.get(name)
+        if env_key is None:
             known = ", ".join(sorted(_ENV_TO_KEY))
             raise ConfigError(
                 f"unknown environment variable {name}: Watchtower reads {known} and WATCHTOWER_CONFIG"
             )
-        _set(values, sources, key, text, f"environment variable {name}", from_text=True)
+        _set(values, sources, env_key, text, f"environment variable {name}", from_text=True)
 
     for key, value in (overrides or {}).items():
         if value is None:

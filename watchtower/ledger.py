@@ -193,7 +193,7 @@ def _upsert_jobs(db: peewee.Database, kind: str, events: Sequence[JobEvent]) -> 
         # Through Peewee's wrapper, so that driver errors arrive as Peewee's
         # (the deadlock retry and the recorder's handling of refused values
         # look for those).
-        with peewee.__exception_wrapper__:
+        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
             db.cursor().executemany(sql, rows)
         return
     # SQLite: multi-row statements, so that one sqlite3_step (run without

@@ -137,7 +137,7 @@ class _SqliteDatabase(peewee.SqliteDatabase):
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
         cursor = conn.cursor()
         try:
-            for pragma, value in self._pragmas:
+            for pragma, value in self._pragmas:  # type: ignore[attr-defined]
                 while True:
                     try:
                         cursor.execute(f"PRAGMA {pragma} = {value};")
