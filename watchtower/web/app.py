@@ -167,49 +167,49 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.H
     resp.media = {"title": error.title or str(error.status), "description": description}
 
 
-def _raise(kind: type[falcon.HTTPError], description: str, **extra: Any) -> None:
-    title = {
-        falcon.HTTPNotFound: "Not Found",
-        falcon.HTTPConflict: "Conflict",
-        falcon.HTTPServiceUnavailable: "Service Unavailable",
-    }[kind]
-    raise kind(title=title, description=description, **extra)
+def _answer(kind: type[falcon.HTTPError], title: str, *, warn: bool = False, **extra: Any) -> Any:
+    """An error handler that answers ``kind`` with the error's own message."""
+
+    def handle(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
+        if warn:  # an outage, not a bug: one line, no traceback
+            logger.warning("%s %s: %s", req.method, req.path, error)
+        raise kind(title=title, description=str(error), **extra)
+
+    return handle
 
 
 def _add_error_handlers(app: falcon.App, services: Services) -> None:
-    def not_found(req: Any, resp: Any, error: Exception, params: Any) -> None:
-        _raise(falcon.HTTPNotFound, str(error))
-
-    def conflict(req: Any, resp: Any, error: Exception, params: Any) -> None:
-        _raise(falcon.HTTPConflict, str(error))
-
-    def unprocessable(req: Any, resp: Any, error: Exception, params: Any) -> None:
-        raise falcon.HTTPUnprocessableEntity(title="Unprocessable Entity", description=str(error))
-
-    def unavailable(req: Any, resp: Any, error: Exception, params: Any) -> None:
+    def app_missing(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
         logger.warning("%s %s: %s", req.method, req.path, error)
-        _raise(falcon.HTTPServiceUnavailable, str(error), retry_after=RETRY_AFTER)
+        raise falcon.HTTPServiceUnavailable(
+            title="Service Unavailable", description=f"this needs the app's broker, which cannot be loaded: {error}"
+        )
 
-    def app_missing(req: Any, resp: Any, error: Exception, params: Any) -> None:
-        logger.warning("%s %s: %s", req.method, req.path, error)
-        _raise(falcon.HTTPServiceUnavailable, f"this needs the app's broker, which cannot be loaded: {error}")
-
-    def database_down(req: Any, resp: Any, error: Exception, params: Any) -> None:
+    def database_down(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
         # This thread's connections may be broken: drop them so that the
         # next request reconnects.
         services.close_connections()
         reason = " ".join(str(error).split()) or type(error).__name__
         logger.warning("%s %s: the ledger database failed: %s", req.method, req.path, reason)
-        _raise(falcon.HTTPServiceUnavailable, f"the ledger database is unavailable: {reason}", retry_after=RETRY_AFTER)
+        raise falcon.HTTPServiceUnavailable(
+            title="Service Unavailable", description=f"the ledger database is unavailable: {reason}",
+            retry_after=RETRY_AFTER,
+        )
 
-    def bug(req: Any, resp: Any, error: Exception, params: Any) -> None:
+    def bug(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
         logger.error("%s %s failed", req.method, req.path, exc_info=error)
-        raise falcon.HTTPInternalServerError(title="Internal Server Error", description="an unexpected error; see the server's log")
+        raise falcon.HTTPInternalServerError(
+            title="Internal Server Error", description="an unexpected error; see the server's log"
+        )
 
     app.add_error_handler(Exception, bug)
-    app.add_error_handler([JobNotFound, UnknownWorker], not_found)
-    app.add_error_handler([JobConflict, WorkerGone], conflict)
-    app.add_error_handler(WorkerError, unprocessable)  # the manager refused the request itself
-    app.add_error_handler([DatabaseUnavailable, BusError, BrokerError], unavailable)
+    app.add_error_handler([JobNotFound, UnknownWorker], _answer(falcon.HTTPNotFound, "Not Found"))
+    app.add_error_handler([JobConflict, WorkerGone], _answer(falcon.HTTPConflict, "Conflict"))
+    # Any other WorkerError is the manager refusing the request itself.
+    app.add_error_handler(WorkerError, _answer(falcon.HTTPUnprocessableEntity, "Unprocessable Entity"))
+    app.add_error_handler(
+        [DatabaseUnavailable, BusError, BrokerError],
+        _answer(falcon.HTTPServiceUnavailable, "Service Unavailable", warn=True, retry_after=RETRY_AFTER),
+    )
     app.add_error_handler(AppImportError, app_missing)
     app.add_error_handler([peewee.OperationalError, peewee.InterfaceError], database_down)

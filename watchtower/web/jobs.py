@@ -209,7 +209,7 @@ def _arguments_match(services: Services, payload: str | None, needle_escaped: st
         shown = services.redactor.redact([message.get("args"), message.get("kwargs")])
     except (ValueError, AttributeError, RecursionError):
         return False
-    return needle_escaped in json.dumps(shown).casefold()
+    return needle_escaped in json.dumps(shown, separators=(",", ":")).casefold()
 
 
 def _find(services: Services, raw_id: str) -> Job:

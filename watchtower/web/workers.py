@@ -1,9 +1,10 @@
 """The worker routes: list workers, ask for a new one, stop, pause or resume one.
 
 The API never runs a process itself: a start request goes to a
-supervisor's inbox on the command bus (the supervisor spawns the worker and
-answers with its id at once, 202), and stop / pause / resume are commands
-the worker reads from the bus.  Both go through the WorkerManager.
+supervisor's inbox on the command bus (the API answers at once, 202, with
+the new worker's id; the supervisor spawns it), and stop / pause / resume
+are commands the worker reads from the bus.  Both go through the
+WorkerManager.
 """
 
 from __future__ import annotations
@@ -20,17 +21,26 @@ from . import params
 from .context import Services
 from .jobs import iso
 
-__all__ = ["worker_rows", "list_workers", "WorkersResource", "StartWorkerResource", "WorkerCommandResource", "worker_record", "START_OPTIONS"]
+__all__ = [
+    "worker_rows",
+    "list_workers",
+    "worker_record",
+    "WorkersResource",
+    "StartWorkerResource",
+    "WorkerCommandResource",
+    "START_OPTIONS",
+]
 
 #: Workers listed at most (newest first); stale records are removed by the supervisors.
 MAX_WORKERS = 500
 
 #: The options a start request may carry: name -> (type, smallest, largest).
+#: A timeout or memory of 0 means no limit (as for ``watchtower worker``).
 START_OPTIONS: dict[str, tuple[type, float, float]] = {
     "threads": (int, 1, 256),
     "tries": (int, 1, 1000),
     "timeout": (float, 0, 7 * 24 * 3600),
-    "memory": (int, 1, 1024 * 1024),
+    "memory": (int, 0, 1024 * 1024),
     "sleep": (float, 0, 3600),
     "rest": (float, 0, 3600),
 }
