@@ -15,6 +15,9 @@ from watchtower import store
 from watchtower.models import JobStatus
 from watchtower.web import create_app
 
+# Starlette 1.x asks for httpx2 in its TestClient; httpx still works.
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
 
 @pytest.fixture
 def settings(sqlite_url: str, redis_namespace: str) -> Iterator[Any]:
