@@ -159,3 +159,18 @@ def test_served_over_http_the_token_is_required(sqlite_url: str, redis_namespace
             assert http.get("/jobs", headers=AUTH).status_code == 404  # routes live under the prefix
     finally:
         assert server.stop() == 0
+
+
+def test_a_bug_is_a_logged_500_in_json(settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # A host's authorize hook that raises is a bug (the host's): the
+    # catch-all answers 500 in JSON and logs the traceback.
+    def broken(req: falcon.Request) -> bool:
+        raise RuntimeError("the host's session store exploded")
+
+    app = falcon.testing.TestClient(create_app(settings, authorize=broken))
+    answer = app.simulate_get("/watchtower/jobs")
+    assert answer.status_code == 500
+    assert answer.json == {"title": "Internal Server Error", "description": "an unexpected error; see the server's log"}
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].getMessage() == "GET /watchtower/jobs failed"
+    assert "the host's session store exploded" in str(errors[0].exc_info[1])

@@ -167,12 +167,17 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.H
     resp.media = {"title": error.title or str(error.status), "description": description}
 
 
+def _where(req: falcon.Request) -> str:
+    """The request's path as the client wrote it (the prefix router shortened ``req.path``)."""
+    return getattr(req.context, "base_path", "") + req.path
+
+
 def _answer(kind: type[falcon.HTTPError], title: str, *, warn: bool = False, **extra: Any) -> Any:
     """An error handler that answers ``kind`` with the error's own message."""
 
     def handle(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
         if warn:  # an outage, not a bug: one line, no traceback
-            logger.warning("%s %s: %s", req.method, req.path, error)
+            logger.warning("%s %s: %s", req.method, _where(req), error)
         raise kind(title=title, description=str(error), **extra)
 
     return handle
@@ -180,7 +185,7 @@ def _answer(kind: type[falcon.HTTPError], title: str, *, warn: bool = False, **e
 
 def _add_error_handlers(app: falcon.App, services: Services) -> None:
     def app_missing(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
-        logger.warning("%s %s: %s", req.method, req.path, error)
+        logger.warning("%s %s: %s", req.method, _where(req), error)
         raise falcon.HTTPServiceUnavailable(
             title="Service Unavailable", description=f"this needs the app's broker, which cannot be loaded: {error}"
         )
@@ -190,14 +195,14 @@ def _add_error_handlers(app: falcon.App, services: Services) -> None:
         # next request reconnects.
         services.close_connections()
         reason = " ".join(str(error).split()) or type(error).__name__
-        logger.warning("%s %s: the ledger database failed: %s", req.method, req.path, reason)
+        logger.warning("%s %s: the ledger database failed: %s", req.method, _where(req), reason)
         raise falcon.HTTPServiceUnavailable(
             title="Service Unavailable", description=f"the ledger database is unavailable: {reason}",
             retry_after=RETRY_AFTER,
         )
 
     def bug(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
-        logger.error("%s %s failed", req.method, req.path, exc_info=error)
+        logger.error("%s %s failed", req.method, _where(req), exc_info=error)
         raise falcon.HTTPInternalServerError(
             title="Internal Server Error", description="an unexpected error; see the server's log"
         )
