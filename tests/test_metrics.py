@@ -368,3 +368,42 @@ def test_the_fast_reader_gives_what_prometheus_client_gives(tmp_path: Path):
             child.kill()
             child.wait(timeout=30)
         held.release()
+
+
+def test_recorder_metrics_count_writes_flushes_drops_and_the_buffer(sqlite_url: str, settings):
+    from watchtower.recorder import Recorder
+
+    def current() -> dict:
+        samples = parse(metrics.exposition(settings)[0])
+        return {name: value(samples, f"watchtower_recorder_{name}") or 0.0 for name in
+                ("events_written_total", "events_dropped_total", "events_buffered",
+                 "flush_duration_seconds_count")}
+
+    def events(count: int) -> list[JobEvent]:
+        return [JobEvent(f"r{n}", Kind.ENQUEUED, 1, n, "q_rec", "a", "redis", 0) for n in range(count)]
+
+    before = current()
+    recorder = Recorder(sqlite_url, flush_interval=0.05)
+    counting = metrics.RecorderMetrics(recorder)
+    recorder.write_listeners.append(counting.on_write)
+    for event in events(50):
+        recorder.record(event)
+    assert recorder.flush(timeout=30)
+    counting.sample()
+    after = current()
+    assert after["events_written_total"] - before["events_written_total"] == 50
+    assert after["flush_duration_seconds_count"] > before["flush_duration_seconds_count"]
+    recorder.close()
+
+    # A database that does not answer: the buffer fills, the rest is dropped.
+    away = Recorder("postgresql://postgres@127.0.0.1:1/nowhere", flush_interval=0.05, buffer_size=10)
+    counting = metrics.RecorderMetrics(away)
+    try:
+        for event in events(25):
+            away.record(event)
+        counting.sample()
+        now = current()
+        assert now["events_dropped_total"] - after["events_dropped_total"] == 15 == away.stats().dropped
+        assert now["events_buffered"] == 10
+    finally:
+        away.close(timeout=0.5)

@@ -159,7 +159,7 @@ class MetricsCollector:
             f"AND kind IN ({p}, {p}) GROUP BY {unit}, kind",
             (first, first + length, "completed", "failed"),
         ).fetchall()
-        periods = [
+        periods: list[dict[str, Any]] = [
             {unit: datetime.fromtimestamp((first + i) * seconds, tz=timezone.utc), "completed": 0, "failed": 0, "total": 0}
             for i in range(length)
         ]

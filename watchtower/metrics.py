@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import multiproc
 from .errors import MetricsServerError
-from .events import JobEvent, Kind
+from .events import PHASE_FINISHED, JobEvent, Kind
 from .multiproc import (
     MULTIPROC_ENV,
     MultiprocessDir,
@@ -157,7 +157,7 @@ class ProcessMetrics:
             multiprocess_mode="livesum", registry=None,
         )
         self.recorder_dropped = counter(
-            "watchtower_recorder_events_dropped_total", "Ledger events dropped (buffer full, or unwritten at exit).", (),
+            "watchtower_recorder_events_dropped_total", "Ledger events dropped because the buffer was full.", (),
         )
         self.recorder_written = counter("watchtower_recorder_events_written_total", "Ledger events written.", ())
         self.recorder_flush = Histogram(
@@ -190,11 +190,21 @@ class ProcessMetrics:
 
 
 class _JobChildren:
-    __slots__ = ("enqueued", "started", "completed", "failed", "retried", "skipped", "duration", "queue_wait", "in_progress")
+    """The labelled children of the job metrics for one (queue, actor)."""
+
+    __slots__ = ("enqueued", "started", "completed", "failed", "retried", "skipped", "duration", "queue_wait",
+                 "in_progress")
 
     def __init__(self, metrics: ProcessMetrics, queue: str, actor: str) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(metrics, name).labels(queue, actor))
+        self.enqueued = metrics.enqueued.labels(queue, actor)
+        self.started = metrics.started.labels(queue, actor)
+        self.completed = metrics.completed.labels(queue, actor)
+        self.failed = metrics.failed.labels(queue, actor)
+        self.retried = metrics.retried.labels(queue, actor)
+        self.skipped = metrics.skipped.labels(queue, actor)
+        self.duration = metrics.duration.labels(queue, actor)
+        self.queue_wait = metrics.queue_wait.labels(queue, actor)
+        self.in_progress = metrics.in_progress.labels(queue, actor)
 
 
 _process_metrics: ProcessMetrics | None = None
@@ -243,19 +253,13 @@ class JobMetrics:
             if event.started_at is not None and event.ready_at is not None:
                 # Clocks of two hosts may disagree a little: never negative.
                 children.queue_wait.observe(max(0.0, (event.started_at - event.ready_at) / 1000.0))
-        elif kind.phase == 4:  # an outcome: completed, retried, failed, skipped
+        elif kind.phase == PHASE_FINISHED:  # completed, retried, failed or skipped
             # A duration is measured only for an attempt that started in this
             # process (started_at is also set for a message skipped unstarted).
             if event.duration is not None:
                 children.in_progress.dec()
                 children.duration.observe(event.duration)
-            counter = {
-                Kind.COMPLETED: children.completed,
-                Kind.RETRIED: children.retried,
-                Kind.FAILED: children.failed,
-                Kind.SKIPPED: children.skipped,
-            }[kind]
-            counter.inc()
+            getattr(children, kind.value).inc()  # the counter named like the outcome
 
 
 class RecorderMetrics:
@@ -490,7 +494,7 @@ def start_metrics_server(
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
     from socketserver import ThreadingMixIn
 
-    host = settings.http_host if host is None else host
+    bind: str = settings.http_host if host is None else host
     port = settings.http_port if port is None else port
 
     class Handler(WSGIRequestHandler):
@@ -499,12 +503,12 @@ def start_metrics_server(
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
 
     try:
-        server = Server((host, port), Handler)
+        server = Server((bind, port), Handler)
     except OSError as error:
-        where = f"{host}:{port}"
+        where = f"{bind}:{port}"
         if error.errno == errno.EADDRINUSE:
             reason = "the port is in use (another supervisor or program listens there)"
         elif error.errno == errno.EADDRNOTAVAIL:
@@ -516,8 +520,8 @@ def start_metrics_server(
             "to a free port, or 0 for any free port"
         ) from error
     server.set_app(app or metrics_app(settings, broker=broker, supervisor=supervisor))
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        logger.warning("serving /metrics on %s:%s, reachable from other hosts", host, server.server_address[1])
+    if bind not in ("127.0.0.1", "::1", "localhost"):
+        logger.warning("serving /metrics on %s:%s, reachable from other hosts", bind, server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                               name="watchtower-metrics", daemon=True)
     thread.start()
