@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import subprocess_env
+from conftest import subprocess_env, wait_until
 from watchtower import metrics
 from watchtower.config import load_settings, replace
 from watchtower.errors import MetricsDirInUse, MetricsServerError
@@ -407,3 +407,47 @@ def test_recorder_metrics_count_writes_flushes_drops_and_the_buffer(sqlite_url: 
         assert now["events_buffered"] == 10
     finally:
         away.close(timeout=0.5)
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_queue_depths_as_the_broker_counts_them(kind: str, redis_namespace: str, queue_name: str, settings):
+    """Two ready, one delayed, one dead-lettered; RabbitMQ gives ready and dead only."""
+    import dramatiq
+    from test_ledger_brokers import open_broker
+
+    from watchtower.scrape import ScrapeSources, queue_depths_for
+
+    with open_broker(kind, redis_namespace, queue_name) as broker:
+        broker.declare_queue(queue_name)
+
+        def send(**options) -> None:
+            broker.enqueue(dramatiq.Message(queue_name=queue_name, actor_name="a", args=(), kwargs={}, options={}),
+                           **options)
+
+        for _ in range(3):
+            send()
+        send(delay=600_000)
+        consumer = broker.consume(queue_name, prefetch=1, timeout=100)
+        message = None
+        for message in consumer:
+            if message is not None:
+                break
+        consumer.nack(message)  # dead-lettered
+        consumer.close()
+
+        expected = {"ready": 2, "delayed": 1, "dead": 1} if kind == "redis" else {"ready": 2, "dead": 1}
+        reader = queue_depths_for(broker)
+        assert reader is not None
+        # RabbitMQ's counts settle a moment after the nack.
+        wait_until(lambda: reader.depths().get(queue_name) == expected, timeout=30, message=f"depths {expected}")
+
+        sources = ScrapeSources(database_url=settings.database_url, broker=broker, ttl=0)
+        try:
+            scraped = {
+                sample.labels["state"]: sample.value
+                for family in sources.collect() if family.name == "watchtower_queue_messages"
+                for sample in family.samples if sample.labels["queue"] == queue_name
+            }
+        finally:
+            sources.close()
+        assert scraped == expected  # no "delayed" series at all on RabbitMQ
