@@ -1,0 +1,30 @@
+"""The benchmark runner runs a part and prints its table (a smoke test; no timings are judged)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT, subprocess_env
+
+
+def test_the_runner_prints_a_filled_table_for_a_part() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "collector"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "## 2b. MetricsCollector" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| get_stats |")]
+    assert rows, result.stdout
+    assert re.search(r"\d+\.\d+ / \d+\.\d+", rows[0]), rows[0]
+
+
+def test_an_unknown_part_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "nosuch"],
+        capture_output=True, text=True, timeout=60, env=subprocess_env(),
+    )
+    assert result.returncode == 2
+    assert "unknown part(s) nosuch" in result.stderr
