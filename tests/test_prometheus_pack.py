@@ -1,0 +1,152 @@
+"""The Prometheus pack under prometheus/: valid for Prometheus 2.42, unit-tested, true to the exporter.
+
+promtool (Debian's ``prometheus`` package) checks the configuration and the
+rule files and runs the unit tests in prometheus/tests/.  The other tests
+read the pack as data: every metric an expression names is one the exporter
+defines or a recording rule of the pack, every alert carries its texts and a
+dashboard link and has a unit test where it fires and one where it does not,
+and the queue-wait threshold is a bucket boundary of the histogram.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from watchtower.config import Settings
+from watchtower.metrics import DURATION_BUCKETS
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK = ROOT / "prometheus"
+RULE_FILES = sorted((PACK / "rules").glob("*.yml")) + sorted((PACK / "alerts").glob("*.yml"))
+UNIT_TESTS = sorted((PACK / "tests").glob("*.yml"))
+#: The modules that define every exported metric name (see watchtower/metrics.py).
+METRIC_MODULES = (ROOT / "watchtower" / "metrics.py", ROOT / "watchtower" / "scrape.py")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run promtool in the pack's directory; a missing promtool fails the test."""
+    path = shutil.which("promtool")
+    assert path, "promtool is not installed: apt-get install prometheus (it brings promtool 2.42)"
+    return subprocess.run([path, *args], cwd=PACK, capture_output=True, text=True, timeout=600)
+
+
+def rules() -> list[dict[str, Any]]:
+    """Every rule of every rule file of the pack."""
+    found = []
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            found.extend(group["rules"])
+    return found
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [rule for rule in rules() if "alert" in rule]
+
+
+def recorded() -> set[str]:
+    return {rule["record"] for rule in rules() if "record" in rule}
+
+
+def exported_metrics() -> set[str]:
+    """The metric names the exporter defines: the name literals of its modules."""
+    names = set()
+    for module in METRIC_MODULES:
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and re.fullmatch(r"watchtower_[a-z_]+", node.value):
+                names.add(node.value)
+    return names
+
+
+def test_promtool_check_config_passes() -> None:
+    result = promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # check config also checks the rule files it names: both must be there.
+    for path in RULE_FILES:
+        assert str(path.relative_to(PACK)) in result.stdout
+
+
+def test_promtool_check_rules_passes_on_every_rule_file() -> None:
+    assert len(RULE_FILES) == 2
+    result = promtool("check", "rules", *(str(path.relative_to(PACK)) for path in RULE_FILES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    assert UNIT_TESTS, "no promtool unit tests under prometheus/tests/"
+    result = promtool("test", "rules", *(str(path.relative_to(PACK)) for path in UNIT_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAILED" not in result.stdout
+
+
+def test_the_scrape_config_points_at_the_supervisors_default_address() -> None:
+    config = yaml.safe_load((PACK / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["job_name"] == "watchtower"
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    defaults = Settings()
+    assert job["static_configs"][0]["targets"] == [f"{defaults.http_host}:{defaults.http_port}"]
+    assert config["rule_files"] == [str(path.relative_to(PACK)) for path in RULE_FILES]
+
+
+def test_every_metric_named_in_the_rules_is_exported_or_recorded() -> None:
+    exported = exported_metrics()
+    # The modules' names, so that a broken parse cannot pass this test vacuously.
+    assert {"watchtower_jobs_failed_total", "watchtower_queue_messages", "watchtower_workers",
+            "watchtower_job_queue_wait_seconds"} <= exported
+    records = recorded()
+    unknown = []
+    for rule in rules():
+        for token in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", rule["expr"]):
+            if token.startswith("watchtower_"):
+                name = re.sub(r"_(bucket|sum|count)$", "", token)
+                if name not in exported:
+                    unknown.append((rule.get("alert") or rule.get("record"), token))
+            elif token.startswith("watchtower:") and token not in records:
+                unknown.append((rule.get("alert") or rule.get("record"), token))
+    assert not unknown, f"metrics no exporter defines and no rule records: {unknown}"
+
+
+def test_every_alert_has_severity_texts_and_a_dashboard_link() -> None:
+    for alert in alerts():
+        assert alert["labels"]["severity"] in ("page", "ticket", "warning"), alert["alert"]
+        annotations = alert["annotations"]
+        assert annotations["summary"].strip() and annotations["description"].strip(), alert["alert"]
+        assert annotations["dashboard"].startswith("/d/watchtower-"), alert["alert"]
+
+
+def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_is_silent() -> None:
+    fires: set[str] = set()
+    silent: set[str] = set()
+    for path in UNIT_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fires if check.get("exp_alerts") else silent).add(check["alertname"])
+    names = {alert["alert"] for alert in alerts()}
+    assert len(names) == 13
+    assert names - fires == set(), "alerts never shown firing"
+    assert names - silent == set(), "alerts never shown silent"
+    for path in UNIT_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                for expected in check.get("exp_alerts") or []:
+                    # Firing cases pin the whole texts, not just the labels.
+                    assert set(expected["exp_annotations"]) == {"summary", "description", "dashboard"}, case["name"]
+
+
+@pytest.mark.parametrize("window", ["5m", "30m", "1h", "2h", "6h", "1d"])
+def test_the_queue_wait_threshold_is_one_bucket_boundary_used_everywhere(window: str) -> None:
+    by_name = {rule["record"]: rule["expr"] for rule in rules() if "record" in rule}
+    threshold = float(re.fullmatch(r"vector\((.+)\)", by_name["watchtower:slo_queue_wait_seconds:threshold"].strip())[1])
+    assert threshold in DURATION_BUCKETS, "the queue-wait threshold must be a bucket boundary of the histogram"
+    expr = by_name[f"watchtower:job_queue_wait_slow_ratio:rate{window}"]
+    # prometheus-client writes bucket boundaries as Python floats: le="30.0".
+    assert re.findall(r'le="([^"]+)"', expr) == [repr(float(threshold))]
