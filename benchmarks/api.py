@@ -1,6 +1,7 @@
 """The control API's answer times at 10,000 and at 1,000,000 job rows.
 
     python3 benchmarks/api.py [--small 10000] [--large 1000000] [--runs 30] [--databases sqlite,postgresql]
+                              [--collector-runs 50]
 
 Each ledger is filled as benchmarks/collector.py fills it (a week of jobs on
 3 queues x 2 actors, their rollups, 16 workers), then every stored message
@@ -14,6 +15,10 @@ large to the small p50.  Budget (DESIGN.md): poll and the job list under
 Searches are bounded to the 10,000 newest rows that pass the other filters,
 so their cost is that of scanning 10,000 payloads whatever the table's size;
 "search (no match)" is the worst case: the whole window is scanned.
+
+With ``--collector-runs N`` the MetricsCollector methods are timed too, on
+the same ledgers (as benchmarks/collector.py times them), and printed as a
+second table: one fill serves both (benchmarks/run.py uses this).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from collector import fill, ledger  # noqa: E402  (benchmarks/collector.py: the same ledger)
+from collector import METHODS, fill, ledger  # noqa: E402  (benchmarks/collector.py: the same ledger)
 
 TOKEN = "bench-token"
 
@@ -98,16 +103,26 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--collector-runs", type=int, default=0, help="also time MetricsCollector (0: not)")
     args = parser.parse_args()
 
+    import collector
+
     table = []
+    methods = []
     for kind in args.databases.split(","):
         results = {}
+        collected = {}
         for size in (args.small, args.large):
             with ledger(kind) as url:
                 fill(url, kind, size)
                 give_payloads(url)
                 results[size] = measure(url, args.runs)
+                if args.collector_runs:
+                    collected[size] = collector.measure(url, args.collector_runs)
+        for method in METHODS if args.collector_runs else ():
+            small, large = collected[args.small][method], collected[args.large][method]
+            methods.append((method, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
         for name, _ in REQUESTS:
             small, large = results[args.small][name], results[args.large][name]
             table.append((name, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
@@ -117,6 +132,13 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, kind, small, large, ratio in table:
         print(f"| {name} | {kind} | {small[0]:.2f} / {small[1]:.2f} | {large[0]:.2f} / {large[1]:.2f} | {ratio:.2f} |")
+    if methods:
+        print(f"\n| method | database | {args.small:,} rows p50 / p95 (ms) | {args.large:,} rows p50 / p95 (ms) "
+              "| ratio (p50) |")
+        print("|---|---|---|---|---|")
+        for method, kind, small, large, ratio in methods:
+            print(f"| {method} | {kind} | {small[0]:.2f} / {small[1]:.2f} | {large[0]:.2f} / {large[1]:.2f} "
+                  f"| {ratio:.2f} |")
 
 
 if __name__ == "__main__":
