@@ -27,23 +27,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
-
-import demo_app
-
-from watchtower.metrics import start_metrics_server
+from types import FrameType, ModuleType
 
 logger = logging.getLogger("demo_stream")
 
-#: How to send one job of each kind (n numbers the jobs).
-SENDERS: dict[str, Callable[[int], object]] = {
-    "fast": lambda n: demo_app.fast.send(n),
-    "slow": lambda n: demo_app.slow.send(1.0 + n % 3),
-    "flaky": lambda n: demo_app.flaky.send(n),
-    "failing": lambda n: demo_app.failing.send(n),
-    "delayed": lambda n: demo_app.fast.send_with_options(args=(n,), delay=3000),
-    "expired": lambda n: demo_app.fast.send_with_options(args=(n,), max_age=1),
-}
+
+def senders(app: ModuleType) -> dict[str, Callable[[int], object]]:
+    """How to send one job of each kind with the demo app (n numbers the jobs)."""
+    return {
+        "fast": lambda n: app.fast.send(n),
+        "slow": lambda n: app.slow.send(1.0 + n % 3),
+        "flaky": lambda n: app.flaky.send(n),
+        "failing": lambda n: app.failing.send(n),
+        "delayed": lambda n: app.fast.send_with_options(args=(n,), delay=3000),
+        "expired": lambda n: app.fast.send_with_options(args=(n,), max_age=1),
+    }
+
+
 #: One cycle of the stream: every kind within its first eleven jobs.
 CYCLE = (
     "fast", "slow", "flaky", "failing", "fast", "fast", "delayed", "flaky", "fast", "fast",
@@ -64,18 +64,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def serve_metrics(host: str, port: int) -> str:
+def serve_metrics(app: ModuleType, host: str, port: int) -> str:
     """Serve this process's own metrics; returns the URL."""
+    from watchtower.metrics import start_metrics_server
+
     # Only what this process counts: worker and queue-depth gauges come from
     # the supervisors' scrapes, and serving them here too (they are read
     # from the ledger and the broker) would count them twice in any sum.
-    own = dataclasses.replace(demo_app.middleware.settings, database_url="", app=None, metrics_dir=None)
+    own = dataclasses.replace(app.middleware.settings, database_url="", app=None, metrics_dir=None)
     return start_metrics_server(own, host=host, port=port).url
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    # Imported here, not at the top: importing the app sets up its broker and
+    # its ledger recorder, which parsing the arguments does not need.
+    import demo_app
+
+    send = senders(demo_app)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if args.metrics_port is not None:
-        print(f"demo stream metrics at {serve_metrics(args.metrics_host, args.metrics_port)}", flush=True)
+        print(f"demo stream metrics at {serve_metrics(demo_app, args.metrics_host, args.metrics_port)}", flush=True)
     print(f"sending demo jobs at {args.rate:g}/s to {demo_app.REDIS_URL} (namespace {demo_app.NAMESPACE})",
           flush=True)
 
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if stop.wait(max(0.0, due - time.monotonic())):
             break
         try:
-            SENDERS[kind](n)
+            send[kind](n)
             sent += 1
         except Exception as error:  # the broker away for a moment: say so, keep going
             logger.warning("cannot send %s job %d: %s", kind, n, error)
