@@ -89,13 +89,25 @@ def quickstart(checkout: Path, output: Path, *args: str, env: dict[str, str] | N
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        namespace = re.search(r"under the key prefix (\S+)", output.read_text(errors="replace"))
-        if namespace:
-            client = redis.Redis.from_url(REDIS_URL)
-            keys = list(client.scan_iter(match=f"{namespace.group(1)}*", count=1000))
-            if keys:
-                client.delete(*keys)
-            client.close()
+        forget_demo_keys(output.read_text(errors="replace"))
+
+
+def forget_demo_keys(output: str) -> None:
+    """Delete the Redis keys under the key prefix the quickstart printed (its own)."""
+    namespace = re.search(r"under the key prefix (\S+)", output)
+    if namespace:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{namespace.group(1)}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -175,9 +187,7 @@ def test_the_readme_command_brings_the_demo_up_on_a_fresh_clone(tmp_path: Path) 
         assert process.wait(150) == 0
         text = output.read_text()
         assert "Stopped. The ledger stays in" in text and re.search(r"jobs: \d+ completed", text)
-        gone = wait_until(lambda: not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
-                                          for child in children), 30, message="every child gone")
-        assert gone
+        assert wait_until(lambda: not any(alive(child) for child in children), 30, message="every child gone")
 
 
 def closed_port() -> int:
@@ -219,7 +229,30 @@ def test_without_redis_but_with_redis_server_it_runs_a_private_one(tmp_path: Pat
         wait_until(jobs_done, 120, interval=1, message="jobs completed through the private Redis")
         process.send_signal(signal.SIGINT)
         assert process.wait(150) == 0
-        wait_until(lambda: not server[0].is_running() or server[0].status() == psutil.STATUS_ZOMBIE, 30,
-                   message="the private redis-server stopped")
+        assert wait_until(lambda: not alive(server[0]), 30, message="the private redis-server stopped")
 
 
+
+
+def test_on_a_python_without_the_dependencies_it_installs_them_into_a_venv_first(tmp_path: Path) -> None:
+    """A bare Python (a fresh venv): the quickstart installs pyproject's requirements into .venv and runs."""
+    checkout = fresh_clone(tmp_path)
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", str(bare)], check=True)
+    python = bare / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import dramatiq"], capture_output=True).returncode != 0
+    output = tmp_path / "quickstart.out"
+    env = user_env()
+    with output.open("wb") as out:
+        result = subprocess.run([str(python), *COMMAND[1:], "--port", "0", "--duration", "5",
+                                 *(["--redis-url", REDIS_URL] if REDIS_URL != DEFAULT_REDIS else [])],
+                                cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=540)
+    text = output.read_text(errors="replace")
+    try:
+        assert result.returncode == 0, text
+        assert "installing the requirements into" in text and f"Running again with {checkout / '.venv'}" in text
+        assert "Watchtower demo is running" in text and "Stopped. The ledger stays in" in text
+        venv_python = checkout / ".venv" / "bin" / "python"
+        assert subprocess.run([str(venv_python), "-c", "import dramatiq, peewee, falcon"]).returncode == 0
+    finally:
+        forget_demo_keys(text)
