@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -44,7 +45,7 @@ dramatiq.set_broker(broker)
 
 # Retries half a second to two seconds apart: Dramatiq's default backoff
 # starts at 15 s, too slow for a demo that shows retries as they happen.
-QUICK_RETRIES = {"min_backoff": 500, "max_backoff": 2000}
+QUICK_RETRIES: dict[str, Any] = {"min_backoff": 500, "max_backoff": 2000}
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)

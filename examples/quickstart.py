@@ -107,7 +107,11 @@ def run_from_venv(missing: list[str], argv: list[str]) -> int:
         if result.returncode != 0:
             raise DemoError(f"pip could not install the requirements into {VENV} (see above)")
     say(f"Running again with {python}")
-    return subprocess.call([str(python), str(Path(__file__).resolve()), *argv])
+    command = [str(python), str(Path(__file__).resolve()), *argv]
+    if os.name == "nt":
+        return subprocess.call(command)
+    # Replace this process: a Ctrl-C then reaches only the demo's own handler.
+    os.execv(command[0], command)
 
 
 # 2. Redis ----------------------------------------------------------------------------
