@@ -116,7 +116,7 @@ def budgets(name: str, output: str) -> list[tuple[str, str, str]]:
                      f"slowest {number(slowest[3]):.1f} ms ({slowest[0]}, {slowest[1]})",
                      met(all(number(cells[3]) < 50 for cells in table[1:]))))
         over = [cells for cells in table[1:] if float(cells[4]) > 1.5]
-        rows.append((f"every large/small p50 ratio ≤ 1.5",
+        rows.append(("every large/small p50 ratio ≤ 1.5",
                      "; ".join(f"{c[0]} ({c[1]}) {float(c[4]):.2f} at {number(c[3]):.2f} ms" for c in over) or "all",
                      met(not over)))
     elif name == "prune" and found:
