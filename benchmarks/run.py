@@ -1,6 +1,6 @@
 """Every benchmark in one run, as one Markdown report.
 
-    python3 benchmarks/run.py                 # all parts, full size (about 25 minutes)
+    python3 benchmarks/run.py                 # all parts, full size (about 8 minutes on an idle 2-core machine)
     python3 benchmarks/run.py --quick         # all parts, small sizes (a smoke run)
     python3 benchmarks/run.py --only supervisor,scrape
     python3 benchmarks/run.py --write         # also replace benchmarks/RESULTS.md
