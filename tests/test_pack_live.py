@@ -328,6 +328,12 @@ def test_the_rule_files_load_and_every_rule_evaluates(stack: Stack) -> None:
 def test_every_panel_of_every_dashboard_gets_data_from_the_real_stack(stack: Stack) -> None:
     wait_for_a_lost_attempt(stack)
     known = series_names(stack)
+    # The stream serves only what it counts: gauges read from the ledger and
+    # the broker come from the supervisor alone, or sums would count them twice.
+    with urllib.request.urlopen(stack.stream_metrics, timeout=30) as response:
+        stream = {family.name for family in text_string_to_metric_families(response.read().decode())}
+    assert "watchtower_jobs_enqueued" in stream
+    assert not stream & {"watchtower_workers", "watchtower_queue_messages", "watchtower_worker_resident_memory_bytes"}
     assert {"watchtower_jobs_failed_total", "watchtower_jobs_retried_total", "watchtower_jobs_lost_total",
             "watchtower_jobs_enqueued_total", "watchtower_worker_restarts_total"} <= known
 
@@ -337,6 +343,13 @@ def test_every_panel_of_every_dashboard_gets_data_from_the_real_stack(stack: Sta
         now = time.time()
         return TimeRange(start=now - 3600, end=now, scrape_interval=SCRAPE_INTERVAL)
 
+    # The variables' options, as Grafana lists them from the real series.
+    boards = dashboards()
+    expected = {"job": ["watchtower", "watchtower-producers"], "queue": ["demo", "demo-slow"],
+                "supervisor": ["default"]}
+    # (Right after Prometheus starts, the first scrapes may not be in yet.)
+    wait_until(lambda: resolve_options(stack, boards["watchtower-workers"], window().builtins()) == expected, 60,
+               interval=1, message="the variables' options")
     first = queries(stack, window(), {})
     assert len(first) >= 40
     for uid, title, expr in first:

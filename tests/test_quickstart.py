@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,8 +154,10 @@ def counters(url: str, name: str) -> float:
 def test_the_readme_command_brings_the_demo_up_on_a_fresh_clone(tmp_path: Path) -> None:
     checkout = fresh_clone(tmp_path)
     output = tmp_path / "quickstart.out"
+    begun = time.monotonic()
     with quickstart(checkout, output) as process:
         found = urls(output, process)
+        print(f"\nquickstart: summary printed {time.monotonic() - begun:.1f} s after the command started")
         assert found["api"].startswith("http://127.0.0.1:") and found["api"].endswith("/watchtower")
         ledger = checkout / ".watchtower-demo" / "watchtower.db"
         assert ledger.exists()
