@@ -5,6 +5,11 @@ Writes ``grafana/dashboards/watchtower-{overview,queues,workers,failures}.json``
 (the committed output; ``--check`` only says whether they are up to date).
 Edit this file, not the JSON.
 
+The coloured thresholds of the panels are read from the Prometheus pack
+(the objectives of prometheus/rules/watchtower.yml, the burn-rate factors of
+prometheus/alerts/watchtower.yml), so that they stay in one place: after
+changing those, run this script again (a test says when the JSON is stale).
+
 Every dashboard has a ``datasource`` variable (any Prometheus), ``job`` and
 ``queue`` variables (the workers dashboard also ``supervisor``), links to the
 others that keep the variables, and panels whose queries filter on those
@@ -25,12 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "dashboards"
+PACK = HERE.parent / "prometheus"
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 #: The selector of panels on job metrics: the chosen Prometheus jobs and queues.
@@ -233,7 +243,44 @@ def failure_ratio(by: str) -> str:
     return ratio(failed, finished)
 
 
-FAILURE_STEPS = [("green", None), ("orange", 0.01), ("red", 0.05)]
+@dataclass(frozen=True)
+class Thresholds:
+    """The pack's thresholds that panels show: objectives and alert thresholds, burn-rate factors."""
+
+    failure_ratio: float  # WatchtowerJobFailureRatioHigh
+    queue_wait_seconds: float  # the queue-wait SLO's threshold
+    burn_fast: float  # the paging burn rates (1 h and 5 m windows; 6 h and 30 m)
+    burn_slow: float
+
+
+def read_thresholds() -> Thresholds:
+    """The thresholds as the rule files hold them."""
+    constants = {}
+    for group in yaml.safe_load((PACK / "rules" / "watchtower.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            found = re.fullmatch(r"vector\((.+)\)", rule.get("expr", "").strip())
+            if found:
+                constants[rule["record"]] = float(found.group(1))
+    factors = {}
+    for group in yaml.safe_load((PACK / "alerts" / "watchtower.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            found = re.search(r"\(([\d.]+) \* \(1 - watchtower:slo_success_ratio:objective\)\)", rule["expr"])
+            if found:
+                factors[rule["alert"]] = float(found.group(1))
+    return Thresholds(
+        failure_ratio=constants["watchtower:job_failure_ratio:threshold"],
+        queue_wait_seconds=constants["watchtower:slo_queue_wait_seconds:threshold"],
+        burn_fast=factors["WatchtowerSuccessBudgetBurnFast"],
+        burn_slow=factors["WatchtowerSuccessBudgetBurnSlow"],
+    )
+
+
+LIMITS = read_thresholds()
+#: Failure ratio: orange from a fifth of the alert's threshold, red at it.
+FAILURE_STEPS: list[tuple[str, float | None]] = [
+    ("green", None), ("orange", LIMITS.failure_ratio / 5), ("red", LIMITS.failure_ratio)]
+#: Burn rates: orange at the slow paging rate, red at the fast one.
+BURN_STEPS: list[tuple[str, float | None]] = [("green", None), ("orange", LIMITS.burn_slow), ("red", LIMITS.burn_fast)]
 
 
 # The dashboards ----------------------------------------------------------------------
@@ -249,7 +296,8 @@ def overview() -> dict[str, Any]:
               thresholds=FAILURE_STEPS),
         panel("Queue wait p95", "95th percentile of the time jobs waited from ready (enqueued, or their eta) "
               "to started.", "s", [target(quantile(0.95, "watchtower_job_queue_wait_seconds"), "p95")],
-              kind="stat", width=6, height=4, thresholds=[("green", None), ("orange", 10), ("red", 30)]),
+              kind="stat", width=6, height=4, thresholds=[("green", None), ("orange", LIMITS.queue_wait_seconds / 3),
+                                                      ("red", LIMITS.queue_wait_seconds)]),
         panel("Workers running", "Worker processes in status running, over every supervisor of the chosen jobs.",
               "short", [target('sum (watchtower_workers{job=~"$job", status="running"})', "running")],
               kind="stat", width=6, height=4, thresholds=[("red", None), ("green", 1)]),
@@ -338,10 +386,11 @@ def queues() -> dict[str, Any]:
               ]),
         panel("Queue-wait SLO burn rate", "How fast each queue spends the queue-wait error budget (1 = exactly "
               "as the objective allows) over 1 hour and 5 minutes; WatchtowerQueueWaitBudgetBurnFast pages "
-              "when both are above 14.4 (the red line), the slow alert at 6.", "suffix:x", [
+              f"when both are above {LIMITS.burn_fast:g} (the red line), the slow alert at {LIMITS.burn_slow:g} "
+              "(over 6 hours and 30 minutes).", "suffix:x", [
                   target(burn("job_queue_wait_slow_ratio", "rate1h", "slo_queue_wait_ratio"), "{{queue}} 1h"),
                   target(burn("job_queue_wait_slow_ratio", "rate5m", "slo_queue_wait_ratio"), "{{queue}} 5m"),
-              ], thresholds=[("green", None), ("orange", 6), ("red", 14.4)], threshold_lines=True),
+              ], thresholds=BURN_STEPS, threshold_lines=True),
         panel("Enqueued by queue", "Messages sent per second, per queue (counted by the producers that serve "
               "/metrics).", "ops", [target(rate("watchtower_jobs_enqueued_total", "queue"), "{{queue}}")]),
         panel("Started by queue", "Attempts started per second, per queue.", "ops",
@@ -420,10 +469,11 @@ def failures() -> dict[str, Any]:
               ], minimum=None, maximum=1),
         panel("Success SLO burn rate", "How fast each queue spends the success error budget (1 = exactly as the "
               "objective allows) over 1 hour and 5 minutes; WatchtowerSuccessBudgetBurnFast pages when both "
-              "are above 14.4 (the red line), the slow alert at 6.", "suffix:x", [
+              f"are above {LIMITS.burn_fast:g} (the red line), the slow alert at {LIMITS.burn_slow:g} (over 6 hours "
+              "and 30 minutes).", "suffix:x", [
                   target(burn("job_failure_ratio", "rate1h", "slo_success_ratio"), "{{queue}} 1h"),
                   target(burn("job_failure_ratio", "rate5m", "slo_success_ratio"), "{{queue}} 5m"),
-              ], thresholds=[("green", None), ("orange", 6), ("red", 14.4)], threshold_lines=True),
+              ], thresholds=BURN_STEPS, threshold_lines=True),
     ]
     return dashboard("watchtower-failures", "Watchtower / Failures",
                      "What fails? Final failures and retries by actor, lost attempts, skips, the success SLO.", panels)
