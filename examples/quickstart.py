@@ -55,6 +55,10 @@ class DemoError(Exception):
     """Something the user must fix, said in one line."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) before the demo was up."""
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run Watchtower's demo: a supervised pool, a job stream, the API.")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
@@ -101,8 +105,9 @@ def run_from_venv(missing: list[str], argv: list[str]) -> int:
     python = venv_python()
     if not python.exists() or missing_modules(str(python)):
         say(f"Missing {', '.join(missing)}: installing the requirements into {VENV} (once)...")
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        if not python.exists() and subprocess.run([sys.executable, "-m", "venv", str(VENV)]).returncode != 0:
+            raise DemoError(f"cannot create a virtual environment in {VENV} (on Debian or Ubuntu: apt-get install "
+                            f"python3-venv), or install the requirements yourself: pip install -e {ROOT}")
         result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements()])
         if result.returncode != 0:
             raise DemoError(f"pip could not install the requirements into {VENV} (see above)")
@@ -164,6 +169,11 @@ class Demo:
         self.api_base = ""
         self.metrics_url = ""
         self.stream_metrics_url = ""
+        self.signals: list[int] = []  # recorded by the signal handler, acted on by the loops
+
+    def check_signals(self) -> None:
+        if self.signals:
+            raise Interrupted()
 
     def env(self) -> dict[str, str]:
         """The children's environment: this checkout's watchtower and the demo app, the embedded defaults."""
@@ -203,6 +213,7 @@ class Demo:
         """The first match of ``pattern`` in the child's log after offset ``since``."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
+            self.check_signals()
             found = re.search(pattern, self.log(name)[since:])
             if found:
                 return found.group(1)
@@ -222,6 +233,7 @@ class Demo:
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 20
         while not redis_answers(self.redis_url):
+            self.check_signals()
             if process.poll() is not None or time.monotonic() > deadline:
                 raise DemoError(f"the private redis-server did not start:\n{self.tail('redis')}")
             time.sleep(0.1)
@@ -234,6 +246,7 @@ class Demo:
         self.api_base = self.metrics_url.removesuffix("/metrics") + "/watchtower"
         deadline = time.monotonic() + START_TIMEOUT
         while not (self.poll() or {}).get("stats", {}).get("active_workers"):
+            self.check_signals()
             if process.poll() is not None:
                 raise DemoError(f"the supervisor exited with code {process.returncode}:\n{self.tail('supervisor')}")
             if time.monotonic() > deadline:
@@ -305,10 +318,8 @@ def run(args: argparse.Namespace) -> int:
         port = 0
     demo = Demo(directory=directory, redis_url=args.redis_url, port=port, rate=args.rate)
 
-    stopping: list[int] = []
-
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.append(signum)
+        demo.signals.append(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -327,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         say(summary(demo))
         started = time.monotonic()
         next_status = started + STATUS_EVERY
-        while not stopping:
+        while not demo.signals:
             if args.duration is not None and time.monotonic() - started >= args.duration:
                 break
             for name, process in demo.processes:
@@ -340,6 +351,9 @@ def run(args: argparse.Namespace) -> int:
         say(time.strftime("[%H:%M:%S] ") + status_line(demo.poll()))
         say("Stopping the demo (the workers finish their jobs first)...")
         return 0
+    except Interrupted:
+        say("Interrupted: stopping what was started...")
+        return 130
     finally:
         demo.stop()
         if demo.processes:

@@ -60,10 +60,10 @@ def user_env(**changes: str) -> dict[str, str]:
 
 
 @contextmanager
-def quickstart(checkout: Path, output: Path, *args: str, env: dict[str, str] | None = None
+def quickstart(checkout: Path, output: Path, *args: str, port: int = 0, env: dict[str, str] | None = None
                ) -> Iterator[subprocess.Popen[bytes]]:
     """The quickstart running in ``checkout``; everything it started is gone when the block ends."""
-    command = [sys.executable, *COMMAND[1:], "--port", "0", *args]
+    command = [sys.executable, *COMMAND[1:], "--port", str(port), *args]
     if REDIS_URL != DEFAULT_REDIS and "--redis-url" not in args:
         command += ["--redis-url", REDIS_URL]
     with output.open("wb") as out:
@@ -213,28 +213,30 @@ def test_without_redis_it_says_so_in_one_line(tmp_path: Path) -> None:
     assert "redis-server" in lines[0] and "--redis-url" in lines[0]
 
 
-def test_without_redis_but_with_redis_server_it_runs_a_private_one(tmp_path: Path) -> None:
+def test_without_redis_but_with_redis_server_it_runs_a_private_one_and_a_taken_port_is_no_obstacle(
+    tmp_path: Path
+) -> None:
     checkout = fresh_clone(tmp_path)
     nowhere = f"redis://127.0.0.1:{closed_port()}/0"
     output = tmp_path / "quickstart.out"
-    with quickstart(checkout, output, "--redis-url", nowhere) as process:
-        found = urls(output, process)
-        text = output.read_text()
-        assert f"No Redis answers at {nowhere}: starting a private redis-server" in text
-        private = re.search(r"broker\s+(redis://127\.0\.0\.1:\d+/0)", text)
-        assert private and private.group(1) != nowhere
-        server = [child for child in _descendants(process.pid) if child.name().startswith("redis-server")]
-        assert len(server) == 1
-
-        def jobs_done() -> bool:
-            return int(json_get(f"{found['api']}/api/poll")["stats"]["completed"]) > 0
-
-        wait_until(jobs_done, 120, interval=1, message="jobs completed through the private Redis")
-        process.send_signal(signal.SIGINT)
-        assert process.wait(150) == 0
-        assert wait_until(lambda: not alive(server[0]), 30, message="the private redis-server stopped")
-
-
+    with socket.socket() as taken:  # what 9191 is when another program has it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with quickstart(checkout, output, "--redis-url", nowhere, port=port) as process:
+            found = urls(output, process)
+            text = output.read_text()
+            assert f"Port {port} is taken: the API and /metrics go to a free port instead." in text
+            assert f":{port}/" not in found["api"]
+            assert f"No Redis answers at {nowhere}: starting a private redis-server" in text
+            private = re.search(r"broker\s+(redis://127\.0\.0\.1:\d+/0)", text)
+            assert private and private.group(1) != nowhere
+            [server] = [child for child in _descendants(process.pid) if child.name().startswith("redis-server")]
+            wait_until(lambda: json_get(f"{found['api']}/api/poll")["stats"]["completed"] > 0, 120, interval=1,
+                       message="jobs completed through the private Redis")
+            process.send_signal(signal.SIGINT)
+            assert process.wait(150) == 0
+            assert wait_until(lambda: not alive(server), 30, message="the private redis-server stopped")
 
 
 def test_on_a_python_without_the_dependencies_it_installs_them_into_a_venv_first(tmp_path: Path) -> None:
