@@ -13,6 +13,7 @@ reached fails the tests that need it; nothing is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -111,10 +112,10 @@ def make_database_url(kind: str, tmp_path: Path) -> tuple[str, Callable[[], None
     raise ValueError(kind)
 
 
-@pytest.fixture(params=DATABASE_KINDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh database of each kind in turn: SQLite file, PostgreSQL, MariaDB."""
-    url, drop = make_database_url(request.param, tmp_path)
+@contextlib.contextmanager
+def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database of ``kind``; closed and dropped afterwards."""
+    url, drop = make_database_url(kind, tmp_path)
     try:
         yield url
     finally:
@@ -123,6 +124,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         if models.database.obj is not None:
             models.database.obj.close()
         drop()
+
+
+@pytest.fixture(params=DATABASE_KINDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each kind in turn: SQLite file, PostgreSQL, MariaDB."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -132,15 +140,8 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def postgres_url(tmp_path: Path) -> Iterator[str]:
-    url, drop = make_database_url("postgresql", tmp_path)
-    try:
+    with fresh_database("postgresql", tmp_path) as url:
         yield url
-    finally:
-        from watchtower import models
-
-        if models.database.obj is not None:
-            models.database.obj.close()
-        drop()
 
 
 @pytest.fixture
