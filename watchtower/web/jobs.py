@@ -230,15 +230,20 @@ class JobsResource:
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        page, per_page = _page(req)
-        resp.media = list_jobs(
-            self.services,
-            status=params.query_choice(req, "status", JobStatus.ALL),
-            queue=params.query_queue(req),
-            search=params.query_search(req, "search", max_length=MAX_SEARCH),
-            page=page,
-            per_page=per_page,
-        )
+        resp.media = _list_page(self.services, req, params.query_choice(req, "status", JobStatus.ALL))
+
+
+def _list_page(services: Services, req: falcon.Request, status: str | None) -> dict[str, Any]:
+    """One page of jobs in ``status`` (any if None), filtered by the request's queue and search."""
+    page, per_page = _page(req)
+    return list_jobs(
+        services,
+        status=status,
+        queue=params.query_queue(req),
+        search=params.query_search(req, "search", max_length=MAX_SEARCH),
+        page=page,
+        per_page=per_page,
+    )
 
 
 class JobResource:
@@ -260,15 +265,7 @@ class FailedJobsResource:
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        page, per_page = _page(req)
-        resp.media = list_jobs(
-            self.services,
-            status=JobStatus.FAILED,
-            queue=params.query_queue(req),
-            search=params.query_search(req, "search", max_length=MAX_SEARCH),
-            page=page,
-            per_page=per_page,
-        )
+        resp.media = _list_page(self.services, req, JobStatus.FAILED)
 
 
 class FailedJobResource:
