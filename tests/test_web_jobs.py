@@ -57,6 +57,49 @@ def test_jobs_are_listed_newest_first_with_filters_and_pages(api: Any) -> None:
     assert ids(failed_list) == [job.message_id for job in reversed(other)]
 
 
+def test_a_cursor_pages_through_a_list_past_the_last_numbered_page(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs_module, "MAX_PAGE", 2)  # numbered pages stop early; cursors do not
+    emails = seed_many(7, queue="emails", status=JobStatus.FAILED)
+    seed_many(3, queue="reports", status=JobStatus.FAILED)
+    assert api.simulate_get("/watchtower/failed", params={"per_page": 2, "page": 3}).status_code == 400
+
+    seen: list[str] = []
+    pages = 0
+    answer = api.simulate_get("/watchtower/failed", params={"per_page": 2, "queue": "emails"}).json
+    while True:
+        pages += 1
+        seen += ids(answer)
+        if not answer["has_more"]:
+            assert answer["next_cursor"] is None
+            break
+        assert answer["next_cursor"].isdigit()
+        # A job recorded meanwhile goes on top and does not shift the pages below.
+        seed_job(queue="emails", status=JobStatus.FAILED)
+        answer = api.simulate_get(
+            "/watchtower/failed", params={"per_page": 2, "queue": "emails", "before": answer["next_cursor"]}
+        ).json
+    assert pages == 4
+    assert seen == [job.message_id for job in reversed(emails)]
+
+
+def test_page_counts_from_the_cursor_and_search_looks_below_it(api: Any) -> None:
+    matches = seed_many(6, actor="cursor_actor")
+    seed_many(2, actor="other")
+    first = api.simulate_get("/watchtower/jobs", params={"search": "cursor_actor", "per_page": 2}).json
+    assert ids(first) == [job.message_id for job in reversed(matches)][:2]
+    cursor = first["next_cursor"]
+    after = api.simulate_get("/watchtower/jobs", params={"search": "cursor_actor", "per_page": 2, "before": cursor}).json
+    skipped = api.simulate_get(
+        "/watchtower/jobs", params={"search": "cursor_actor", "per_page": 2, "before": cursor, "page": 2}
+    ).json
+    assert ids(after) == [job.message_id for job in reversed(matches)][2:4]
+    assert ids(skipped) == [job.message_id for job in reversed(matches)][4:6]
+    assert (after["has_more"], skipped["has_more"], skipped["next_cursor"]) == (True, False, None)
+    # Below the oldest row there is nothing.
+    below_all = api.simulate_get("/watchtower/jobs", params={"before": "1"}).json
+    assert below_all["data"] == [] and below_all["has_more"] is False
+
+
 def test_a_list_entry_is_a_summary_and_the_detail_is_the_whole_record(api: Any) -> None:
     job = seed_job(
         actor="charge", status=JobStatus.FAILED, args=(42,), kwargs={"amount": 9.5},
@@ -176,6 +219,9 @@ def test_delete_removes_a_failed_jobs_record_only(api: Any) -> None:
         ("/watchtower/jobs", {"page": "two"}, 400, "'page' must be a whole number"),
         ("/watchtower/jobs", {"page": "9" * 400}, 400, "'page' must be a whole number"),
         ("/watchtower/jobs", {"per_page": "101"}, 400, "'per_page' must be from 1 to 100"),
+        ("/watchtower/jobs", {"before": "0"}, 400, "'before' must be the next_cursor"),
+        ("/watchtower/jobs", {"before": "12ab"}, 400, "'before' must be the next_cursor"),
+        ("/watchtower/failed", {"before": "9" * 19}, 400, "'before' must be the next_cursor"),
         ("/watchtower/jobs", {"queue": "no spaces"}, 400, "'queue' must be a queue name"),
         ("/watchtower/jobs", {"search": "x" * 201}, 400, "at most 200"),
         ("/watchtower/jobs/not a valid id!", {}, 400, "is not a job id"),

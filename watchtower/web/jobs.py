@@ -2,15 +2,23 @@
 
 Lists are newest first (by row id, which follows the first enqueue) and
 paginated without a total: counting a million rows costs more than the page
-itself, so a page says ``has_more`` instead.  Pages stop at ``MAX_PAGE``
-(deep OFFSETs cost as much as the rows they skip); filters narrow a list
+itself, so a page says ``has_more`` instead.  Two ways to page:
+
+- ``page`` (as the seed has it): an OFFSET, which costs as much as the rows
+  it skips, so pages stop at ``MAX_PAGE``;
+- ``before``: the ``next_cursor`` of the previous page; the list goes on
+  below that row, found through the index, so the thousandth page costs
+  what the first does and no page is out of reach.  Rows that arrive
+  meanwhile do not shift a cursor's pages as they shift numbered ones.
+
+``page`` counts from the cursor when both are given.  Filters narrow a list
 faster than paging does.
 
 ``search`` matches the actor's name and the message's arguments and
 keyword arguments, case-insensitively.  Arguments live inside the stored
 message text, so matching them is a LIKE scan that no index helps: the scan
-is bounded to the ``SEARCH_WINDOW`` newest rows that pass the other filters,
-and a response says whether the search covered them all
+is bounded to the ``SEARCH_WINDOW`` newest rows that pass the other filters
+(below the cursor, when there is one), and a response says whether the search covered them all
 (``search_complete``).  Candidates found by SQL are checked again against
 the *redacted* arguments, so a search cannot find a row by the value of a
 redacted field.
@@ -118,6 +126,16 @@ def _page(req: falcon.Request) -> tuple[int, int]:
     return page, per_page
 
 
+def _cursor(req: falcon.Request) -> int | None:
+    """The ``before`` parameter: a cursor a previous page gave (a row id), or None."""
+    value = req.get_param("before")
+    if value is None or value == "":
+        return None
+    if len(value) > 18 or not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise params.bad_request(f"parameter 'before' must be the next_cursor of a previous page, not {value[:40]!r}")
+    return int(value)
+
+
 def list_jobs(
     services: Services,
     *,
@@ -126,14 +144,17 @@ def list_jobs(
     search: str | None,
     page: int,
     per_page: int,
+    before: int | None = None,
 ) -> dict[str, Any]:
-    """One page of jobs, newest first, as the list routes answer it."""
+    """One page of jobs, newest first, as the list routes answer it (below row ``before`` if given)."""
     services.ledger()
     where: list[Any] = []
     if status is not None:
         where.append(Job.status == status)
     if queue is not None:
         where.append(Job.queue == queue)
+    if before is not None:
+        where.append(Job.id < before)
     offset = (page - 1) * per_page
     answer: dict[str, Any] = {"page": page, "per_page": per_page}
     if search is None:
@@ -146,8 +167,10 @@ def list_jobs(
         ids = ids[offset:]
         rows = list(Job.select(*SUMMARY_COLUMNS).where(Job.id.in_(ids)).order_by(Job.id.desc())) if ids else []
         answer.update(search_window=SEARCH_WINDOW, search_complete=complete)
-    answer["has_more"] = len(rows) > per_page
-    answer["data"] = [job_summary(job) for job in rows[:per_page]]
+    rows, more = rows[:per_page], len(rows) > per_page
+    answer["has_more"] = more
+    answer["next_cursor"] = str(rows[-1].id) if more else None
+    answer["data"] = [job_summary(job) for job in rows]
     return answer
 
 
@@ -222,9 +245,9 @@ def _find(services: Services, raw_id: str) -> Job:
 
 
 class JobsResource:
-    """``GET /jobs?status=&queue=&search=&page=&per_page=``."""
+    """``GET /jobs?status=&queue=&search=&page=&per_page=&before=``."""
 
-    query_params = ("status", "queue", "search", "page", "per_page")
+    query_params = ("status", "queue", "search", "page", "per_page", "before")
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -243,6 +266,7 @@ def _list_page(services: Services, req: falcon.Request, status: str | None) -> d
         search=params.query_search(req, "search", max_length=MAX_SEARCH),
         page=page,
         per_page=per_page,
+        before=_cursor(req),
     )
 
 
@@ -257,9 +281,9 @@ class JobResource:
 
 
 class FailedJobsResource:
-    """``GET /failed?queue=&search=&page=&per_page=``: failed jobs, newest first."""
+    """``GET /failed?queue=&search=&page=&per_page=&before=``: failed jobs, newest first."""
 
-    query_params = ("queue", "search", "page", "per_page")
+    query_params = ("queue", "search", "page", "per_page", "before")
 
     def __init__(self, services: Services) -> None:
         self.services = services
