@@ -3,14 +3,23 @@
     python3 benchmarks/api.py [--small 10000] [--large 1000000] [--runs 30] [--databases sqlite,postgresql]
                               [--collector-runs 50]
 
-Each ledger is filled as benchmarks/collector.py fills it (a week of jobs on
-3 queues x 2 actors, their rollups, 16 workers), then every stored message
+Each ledger is filled as benchmarks/collector.py fills it (jobs on 3 queues
+x 2 actors, their rollups, 16 workers; both ledgers hold the same last 24
+hours, the large one 6 more days of history before), then every stored message
 is given a realistic payload (about 250 bytes of JSON with two arguments and
 a keyword argument).  Requests go through the real WSGI app in this process
 (falcon.testing), token and all; each is made ``--runs`` times after two
 warm-up calls.  The table gives p50 / p95 in milliseconds and the ratio of the
 large to the small p50.  Budget (DESIGN.md): poll and the job list under
 50 ms at one million rows, their cost not growing with the table.
+
+Deep pages: "page 100 x 100" (with the default sizes) is an OFFSET of 9,900
+rows, the last full page the small ledger has: an OFFSET costs the rows it
+skips, the same in both tables; "before=cursor" is the same page reached by
+the cursor of the page above it (``next_cursor`` of page 99), found through
+the index.  Numbered
+pages stop at 200; past the small ledger's end a page 200 would compare an
+empty answer with a full one.
 
 Searches are bounded to the 10,000 newest rows that pass the other filters,
 so their cost is that of scanning 10,000 payloads whatever the table's size;
@@ -43,7 +52,8 @@ REQUESTS = (
     ("jobs status=failed", "/watchtower/jobs?status=failed"),
     ("jobs queue=emails", "/watchtower/jobs?queue=emails"),
     ("jobs status+queue", "/watchtower/jobs?status=failed&queue=emails"),
-    ("jobs page 200 x 100", "/watchtower/jobs?page=200&per_page=100"),
+    ("jobs page {deep} x 100", "/watchtower/jobs?page={deep}&per_page=100"),
+    ("jobs before=cursor (same page)", "/watchtower/jobs?per_page=100&before={cursor}"),
     ("failed", "/watchtower/failed"),
     ("job detail", "/watchtower/jobs/m000000042"),
     ("workers", "/watchtower/workers"),
@@ -74,7 +84,8 @@ def give_payloads(url: str) -> None:
     db.close()
 
 
-def measure(url: str, runs: int) -> dict[str, tuple[float, float]]:
+def measure(url: str, runs: int, deep: int) -> dict[str, tuple[float, float]]:
+    """p50 and p95 (ms) of every request; ``deep`` is the deep page's number (100 rows a page)."""
     import falcon.testing
 
     from watchtower.config import load_settings
@@ -82,8 +93,11 @@ def measure(url: str, runs: int) -> dict[str, tuple[float, float]]:
 
     settings = load_settings(env={}, overrides={"database_url": url, "http.token": TOKEN})
     client = falcon.testing.TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"})
+    # The cursor below the deep page's top, as a client paging down gets it.
+    cursor = client.simulate_get(f"/watchtower/jobs?page={deep - 1}&per_page=100").json["next_cursor"]
     results = {}
-    for name, path in REQUESTS:
+    for template, path_template in REQUESTS:
+        name, path = template.format(deep=deep), path_template.format(cursor=cursor, deep=deep)
         for _ in range(2):
             answer = client.simulate_get(path)
             assert answer.status_code == 200, (path, answer.status_code, answer.text)
@@ -108,6 +122,7 @@ def main() -> None:
 
     import collector
 
+    deep = max(2, args.small // 100)  # the small ledger's last full page of 100
     table = []
     methods = []
     for kind in args.databases.split(","):
@@ -115,15 +130,16 @@ def main() -> None:
         collected = {}
         for size in (args.small, args.large):
             with ledger(kind) as url:
-                fill(url, kind, size)
+                fill(url, kind, size, recent=args.small)
                 give_payloads(url)
-                results[size] = measure(url, args.runs)
+                results[size] = measure(url, args.runs, deep)
                 if args.collector_runs:
                     collected[size] = collector.measure(url, args.collector_runs)
         for method in METHODS if args.collector_runs else ():
             small, large = collected[args.small][method], collected[args.large][method]
             methods.append((method, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
-        for name, _ in REQUESTS:
+        for template, _ in REQUESTS:
+            name = template.format(deep=deep)
             small, large = results[args.small][name], results[args.large][name]
             table.append((name, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
             print(f"  {kind} {name}: {small[0]:.2f} -> {large[0]:.2f} ms", file=sys.stderr, flush=True)
