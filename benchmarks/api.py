@@ -8,8 +8,8 @@ x 2 actors, their rollups, 16 workers; both ledgers hold the same last 24
 hours, the large one 6 more days of history before), then every stored message
 is given a realistic payload (about 250 bytes of JSON with two arguments and
 a keyword argument).  Requests go through the real WSGI app in this process
-(falcon.testing), token and all; each is made ``--runs`` times after two
-warm-up calls.  The table gives p50 / p95 in milliseconds and the ratio of the
+(falcon.testing), token and all; each is made ``--runs`` times, in 5 blocks in which
+the two ledgers take turns (each block after two warm-up calls).  The table gives p50 / p95 in milliseconds and the ratio of the
 large to the small p50.  Budget (DESIGN.md): poll and the job list under
 50 ms at one million rows, their cost not growing with the table.
 
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from collector import METHODS, fill, ledger  # noqa: E402  (benchmarks/collector.py: the same ledger)
+from collector import METHODS, alternate, fill, ledger  # noqa: E402  (benchmarks/collector.py: the same ledger)
 
 TOKEN = "bench-token"
 
@@ -84,8 +84,8 @@ def give_payloads(url: str) -> None:
     db.close()
 
 
-def measure(url: str, runs: int, deep: int) -> dict[str, tuple[float, float]]:
-    """p50 and p95 (ms) of every request; ``deep`` is the deep page's number (100 rows a page)."""
+def measure(url: str, runs: int, deep: int) -> dict[str, list[float]]:
+    """``runs`` times (ms) of every request, after two warm-up calls; ``deep`` is the deep page (100 rows a page)."""
     import falcon.testing
 
     from watchtower.config import load_settings
@@ -106,8 +106,7 @@ def measure(url: str, runs: int, deep: int) -> dict[str, tuple[float, float]]:
             started = time.perf_counter()
             client.simulate_get(path)
             times.append((time.perf_counter() - started) * 1000)
-        times.sort()
-        results[name] = (statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.95))])
+        results[name] = times
     return results
 
 
@@ -126,15 +125,14 @@ def main() -> None:
     table = []
     methods = []
     for kind in args.databases.split(","):
-        results = {}
-        collected = {}
-        for size in (args.small, args.large):
-            with ledger(kind) as url:
+        with ledger(kind) as small_url, ledger(kind) as large_url:
+            urls = {args.small: small_url, args.large: large_url}
+            for size, url in urls.items():
                 fill(url, kind, size, recent=args.small)
                 give_payloads(url)
-                results[size] = measure(url, args.runs, deep)
-                if args.collector_runs:
-                    collected[size] = collector.measure(url, args.collector_runs)
+            results = alternate(urls, args.runs, lambda url, runs: measure(url, runs, deep))
+            if args.collector_runs:
+                collected = alternate(urls, args.collector_runs, collector.timings)
         for method in METHODS if args.collector_runs else ():
             small, large = collected[args.small][method], collected[args.large][method]
             methods.append((method, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
