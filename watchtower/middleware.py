@@ -102,10 +102,6 @@ def _cap(text: str | None) -> str | None:
     return text
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class WatchtowerMiddleware(dramatiq.Middleware):
     """Records every message's life into the Watchtower ledger.
 
@@ -237,19 +233,14 @@ class WatchtowerMiddleware(dramatiq.Middleware):
                 logger.exception("watchtower listener %r failed", listener)
 
     def _event(self, message: Any, kind: Kind, attempt: int, **fields: Any) -> JobEvent:
-        options = message.options
+        connection = self._connection
+        # The leading fields by position: this runs in the producer's send().
         return JobEvent(
-            message_id=message.message_id,
-            kind=kind,
-            attempt=attempt,
-            at=_now_us(),
-            queue=q_name(message.queue_name),
-            actor=message.actor_name,
-            connection=self._connection,
-            queued_at=message.message_timestamp,
+            message.message_id, kind, attempt, time.time_ns() // 1000, q_name(message.queue_name),
+            message.actor_name, connection, message.message_timestamp,
             # Only Redis has an id of its own (dead letters are keyed by it);
             # a message sent on from another broker may still carry a stale one.
-            broker_message_id=options.get("redis_message_id") if self._connection == "redis" else None,
+            broker_message_id=message.options.get("redis_message_id") if connection == "redis" else None,
             **fields,
         )
 
