@@ -1,0 +1,140 @@
+"""Where a SQLite prune of a million rows spends its time.
+
+    python3 benchmarks/prune_profile.py [--rows 1000000] [--keep 50000]
+
+benchmarks/prune.py measures the prune as users get it; this script takes
+it apart, on copies of one filled SQLite ledger (filled as prune.py fills
+it), with no recorder running:
+
+- ``as shipped``: :func:`watchtower.prune.prune` with its defaults, its time
+  split into the delete transactions, the steps back between them (the
+  checkpoint of what a batch wrote, and the pause that lets a waiting
+  writer in) and the incremental vacuum;
+- ``no count trigger``: the same with the per-row trigger that keeps
+  ``watchtower_job_counts`` dropped first;
+- ``no message_id index``: the same with the unique index on ``message_id``
+  dropped first (every event's upsert and every API lookup by id need it:
+  this row only shows what it costs);
+- ``0.5 s batches``: batches four times as long as the shipped 0.12 s
+  (fewer, larger transactions; a live writer would wait up to that long).
+
+Each variant prunes a fresh copy of the same file.  The table is printed as
+Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+VARIANTS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
+    ("as shipped", (), {}),
+    ("no count trigger", ("DROP TRIGGER watchtower_jobs_count_delete",), {}),
+    ("no message_id index", ("DROP INDEX watchtower_jobs_message_id",), {}),
+    ("0.5 s batches", (), {"batch_seconds": 0.5}),
+)
+
+
+def timed_prune(url: str, prepare: tuple[str, ...], options: dict[str, Any]) -> dict[str, float]:
+    """Prune the ledger at ``url``; the total and its parts, in seconds."""
+    from watchtower import store
+    from watchtower import prune as pruning
+
+    db = store.connect(url)
+    for statement in prepare:
+        db.execute_sql(statement)
+    parts = {"transactions": 0.0, "steps back": 0.0}
+    vacuuming = [False]  # the vacuum steps back too: its time is its own
+    originals = (pruning._BatchLoop.transaction, pruning._BatchLoop.step_back, pruning._incremental_vacuum)
+    transaction, step_back, vacuum = originals
+
+    def timed(name: str, method: Any) -> Any:
+        def wrapper(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args)
+            finally:
+                if not vacuuming[0]:
+                    parts[name] += time.perf_counter() - started
+        return wrapper
+
+    def timed_vacuum(loop: Any) -> None:
+        vacuuming[0] = True
+        try:
+            vacuum(loop)
+        finally:
+            vacuuming[0] = False
+
+    pruning._BatchLoop.transaction = timed("transactions", transaction)  # type: ignore[method-assign]
+    pruning._BatchLoop.step_back = timed("steps back", step_back)  # type: ignore[method-assign]
+    pruning._incremental_vacuum = timed_vacuum
+    try:
+        started = time.perf_counter()
+        result = pruning.prune(db, pruning.Retention(), **options)
+        total = time.perf_counter() - started
+    finally:
+        pruning._BatchLoop.transaction, pruning._BatchLoop.step_back, pruning._incremental_vacuum = originals
+        db.close()
+    return {
+        "total": total,
+        "transactions": parts["transactions"],
+        "steps back": parts["steps back"],
+        "vacuum": result.vacuum_seconds,
+        "batches": result.batches,
+        "longest": result.longest_batch,
+        "jobs": result.jobs_total,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--keep", type=int, default=50_000)
+    args = parser.parse_args()
+
+    import prune as bench  # benchmarks/prune.py: the same ledger
+
+    from watchtower import store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        template = f"{tmp}/template.db"
+        db = store.connect(f"sqlite:///{template}")
+        started = time.perf_counter()
+        bench.fill(db, args.rows, args.keep)
+        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        print(f"  filled {args.rows:,} + {args.keep:,} rows in {time.perf_counter() - started:.0f}s",
+              file=sys.stderr, flush=True)
+        rows = []
+        for name, prepare, options in VARIANTS:
+            path = f"{tmp}/copy.db"
+            shutil.copyfile(template, path)
+            numbers = timed_prune(f"sqlite:///{path}", prepare, options)
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+            if numbers["jobs"] != args.rows:
+                raise SystemExit(f"{name}: pruned {numbers['jobs']} of {args.rows} rows")
+            rows.append((name, numbers))
+            print(f"  {name}: {numbers['total']:.1f}s", file=sys.stderr, flush=True)
+
+    print(f"\n{args.rows:,} expired rows pruned from SQLite ({args.keep:,} kept), no recorder running; seconds\n")
+    print("| variant | total | delete transactions | steps back (checkpoint + pause) | vacuum | batches "
+          "| longest batch |")
+    print("|---|---|---|---|---|---|---|")
+    for name, n in rows:
+        print(f"| {name} | {n['total']:.1f} | {n['transactions']:.1f} | {n['steps back']:.1f} | {n['vacuum']:.1f} "
+              f"| {n['batches']:.0f} | {n['longest']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
