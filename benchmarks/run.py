@@ -35,7 +35,7 @@ NOTES = "<!-- notes: everything below this line is kept by run.py --write -->"
 PARTS: dict[str, tuple[str, list[str], list[str]]] = {
     "throughput": (
         "1. Enqueue and drain rates against bare Dramatiq (budget: at least 0.90 of bare on both sides)",
-        ["--messages", "20000", "--rounds", "5"],
+        ["--messages", "20000", "--rounds", "7"],
         ["--messages", "1000", "--rounds", "1", "--variants", "bare,sqlite"],
     ),
     "api": (
