@@ -11,7 +11,9 @@ no-op sends from one thread, a SQLite ledger):
 - ``hook only``: the middleware, its recorder not writing during the sends
   (flush interval and batch size out of reach; the rows are written after);
 - ``no writes``: the recorder drains its buffer as usual but writes nothing;
-- ``sqlite``: everything as shipped.
+- ``sqlite nice 0``: writing to SQLite, the flusher thread at the
+  producer's own priority (``recorder.nice = 0``);
+- ``sqlite``: everything as shipped (the flusher 10 steps nicer).
 
 Per variant (medians of the rounds): the enqueue rate and its ratio to bare
 in the same round; the CPU time of the producer's own thread
@@ -38,7 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-VARIANTS = ("bare", "hook only", "no writes", "sqlite")
+VARIANTS = ("bare", "hook only", "no writes", "sqlite nice 0", "sqlite")
 
 
 def child(variant: str, database_url: str, messages: int) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def child(variant: str, database_url: str, messages: int) -> dict[str, Any]:
         options: dict[str, Any] = {"database_url": database_url}
         if variant == "hook only":
             options.update(recorder_flush_interval=3600.0, recorder_batch_size=10 * messages)
+        if variant == "sqlite nice 0":
+            options.update(recorder_nice=0)
         if variant == "no writes":
             recording.write_batch = lambda *args, **kwargs: None  # type: ignore[assignment]
         middleware = WatchtowerMiddleware(settings=Settings(**options))

@@ -201,6 +201,8 @@ def test_a_bad_file_value_names_the_key_and_the_file(tmp_path: Path, toml: str, 
         ({"WATCHTOWER_DATABASE_URL": "mysql://root@host:port/db"}, ["database_url", "bad port"]),
         ({"WATCHTOWER_DATABASE_URL": "just-a-file.db"}, ["database_url", "not a URL"]),
         ({"WATCHTOWER_RECORDER_BATCH_SIZE": "0"}, ["'recorder.batch_size'", "at least 1"]),
+        ({"WATCHTOWER_RECORDER_NICE": "20"}, ["'recorder.nice'", "WATCHTOWER_RECORDER_NICE", "0 to 19"]),
+        ({"WATCHTOWER_RECORDER_NICE": "-5"}, ["'recorder.nice'", "0 to 19", "-5"]),
         ({"WATCHTOWER_CONFIG": "/nonexistent/watchtower.toml"}, ["/nonexistent/watchtower.toml", "does not exist"]),
     ],
 )

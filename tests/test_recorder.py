@@ -187,3 +187,48 @@ def test_what_is_buffered_is_written_at_interpreter_exit(sqlite_url: str, tmp_pa
     assert out.stdout.strip() == "0"  # nothing had been written when the script ended
     store.connect(sqlite_url)
     assert Job.select().where(Job.message_id.startswith("exit-")).count() == 500
+
+
+def thread_nice(native_id: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, native_id)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness per thread is Linux's")
+@pytest.mark.parametrize("nice", [0, 7])
+def test_the_flusher_thread_runs_nice_steps_below_the_threads_that_record(sqlite_url: str, nice: int) -> None:
+    recorder = Recorder(sqlite_url, flush_interval=0.05, nice=nice)
+    mine = thread_nice(threading.get_native_id())
+    try:
+        recorder.record(enqueued(unique("nice")))
+        assert recorder.flush(10)
+        assert recorder._thread is not None and recorder._thread.native_id is not None
+        assert thread_nice(recorder._thread.native_id) == min(19, mine + nice)
+        assert thread_nice(threading.get_native_id()) == mine  # the recording thread keeps its own
+    finally:
+        recorder.close()
+    db = store.connect(sqlite_url)
+    assert Job.select().count() == 1
+    db.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness per thread is Linux's")
+def test_the_middleware_lowers_its_flusher_by_the_recorder_nice_setting(sqlite_url: str) -> None:
+    from watchtower import WatchtowerMiddleware
+    from watchtower.config import load_settings
+
+    for env, expected in (({}, 10), ({"WATCHTOWER_RECORDER_NICE": "3"}, 3)):
+        settings = load_settings(env=env, overrides={"database_url": sqlite_url})
+        middleware = WatchtowerMiddleware(settings=settings)
+        mine = thread_nice(threading.get_native_id())
+        try:
+            middleware.recorder.record(enqueued(unique("nice")))
+            assert middleware.recorder.flush(10)
+            assert middleware.recorder._thread is not None and middleware.recorder._thread.native_id is not None
+            assert thread_nice(middleware.recorder._thread.native_id) == min(19, mine + expected)
+        finally:
+            middleware.recorder.close()
+
+
+def test_a_niceness_out_of_range_is_refused(sqlite_url: str) -> None:
+    with pytest.raises(ValueError, match="nice must be from 0 to 19"):
+        Recorder(sqlite_url, nice=20)

@@ -77,6 +77,9 @@ class Settings:
     recorder_flush_interval: float = 0.25
     recorder_buffer_size: int = 100_000
     recorder_batch_size: int = 1_000
+    # How much lower than the jobs' threads the flusher thread runs (Linux
+    # niceness added to its own thread; 0 leaves it as it is).
+    recorder_nice: int = 10
     retention_completed_days: float = 7.0
     retention_failed_days: float = 30.0
     # Skipped jobs (AgeLimit) are dead-lettered by Dramatiq: kept as long as failures.
@@ -126,6 +129,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "recorder.flush_interval": ("recorder_flush_interval", float),
     "recorder.buffer_size": ("recorder_buffer_size", int),
     "recorder.batch_size": ("recorder_batch_size", int),
+    "recorder.nice": ("recorder_nice", int),
     "retention.completed_days": ("retention_completed_days", float),
     "retention.failed_days": ("retention_failed_days", float),
     "retention.skipped_days": ("retention_skipped_days", float),
@@ -340,6 +344,8 @@ def _check_range(key: str, value: float, source: str) -> None:
         raise ConfigError(f"setting {key!r} from {source} must not be negative, not {value!r}")
     if key in _ABOVE_ZERO and value <= 0:
         raise ConfigError(f"setting {key!r} from {source} must be greater than 0, not {value!r}")
+    if key == "recorder.nice" and not 0 <= value <= 19:
+        raise ConfigError(f"setting {key!r} from {source} must be a niceness from 0 to 19, not {value!r}")
     if key == "http.port" and value > 65535:
         raise ConfigError(f"setting {key!r} from {source} must be a TCP port (0 to 65535), not {value!r}")
 

@@ -136,6 +136,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
                 flush_interval=settings.recorder_flush_interval,
                 buffer_size=settings.recorder_buffer_size,
                 batch_size=settings.recorder_batch_size,
+                nice=settings.recorder_nice,
             )
         self.recorder = recorder
         self.worker_id = worker_id

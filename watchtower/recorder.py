@@ -10,7 +10,12 @@ When the database is slow or down, the batch in hand is kept and retried
 with backoff while new events wait in the deque, up to ``buffer_size``
 events in all.  Past that, new events are dropped, counted, and logged once
 per ``drop_log_interval`` seconds (and at close), never once per event.
-Jobs are never slowed: ``record`` does not block.  Whatever is still
+Jobs are never slowed: ``record`` does not block, and the flusher thread
+runs ``nice`` steps below the process's other threads (Linux, where
+niceness is per thread): on a busy machine the jobs' threads, and the
+broker beside them, get the CPU first and the ledger's writes take what is
+left (benchmarks/producer_profile.py measures what that buys a producer;
+benchmarks/RESULTS.md has the numbers).  Whatever is still
 buffered is written at interpreter exit (atexit, and multiprocessing's
 finalizers in forked children, which skip atexit).
 """
@@ -74,6 +79,7 @@ class Recorder:
         flush_interval: float = 0.25,
         buffer_size: int = 100_000,
         batch_size: int = 1_000,
+        nice: int = 0,
         on_write: Callable[[list[JobEvent], float], None] | None = None,
         drop_log_interval: float = DROP_LOG_INTERVAL,
     ) -> None:
@@ -81,11 +87,14 @@ class Recorder:
             raise ValueError(f"flush_interval must be positive, not {flush_interval!r}")
         if buffer_size < 1 or batch_size < 1:
             raise ValueError("buffer_size and batch_size must be at least 1")
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be from 0 to 19, not {nice!r}")
         self._database = database
         self._db: peewee.Database | None = None if isinstance(database, str) else database
         self.flush_interval = flush_interval
         self.buffer_size = buffer_size
         self.batch_size = batch_size
+        self.nice = nice
         self.drop_log_interval = drop_log_interval
         #: Called from the flusher thread after each batch written, with the
         #: batch and the seconds the write took (the metrics count them here).
@@ -236,6 +245,7 @@ class Recorder:
         return self._db
 
     def _run(self) -> None:
+        self._lower_priority()
         backoff = 0.0
         while True:
             if backoff:
@@ -263,6 +273,21 @@ class Recorder:
             self._log_drops()
             if stopping:
                 return
+
+    def _lower_priority(self) -> None:
+        """Run this (the flusher) thread ``nice`` steps below the others, where the system allows it.
+
+        On Linux a thread is a task of its own, and its niceness is set by
+        its thread id; lowering one's own priority needs no privilege.
+        Elsewhere (macOS takes a process id only) nothing changes.
+        """
+        if not self.nice or not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
+            return
+        try:
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + self.nice)
+        except OSError as error:
+            logger.debug("watchtower recorder keeps its thread's priority: %s", error)
 
     def _drain(self) -> None:
         """Write what was buffered when the drain began, in batches.
