@@ -23,25 +23,15 @@ average is printed too: on a shared machine it explains most of the spread.
 
 Budget (DESIGN.md): a million rows in under 10 s, no recorder write over 0.5 s.
 
-Last results (2-core shared VM, other test suites running: load average
-3-6; SQLite 3.40, PostgreSQL 15)::
-
-    1,000,000 expired rows pruned (50,000 kept) while recording 500 jobs/s; median of 3 rounds (worst round)
-
-    | database | prune (s) | of which vacuum (s) | batches | longest batch (s) | longest recorder write (s) |
-    |---|---|---|---|---|---|
-    | sqlite | 41.31 (58.35) | 6.33 (7.16) | 177 (246) | 0.332 (0.405) | 0.350 (0.448) |
-    | postgresql | 2.66 (3.35) | 0.00 (0.00) | 28 (28) | 0.138 (0.184) | 0.026 (0.027) |
-
-PostgreSQL meets both budgets.  SQLite keeps recording within 0.5 s but
-misses 10 s by 4x: every deleted row leaves 8 b-trees (the table, the
-random ``message_id`` index, 6 more indexes) and fires the job-count
-trigger, and because one batch may hold SQLite's only write lock for about
-0.1 s, each batch rewrites most pages of the random ``message_id`` index
-into the WAL (300,000 rows take about 5 s, a million 35-60 s).  Larger
-batches are faster per row and stall recording longer (an earlier
-version, before the count triggers, with 0.5 s batches: 19 s for a million
-rows and recorder waits of 1.2 s).
+Results: benchmarks/RESULTS.md (part 3).  PostgreSQL meets both budgets
+(2-3 s).  SQLite keeps recording within 0.5 s but takes 35-40 s for a
+million rows; benchmarks/prune_profile.py takes that apart: every deleted row
+leaves 8 b-trees (the table, the random ``message_id`` index, 6 more
+indexes) and fires the job-count trigger, and because one batch may hold
+SQLite's only write lock for about 0.12 s, each batch rewrites about a third
+of the random ``message_id`` index's pages (without that index: 12.5 s;
+without the trigger: 26 s; with 0.5 s batches: 17 s, and writers waiting
+that long).
 
 Servers: PostgreSQL at WT_BENCH_POSTGRES (default
 postgresql://postgres@127.0.0.1:5432/postgres) and MariaDB at WT_BENCH_MYSQL
