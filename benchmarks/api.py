@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from collector import METHODS, alternate, fill, ledger  # noqa: E402  (benchmarks/collector.py: the same ledger)
+from collector import METHODS, Row, alternate, compared, ledger_pair, print_table  # noqa: E402  (benchmarks/collector.py: the same ledger)
 
 TOKEN = "bench-token"
 
@@ -122,37 +122,20 @@ def main() -> None:
     import collector
 
     deep = max(2, args.small // 100)  # the small ledger's last full page of 100
-    table = []
-    methods = []
+    names = [template.format(deep=deep) for template, _ in REQUESTS]
+    rows: list[Row] = []
+    methods: list[Row] = []
     for kind in args.databases.split(","):
-        with ledger(kind) as small_url, ledger(kind) as large_url:
-            urls = {args.small: small_url, args.large: large_url}
-            for size, url in urls.items():
-                fill(url, kind, size, recent=args.small)
-                give_payloads(url)
+        with ledger_pair(kind, args.small, args.large, then=give_payloads) as urls:
             results = alternate(urls, args.runs, lambda url, runs: measure(url, runs, deep))
             if args.collector_runs:
                 collected = alternate(urls, args.collector_runs, collector.timings)
-        for method in METHODS if args.collector_runs else ():
-            small, large = collected[args.small][method], collected[args.large][method]
-            methods.append((method, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
-        for template, _ in REQUESTS:
-            name = template.format(deep=deep)
-            small, large = results[args.small][name], results[args.large][name]
-            table.append((name, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
-            print(f"  {kind} {name}: {small[0]:.2f} -> {large[0]:.2f} ms", file=sys.stderr, flush=True)
+                methods += compared(collected, METHODS, kind, args.small, args.large)
+        rows += compared(results, names, kind, args.small, args.large)
 
-    print(f"\n| request | database | {args.small:,} rows p50 / p95 (ms) | {args.large:,} rows p50 / p95 (ms) | ratio (p50) |")
-    print("|---|---|---|---|---|")
-    for name, kind, small, large, ratio in table:
-        print(f"| {name} | {kind} | {small[0]:.2f} / {small[1]:.2f} | {large[0]:.2f} / {large[1]:.2f} | {ratio:.2f} |")
+    print_table("request", rows, args.small, args.large)
     if methods:
-        print(f"\n| method | database | {args.small:,} rows p50 / p95 (ms) | {args.large:,} rows p50 / p95 (ms) "
-              "| ratio (p50) |")
-        print("|---|---|---|---|---|")
-        for method, kind, small, large, ratio in methods:
-            print(f"| {method} | {kind} | {small[0]:.2f} / {small[1]:.2f} | {large[0]:.2f} / {large[1]:.2f} "
-                  f"| {ratio:.2f} |")
+        print_table("method", methods, args.small, args.large)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -195,9 +195,22 @@ def timings(url: str, runs: int) -> dict[str, list[float]]:
     return results
 
 
+@contextmanager
+def ledger_pair(kind: str, small: int, large: int,
+                then: Callable[[str], None] | None = None) -> Iterator[dict[int, str]]:
+    """Two filled ledgers of ``kind`` at once, {size: url}, both holding the same last day (``then(url)`` after each fill)."""
+    with ledger(kind) as small_url, ledger(kind) as large_url:
+        urls = {small: small_url, large: large_url}
+        for size, url in urls.items():
+            fill(url, kind, size, recent=small)
+            if then is not None:
+                then(url)
+        yield urls
+
+
 def alternate(urls: dict[int, str], runs: int, timed: Callable[[str, int], dict[str, list[float]]]
               ) -> dict[int, dict[str, tuple[float, float]]]:
-    """p50 and p95 per ledger size and name: ``runs`` timings in ``blocks`` blocks, the sizes taking turns.
+    """p50 and p95 per ledger size and name: ``runs`` timings in BLOCKS blocks, the sizes taking turns.
 
     Taking turns block by block spreads the machine's drift (other load, CPU
     frequency) over both sizes, so that their ratio does not carry it.
@@ -216,6 +229,28 @@ def p50_p95(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), values[min(len(values) - 1, int(len(values) * 0.95))]
 
 
+Row = tuple[str, str, tuple[float, float], tuple[float, float], float]
+
+
+def compared(results: dict[int, dict[str, tuple[float, float]]], names: Iterable[str], kind: str,
+             small: int, large: int) -> list[Row]:
+    """Table rows of ``names``: (name, database, small p50/p95, large p50/p95, large/small p50)."""
+    rows = []
+    for name in names:
+        at_small, at_large = results[small][name], results[large][name]
+        rows.append((name, kind, at_small, at_large, at_large[0] / at_small[0] if at_small[0] else float("inf")))
+    return rows
+
+
+def print_table(first: str, rows: list[Row], small: int, large: int) -> None:
+    """``rows`` as the Markdown table run.py reads (its first column headed ``first``)."""
+    print(f"\n| {first} | database | {small:,} rows p50 / p95 (ms) | {large:,} rows p50 / p95 (ms) | ratio (p50) |")
+    print("|---|---|---|---|---|")
+    for name, kind, at_small, at_large, ratio in rows:
+        print(f"| {name} | {kind} | {at_small[0]:.2f} / {at_small[1]:.2f} | {at_large[0]:.2f} / {at_large[1]:.2f} "
+              f"| {ratio:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", type=int, default=10_000)
@@ -224,21 +259,12 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
 
-    table = []
+    rows: list[Row] = []
     for kind in args.databases.split(","):
-        with ledger(kind) as small_url, ledger(kind) as large_url:
-            urls = {args.small: small_url, args.large: large_url}
-            for size, url in urls.items():
-                fill(url, kind, size, recent=args.small)
+        with ledger_pair(kind, args.small, args.large) as urls:
             results = alternate(urls, args.runs, timings)
-        for method in METHODS:
-            small, large = results[args.small][method], results[args.large][method]
-            table.append((method, kind, small, large, large[0] / small[0] if small[0] else float("inf")))
-
-    print(f"\n| method | database | {args.small:,} rows p50 / p95 (ms) | {args.large:,} rows p50 / p95 (ms) | ratio (p50) |")
-    print("|---|---|---|---|---|")
-    for method, kind, small, large, ratio in table:
-        print(f"| {method} | {kind} | {small[0]:.2f} / {small[1]:.2f} | {large[0]:.2f} / {large[1]:.2f} | {ratio:.2f} |")
+        rows += compared(results, METHODS, kind, args.small, args.large)
+    print_table("method", rows, args.small, args.large)
 
 
 if __name__ == "__main__":
