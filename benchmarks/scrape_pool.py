@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
 QUEUE = "bench"
+
+from supervisor import wait_for  # noqa: E402  (benchmarks/supervisor.py)
 
 
 def child_env(namespace: str) -> dict[str, str]:
@@ -46,18 +49,6 @@ def child_env(namespace: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), env.get("PYTHONPATH", "")])
     env.update(WT_BENCH_NAMESPACE=namespace, WT_BENCH_REDIS=REDIS_URL, WT_BENCH_QUEUE=QUEUE)
     return env
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it is truthy; returns its value (SystemExit after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -121,12 +112,12 @@ def supervised(processes: int, rate: float) -> Iterator[dict[str, Any]]:
         producer = None
         manager = WorkerManager(load_settings(config, env={}))
         try:
-            wait(lambda: Worker.select().where(Worker.status == WorkerStatus.RUNNING).count() == processes,
-                 120, f"{processes} running workers", interval=0.2)
+            wait_for(lambda: Worker.select().where(Worker.status == WorkerStatus.RUNNING).count() == processes,
+                     120, f"{processes} running workers", interval=0.2)
             producer = Producer(namespace, rate)
             producer.start()
-            found = wait(lambda: re.search(r"serving Prometheus metrics at (http://\S+/metrics)",
-                                           log.read_text(errors="replace")), 60, "the /metrics address")
+            found = wait_for(lambda: re.search(r"serving Prometheus metrics at (http://\S+/metrics)",
+                                               log.read_text(errors="replace")), 60, "the /metrics address")
             yield {"supervisor": sup, "manager": manager, "metrics": found.group(1), "log": log}
         except BaseException:
             sys.stderr.write(log.read_text(errors="replace")[-5000:])
@@ -153,8 +144,8 @@ def scrape(processes: int, runs: int, rate: float) -> dict[str, Any]:
     """/metrics of a supervisor with ``processes`` one-thread workers (p50/p95 ms), its RSS and its workers'."""
     with supervised(processes, rate=rate) as ctx:
         url = ctx["metrics"]
-        wait(lambda: _scrape(url)[1] and b"watchtower_jobs_completed_total{" in _scrape(url)[1], 60,
-             "completed jobs in /metrics", interval=0.2)
+        wait_for(lambda: _scrape(url)[1] and b"watchtower_jobs_completed_total{" in _scrape(url)[1], 60,
+                 "completed jobs in /metrics", interval=0.2)
         times = []
         size = 0
         for _ in range(runs):
