@@ -126,16 +126,6 @@ def _page(req: falcon.Request) -> tuple[int, int]:
     return page, per_page
 
 
-def _cursor(req: falcon.Request) -> int | None:
-    """The ``before`` parameter: a cursor a previous page gave (a row id), or None."""
-    value = req.get_param("before")
-    if value is None or value == "":
-        return None
-    if len(value) > 18 or not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise params.bad_request(f"parameter 'before' must be the next_cursor of a previous page, not {value[:40]!r}")
-    return int(value)
-
-
 def list_jobs(
     services: Services,
     *,
@@ -266,7 +256,7 @@ def _list_page(services: Services, req: falcon.Request, status: str | None) -> d
         search=params.query_search(req, "search", max_length=MAX_SEARCH),
         page=page,
         per_page=per_page,
-        before=_cursor(req),
+        before=params.query_cursor(req, "before"),
     )
 
 

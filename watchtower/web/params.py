@@ -113,6 +113,16 @@ def query_int(req: falcon.Request, name: str, *, default: int, minimum: int, max
     return number
 
 
+def query_cursor(req: falcon.Request, name: str) -> int | None:
+    """The query parameter ``name`` as a cursor a previous page gave (a positive row id), or None."""
+    value = req.get_param(name)
+    if value is None or value == "":
+        return None
+    if len(value) > 18 or not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise bad_request(f"parameter {name!r} must be the next_cursor of a previous page, not {_shown(value)}")
+    return int(value)
+
+
 def query_choice(req: falcon.Request, name: str, choices: tuple[str, ...]) -> str | None:
     """The query parameter ``name``, which must be one of ``choices`` if given."""
     value = req.get_param(name)
