@@ -6,6 +6,7 @@ Every process a test starts is killed by its PID in ``finally`` (never by name).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,10 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import psutil
 from conftest import REDIS_URL, subprocess_env, wait_until
+from dramatiq.brokers.redis import RedisBroker
 
 from watchtower.config import Settings, load_settings
+from watchtower.models import Worker
 
 
 def write_config(path: Path, *, supervisors: Mapping[str, Mapping[str, Any]], **keys: Any) -> Path:
@@ -120,6 +124,62 @@ def measure(predicate: Any, timeout: float, message: str) -> float:
 
 
 __all__ = [
-    "REDIS_URL", "children", "measure", "pid_gone", "running", "settings_for", "start_supervisor",
-    "wait_exit", "write_config",
+    "REDIS_URL", "app_env", "children", "config", "enqueue", "measure", "metrics_url", "pid_gone", "rows", "running",
+    "settings_for", "start_supervisor", "wait_exit", "write_config",
 ]
+
+
+def app_env(namespace: str, queue: str, **more: str) -> dict[str, str]:
+    return {
+        "WT_TEST_NAMESPACE": namespace,
+        "WT_TEST_QUEUE": queue,
+        "WT_TEST_REDIS": REDIS_URL,
+        "WT_TEST_HEARTBEAT_MS": "2000",  # a dead worker's messages come back after 2 s
+        "WT_TEST_MAINTENANCE": "1000000",  # ... looked for on every broker command
+        **more,
+    }
+
+
+def config(tmp_path: Path, database_url: str, namespace: str, *, bus: str = "redis", app: str = "apps.sup_app",
+           hostname: str = "host-a", name: str = "default", file: str = "watchtower.toml", **pool: Any) -> Path:
+    table = {"queues": ["default"], "min_processes": 1, "max_processes": 4, "threads": 2, "timeout": 30,
+             "memory": 1024, "sleep": 0.2}
+    table.update(pool)
+    return write_config(
+        tmp_path / file,
+        app=app,
+        database_url=database_url,
+        command_bus=bus,
+        redis_url=REDIS_URL,
+        redis_prefix=namespace,
+        hostname=hostname,
+        heartbeat_timeout=10.0,
+        **{"http.port": 0},
+        supervisors={name: table},
+    )
+
+
+def enqueue(namespace: str, queue: str, token: str, seconds: float) -> str:
+    """Send ``nap(token, seconds)``; returns the message id."""
+    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    try:
+        broker.declare_queue(queue)
+        message = dramatiq.Message(queue_name=queue, actor_name="nap", args=(token, seconds), kwargs={}, options={})
+        return broker.enqueue(message).message_id
+    finally:
+        broker.close()
+
+
+def rows(supervisor: str | None = None, *statuses: str) -> list[Worker]:
+    query = Worker.select()
+    if supervisor is not None:
+        query = query.where(Worker.supervisor == supervisor)
+    if statuses:
+        query = query.where(Worker.status.in_(statuses))
+    return list(query.order_by(Worker.started_at))
+
+
+def metrics_url(log: Path) -> str:
+    """The /metrics URL a supervisor's log says it serves, or "" before it says so."""
+    found = re.search(r"serving Prometheus metrics at (http://\S+/metrics)", log.read_text(errors="replace"))
+    return found.group(1) if found else ""

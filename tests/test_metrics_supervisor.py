@@ -8,7 +8,6 @@ its log.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import urllib.request
 import uuid
@@ -16,19 +15,13 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_until
-from supervision import running, start_supervisor, wait_exit
+from supervision import app_env, config, enqueue, metrics_url, rows, running, start_supervisor, wait_exit
 from test_metrics import parse, promtool_check, value
-from test_supervisor import app_env, config, enqueue, rows
 
 from watchtower import store
 from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def metrics_url(log: Path) -> str:
-    found = re.search(r"serving Prometheus metrics at (http://\S+/metrics)", log.read_text(errors="replace"))
-    return found.group(1) if found else ""
 
 
 def scrape(url: str) -> tuple[bytes, dict]:

@@ -17,59 +17,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import dramatiq
 import pytest
 import redis
 from conftest import REDIS_URL, subprocess_env, wait_until
-from dramatiq.brokers.redis import RedisBroker
-from supervision import children, measure, pid_gone, running, start_supervisor, wait_exit, write_config
+from supervision import (
+    app_env, children, config, enqueue, measure, pid_gone, rows, running, start_supervisor, wait_exit, write_config,
+)
 
 from watchtower import WorkerManager, store
 from watchtower.config import load_settings
 from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def app_env(namespace: str, queue: str, **more: str) -> dict[str, str]:
-    return {
-        "WT_TEST_NAMESPACE": namespace,
-        "WT_TEST_QUEUE": queue,
-        "WT_TEST_REDIS": REDIS_URL,
-        "WT_TEST_HEARTBEAT_MS": "2000",  # a dead worker's messages come back after 2 s
-        "WT_TEST_MAINTENANCE": "1000000",  # ... looked for on every broker command
-        **more,
-    }
-
-
-def config(tmp_path: Path, database_url: str, namespace: str, *, bus: str = "redis", app: str = "apps.sup_app",
-           hostname: str = "host-a", name: str = "default", file: str = "watchtower.toml", **pool: Any) -> Path:
-    table = {"queues": ["default"], "min_processes": 1, "max_processes": 4, "threads": 2, "timeout": 30,
-             "memory": 1024, "sleep": 0.2}
-    table.update(pool)
-    return write_config(
-        tmp_path / file,
-        app=app,
-        database_url=database_url,
-        command_bus=bus,
-        redis_url=REDIS_URL,
-        redis_prefix=namespace,
-        hostname=hostname,
-        heartbeat_timeout=10.0,
-        **{"http.port": 0},
-        supervisors={name: table},
-    )
-
-
-def enqueue(namespace: str, queue: str, token: str, seconds: float) -> str:
-    """Send ``nap(token, seconds)``; returns the message id."""
-    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
-    try:
-        broker.declare_queue(queue)
-        message = dramatiq.Message(queue_name=queue, actor_name="nap", args=(token, seconds), kwargs={}, options={})
-        return broker.enqueue(message).message_id
-    finally:
-        broker.close()
 
 
 def traces(namespace: str) -> redis.Redis:
@@ -82,15 +41,6 @@ def runs(namespace: str, token: str) -> int:
 
 def starts(namespace: str, token: str) -> list[int]:
     return [int(pid) for pid in traces(namespace).lrange(f"{namespace}:t:starts:{token}", 0, -1)]
-
-
-def rows(supervisor: str | None = None, *statuses: str) -> list[Worker]:
-    query = Worker.select()
-    if supervisor is not None:
-        query = query.where(Worker.supervisor == supervisor)
-    if statuses:
-        query = query.where(Worker.status.in_(statuses))
-    return list(query.order_by(Worker.started_at))
 
 
 def test_a_pool_of_three_heals_a_killed_worker_and_its_job_is_rerun(

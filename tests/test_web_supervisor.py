@@ -3,24 +3,17 @@ spawned by that supervisor, and stops when told to."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import wait_until
-from supervision import running, start_supervisor
-from test_supervisor import app_env, config, rows
+from supervision import app_env, config, metrics_url, rows, running, start_supervisor
 
 from watchtower import store
 from watchtower.models import Worker, WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def served_at(log: Path) -> str:
-    found = re.search(r"serving Prometheus metrics at (http://\S+)/metrics", log.read_text(errors="replace"))
-    return found.group(1) if found else ""
 
 
 def test_a_worker_started_through_the_supervisors_api_is_spawned_and_stopped(
@@ -30,7 +23,7 @@ def test_a_worker_started_through_the_supervisors_api_is_spawned_and_stopped(
     store.connect(sqlite_url)
     log = tmp_path / "supervisor.log"
     with running(start_supervisor(path, "default", log, **app_env(redis_namespace, queue_name)), log):
-        base = wait_until(lambda: served_at(log), 60, message="the supervisor's server")
+        base = wait_until(lambda: metrics_url(log).removesuffix("/metrics"), 60, message="the supervisor's server")
         wait_until(lambda: len(rows("default", WorkerStatus.RUNNING)) == 1, 60, message="the pool's worker")
         # No token is configured: the supervisor's API answers loopback clients.
         with httpx.Client(base_url=base, timeout=30) as http:
