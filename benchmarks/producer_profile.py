@@ -40,6 +40,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+from throughput import paired_ratio  # noqa: E402  (benchmarks/throughput.py: the same pairing)
+
 VARIANTS = ("bare", "hook only", "no writes", "sqlite nice 0", "sqlite")
 
 
@@ -181,7 +184,7 @@ def main() -> None:
     bare = results["bare"]
     for variant in VARIANTS:
         runs = results[variant]
-        ratio = statistics.median(run["rate"] / base["rate"] for run, base in zip(runs, bare))
+        ratio = paired_ratio(runs, bare, "rate")
         parts = {name: statistics.median(run["parts_us"][name] for run in runs) for name in runs[0]["parts_us"]}
         hook = parts.pop("hook", None)
         print(f"| {variant} | {statistics.median(run['rate'] for run in runs):.0f} | {ratio:.2f} "
