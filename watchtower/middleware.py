@@ -33,7 +33,7 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Retries
 
 from .config import Settings, load_settings
-from .events import JobEvent, Kind, WorkerEvent, encode_message
+from .events import JobEvent, Kind, SendEncoder, WorkerEvent, encode_message
 from .models import WorkerStatus
 from .recorder import Recorder
 
@@ -102,6 +102,19 @@ def _cap(text: str | None) -> str | None:
     return text
 
 
+def _use_send_encoder() -> None:
+    """Make Dramatiq's global encoder a SendEncoder if the app has left it at the default.
+
+    Same bytes as the default JSONEncoder, so brokers, workers and other
+    processes see no difference; the producer's hook then reuses the text
+    the broker had encoded (see :class:`~watchtower.events.SendEncoder`).
+    An app that sets its own encoder (before or after) keeps it, and the
+    hook encodes the payload itself.
+    """
+    if type(dramatiq.get_encoder()) is dramatiq.JSONEncoder:
+        dramatiq.set_encoder(SendEncoder())
+
+
 class WatchtowerMiddleware(dramatiq.Middleware):
     """Records every message's life into the Watchtower ledger.
 
@@ -146,6 +159,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         self._last_error_log = 0.0
         self._connection = "unknown"
         self._retries = True
+        _use_send_encoder()
         # Ids of delayed messages this process's delay consumer holds: their
         # next enqueue without a delay is a move, not a new job.
         self._delayed_here: set[str] = set()
@@ -264,7 +278,8 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             kind = Kind.REQUEUED
         else:
             kind = Kind.DELAYED if delay else Kind.ENQUEUED
-            payload = encode_message(message)
+            encoder = dramatiq.get_encoder()
+            payload = (encoder.sent_text(message) if type(encoder) is SendEncoder else None) or encode_message(message)
         self._emit(self._event(
             message, kind, attempt,
             payload=payload,
