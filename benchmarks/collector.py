@@ -99,11 +99,12 @@ def fill_sqlite(db, rows: int, recent: int) -> None:
         started = queued + rng.randrange(1, 2000) if status != "pending" else None
         finished = started + rng.randrange(1, 30_000) if status in ("completed", "failed", "skipped") else None
         return (f"m{n:09d}", queue, f"{queue}_task_{n % 2}", "redis", "{}", status, "w1", 1,
-                queued, started, finished, 3, 0)
+                queued, started, finished, 3, 0, queued // DAY_MS)
 
     sql = (
         "INSERT INTO watchtower_jobs (message_id, queue, actor, connection, payload, status, worker_id, attempts, "
-        "queued_at, started_at, completed_at, progress, progress_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "queued_at, started_at, completed_at, progress, progress_at, queued_day) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
     with db.atomic():
         for start in range(0, rows, 50_000):
@@ -119,12 +120,12 @@ def fill_postgresql(db, rows: int, recent: int) -> None:
         cases.append(f"WHEN n %% 100 < {upper} THEN '{status}'")
     db.execute_sql(f"""
         INSERT INTO watchtower_jobs (message_id, queue, actor, connection, payload, status, worker_id, attempts,
-                                     queued_at, started_at, completed_at, progress, progress_at)
+                                     queued_at, started_at, completed_at, progress, progress_at, queued_day)
         SELECT 'm' || lpad(n::text, 9, '0'), q, q || '_task_' || (n %% 2), 'redis', '{{}}', s, 'w1', 1,
                queued,
                CASE WHEN s <> 'pending' THEN queued + 1 + (n * 7919) %% 2000 END,
                CASE WHEN s IN ('completed', 'failed', 'skipped') THEN queued + 2001 + (n * 104729) %% 30000 END,
-               3, 0
+               3, 0, queued / {DAY_MS}
         FROM (
             SELECT n, (ARRAY['default', 'emails', 'reports'])[n %% 3 + 1] AS q,
                    CASE {' '.join(cases)} END AS s,

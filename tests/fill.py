@@ -14,12 +14,12 @@ from typing import Any
 import peewee
 
 from watchtower.events import JobEvent, Kind
-from watchtower.models import Job, JobStatus, now_ms
+from watchtower.models import Job, JobStatus, day_of, now_ms
 from watchtower.store import dialect
 
 _COLUMNS = (
     "message_id", "queue", "actor", "connection", "status", "worker_id", "attempts",
-    "queued_at", "started_at", "completed_at", "progress", "progress_at", "payload",
+    "queued_at", "started_at", "completed_at", "progress", "progress_at", "payload", "queued_day",
 )
 
 PAYLOAD = '{"args": [1, 2], "kwargs": {}, "options": {}}'
@@ -33,7 +33,7 @@ def job_row(status: str, completed_at: int | None, *, queue: str = "default", ac
     return (
         message_id or uuid.uuid4().hex, queue, actor, "redis", status, worker_id, 1,
         queued, queued + 500 if status != JobStatus.PENDING else None,
-        completed_at if finished else None, 8 + (4 if finished else 1), queued * 1000, PAYLOAD,
+        completed_at if finished else None, 8 + (4 if finished else 1), queued * 1000, PAYLOAD, day_of(queued),
     )
 
 
@@ -93,3 +93,15 @@ def completed_job_events(message_id: str, *, queue: str = "live", actor: str = "
         event(Kind.STARTED, 1, worker_id=worker_id, started_at=now),
         event(Kind.COMPLETED, 2, worker_id=worker_id, started_at=now, finished_at=now, duration=0.001),
     ]
+
+
+def as_version_1(db: peewee.Database, kind: str) -> None:
+    """Reshape a ledger's job table as schema version 1 made it: unique ``message_id``, no ``queued_day``."""
+    from watchtower.models import Meta
+
+    table = Job._meta.table_name
+    on_table = f" ON {table}" if kind == "mysql" else ""
+    db.execute_sql(f"DROP INDEX {table}_queued_day_message_id{on_table}")
+    db.execute_sql(f"ALTER TABLE {table} DROP COLUMN queued_day")
+    db.execute_sql(f"CREATE UNIQUE INDEX {table}_message_id ON {table} (message_id)")
+    Meta.update(value="1").where(Meta.key == "schema_version").execute(db)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
+from fill import as_version_1
 from watchtower import models, store
 from watchtower.errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 from watchtower.events import JobEvent, Kind, WorkerEvent
@@ -103,6 +104,62 @@ def test_a_newer_schema_is_refused(database_url: str) -> None:
     with pytest.raises(SchemaError, match=f"version {store.SCHEMA_VERSION + 1}, newer than this release's {store.SCHEMA_VERSION}"):
         store.connect(database_url)
     assert Job._meta.table_name not in store.open_database(database_url).get_tables()  # not recreated
+
+
+def test_a_version_1_ledger_is_migrated_and_keeps_every_row(database_url: str) -> None:
+    kind = store.check_database_url(database_url).kind
+    db = store.connect(database_url)
+    as_version_1(db, kind)
+    table = Job._meta.table_name
+    day = models.DAY_MS
+    # Around a day's edges: the last and first millisecond of a UTC day.
+    queued = {"m-early": 20_000 * day - 1, "m-edge": 20_000 * day, "m-later": 20_003 * day + 5}
+    for message_id, at in queued.items():
+        db.execute_sql(
+            f"INSERT INTO {table} (message_id, queue, actor, connection, status, queued_at, attempts, progress, "
+            f"progress_at, lost_attempts) VALUES ({', '.join([db.param] * 10)})",
+            (message_id, "default", "send_mail", "redis", "pending", at, 0, 9, at * 1000, 0),
+        )
+    db.close()
+
+    db = store.connect(database_url)  # the next start migrates
+    assert Meta.get(Meta.key == "schema_version").value == "2"
+    assert {job.message_id: job.queued_day for job in Job.select()} == {
+        message_id: models.day_of(at) for message_id, at in queued.items()}
+    indexes = {index.name: (index.columns, index.unique) for index in db.get_indexes(table)}
+    assert f"{table}_message_id" not in indexes
+    assert indexes[f"{table}_queued_day_message_id"] == (["queued_day", "message_id"], True)
+    # A late event of a migrated job updates its row; it does not add one.
+    at = queued["m-edge"]
+    write_batch(db, [JobEvent(message_id="m-edge", kind=Kind.COMPLETED, attempt=1, at=at * 1000 + 50,
+                              queue="default", actor="send_mail", connection="redis", queued_at=at)])
+    assert Job.select().count() == 3
+    job = Job.find("m-edge")
+    assert job is not None and job.status == JobStatus.COMPLETED
+    assert Job.find("m-early") is not None and Job.find("m-unknown") is None
+    db.close()
+
+    again = store.connect(database_url)  # migrated once: the next start changes nothing
+    assert Meta.get(Meta.key == "schema_version").value == "2"
+    assert Job.select().count() == 3
+    again.close()
+
+
+def test_find_looks_on_every_day_that_has_jobs(sqlite_url: str) -> None:
+    db = store.connect(sqlite_url)
+    day = models.DAY_MS
+    events = [
+        JobEvent(message_id=f"m-{n}", kind=Kind.ENQUEUED, attempt=1, at=(n * 7 * day + 3) * 1000, queue="default",
+                 actor="a", connection="redis", queued_at=n * 7 * day + 3)
+        for n in range(40)
+    ]
+    write_batch(db, events)
+    assert models.queued_days(db) == [n * 7 for n in range(40)]
+    for n in (0, 17, 39):
+        job = Job.find(f"m-{n}")
+        assert job is not None and job.queued_day == n * 7
+    assert Job.find("m-40") is None
+    db.close()
 
 
 CONNECT = """

@@ -21,7 +21,7 @@ from dramatiq.brokers.redis import RedisBroker
 from watchtower import store
 from watchtower.config import Settings, load_settings
 from watchtower.events import encode_message
-from watchtower.models import Job, JobStatus, Worker, now_ms
+from watchtower.models import Job, JobStatus, Worker, day_of, now_ms
 
 TOKEN = "s3cret-token-for-tests"
 #: Seconds to wait for anything a worker process does.
@@ -83,6 +83,7 @@ def seed_job(
         "progress_at": now * 1000,
         **fields,
     }
+    row.setdefault("queued_day", day_of(row["queued_at"]))
     Job.insert(**row).execute()
     return Job.get(Job.message_id == message.message_id)
 

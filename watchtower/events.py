@@ -37,7 +37,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 
-from .models import JobStatus
+from .models import JobStatus, day_of
 
 __all__ = ["encode_message", "SendEncoder", "Kind", "JobEvent", "WorkerEvent", "PHASE_ENQUEUED", "PHASE_LOST", "PHASE_STARTED", "PHASE_FINISHED"]
 
@@ -130,6 +130,11 @@ class JobEvent:
     @property
     def progress(self) -> int:
         return self.attempt * 8 + self.kind.phase
+
+    @property
+    def queued_day(self) -> int:
+        """The UTC day of ``queued_at``: with the message id, the row's unique key."""
+        return day_of(self.queued_at)
 
     @property
     def attempts(self) -> int:

@@ -66,6 +66,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("actor", "actor"),
     ("connection", "connection"),
     ("queued_at", "queued_at"),
+    ("queued_day", "queued_day"),
     ("payload", "payload"),
     ("worker_id", "worker_id"),
     ("eta", "eta"),
@@ -160,12 +161,12 @@ def is_deadlock(error: BaseException) -> bool:
 
 # PostgreSQL types of the job columns, for the array form of the upsert.
 _PG_TYPES = {
-    "queued_at": "bigint", "eta": "bigint", "started_at": "bigint", "completed_at": "bigint",
+    "queued_at": "bigint", "queued_day": "bigint", "eta": "bigint", "started_at": "bigint", "completed_at": "bigint",
     "attempts": "integer", "progress": "integer", "progress_at": "bigint",
 }
 
 
-# Rows per SQLite statement: 16 columns each, well under its 32766 parameters.
+# Rows per SQLite statement: 17 columns each, well under its 32766 parameters.
 _SQLITE_CHUNK = 500
 
 # One row tuple per event, in _COLUMNS order (attrgetter builds it in C).
@@ -225,7 +226,7 @@ def _conflict_clause(kind: str) -> str:
         def new(column: str) -> str:
             return f"excluded.{column}"
 
-        clause = " ON CONFLICT (message_id) DO UPDATE SET "
+        clause = " ON CONFLICT (queued_day, message_id) DO UPDATE SET "
     newer = (
         f"({new('progress')} > {old('progress')} OR ({new('progress')} = {old('progress')} "
         f"AND {new('progress_at')} >= {old('progress_at')}))"

@@ -24,7 +24,7 @@ from typing import Any
 
 import peewee
 
-__all__ = ["Job", "JobCount", "HourlyRollup", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "Lease", "JobStatus", "WorkerStatus", "database"]
+__all__ = ["Job", "day_of", "queued_days", "JobCount", "HourlyRollup", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "Lease", "JobStatus", "WorkerStatus", "database"]
 
 #: Every model is bound to this proxy; ``store.connect`` initialises it.
 database = peewee.DatabaseProxy()
@@ -201,7 +201,7 @@ class Job(BaseModel):
     """One Dramatiq message and the life it has had so far."""
 
     id = peewee.BigAutoField()
-    message_id = peewee.CharField(max_length=64, unique=True)
+    message_id = peewee.CharField(max_length=64)
     queue = peewee.CharField(max_length=255)
     actor = peewee.CharField(max_length=255)
     connection = peewee.CharField(max_length=32, default="")
@@ -212,6 +212,11 @@ class Job(BaseModel):
     lost_attempts = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
     exception = BigTextField(null=True)  # capped tracebacks can pass 64 KiB in utf8mb4
     queued_at = TimestampField()
+    # The UTC day of queued_at (the message's own timestamp, the same in
+    # every event of it): the unique key is (queued_day, message_id), so
+    # that old rows sit together in that index and a prune rewrites few of
+    # its pages (message ids are random).  See :meth:`Job.find`.
+    queued_day = peewee.BigIntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
     eta = TimestampField(null=True)
     started_at = TimestampField(null=True)
     completed_at = TimestampField(null=True)
@@ -227,12 +232,28 @@ class Job(BaseModel):
     class Meta:
         table_name = "watchtower_jobs"
         indexes = (
+            (("queued_day", "message_id"), True),
             (("status", "id"), False),
             (("queue", "id"), False),
             (("actor", "id"), False),
             (("worker_id", "id"), False),
             (("status", "completed_at"), False),
         )
+
+    # Lookups --------------------------------------------------------------
+
+    @classmethod
+    def find(cls, message_id: str, *fields: Any, database: peewee.Database | None = None) -> Job | None:
+        """The job of ``message_id`` (with only ``fields``, if given), or None.
+
+        Through the unique (queued_day, message_id) index: one probe per
+        day that has jobs, the days found by walking the same index.
+        """
+        days = queued_days(database)
+        if not days:
+            return None
+        query = cls.select(*fields).where(cls.queued_day.in_(days) & (cls.message_id == message_id))
+        return query.first(database) if database is not None else query.first()
 
     # Scopes ---------------------------------------------------------------
 
@@ -313,6 +334,29 @@ class Job(BaseModel):
         if self.worker_id is None:
             return None
         return Worker.get_or_none(Worker.worker_id == self.worker_id)
+
+
+DAY_MS = 86_400_000
+
+
+def day_of(ms: int) -> int:
+    """The UTC day number of epoch milliseconds ``ms``, truncated toward zero as SQL's integer division is."""
+    return ms // DAY_MS if ms >= 0 else -(-ms // DAY_MS)
+
+
+def queued_days(database: peewee.Database | None = None) -> list[int]:
+    """Every ``queued_day`` that has jobs, in order: a walk of the index, one seek a day."""
+    db = database if database is not None else Job._meta.database
+    table = Job._meta.table_name
+    sql = f"SELECT queued_day FROM {table} WHERE queued_day > {db.param} ORDER BY queued_day LIMIT 1"
+    days: list[int] = []
+    after = -(2**62)
+    while True:
+        row = db.execute_sql(sql, (after,)).fetchone()
+        if row is None:
+            return days
+        after = int(row[0])
+        days.append(after)
 
 
 class Command(BaseModel):

@@ -85,6 +85,9 @@ VACUUM_FREE_FRACTION = 0.25
 #: the same total time).  PostgreSQL and MySQL lock only the rows deleted.
 TUNING = {"sqlite": (0.12, 0.05), "other": (0.2, 0.0)}
 
+#: SQLite: the pruning connection's page cache, in KiB, while it prunes.
+CACHE_KIB = 65_536
+
 # Rows per batch: where the adaptation starts, and its bounds.
 FIRST_BATCH = 2_000
 MIN_BATCH = 200
@@ -495,7 +498,7 @@ def _pruning_connection(db: peewee.Database, kind: str) -> Iterator[None]:
         return
     cache = int(db.execute_sql("PRAGMA cache_size").fetchone()[0])
     checkpoint = int(db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0])
-    db.execute_sql("PRAGMA cache_size = -65536")  # 64 MiB
+    db.execute_sql(f"PRAGMA cache_size = -{CACHE_KIB}")
     db.execute_sql("PRAGMA wal_autocheckpoint = 0")
     try:
         yield

@@ -31,7 +31,7 @@ from dramatiq.common import q_name
 from .errors import BrokerError, JobConflict, JobNotFound
 from .events import encode_message
 from .middleware import READY_AT_OPTION
-from .models import Job, JobStatus, database
+from .models import Job, JobStatus, database, day_of
 
 __all__ = ["RetryResult", "retry_failed", "remove_dead_letter", "retryable_failed_ids", "RESET_OPTIONS"]
 
@@ -60,7 +60,7 @@ def retry_failed(message_id: str, *, broker: dramatiq.Broker) -> RetryResult:
     failed, was already retried, or has no stored message, and BrokerError
     when the broker cannot take the message (nothing is changed then).
     """
-    job = Job.get_or_none(Job.message_id == message_id)
+    job = Job.find(message_id)
     if job is None:
         raise JobNotFound(f"no job has the id {message_id!r}")
     if job.status != JobStatus.FAILED:
@@ -85,6 +85,7 @@ def retry_failed(message_id: str, *, broker: dramatiq.Broker) -> RetryResult:
             payload=encode_message(message),
             status=JobStatus.PENDING,
             queued_at=message.message_timestamp,
+            queued_day=day_of(message.message_timestamp),
             retried_from=message_id,
             # progress 0: every event the middleware records for the new
             # message is newer than this row, so the ledger takes them all.
@@ -145,7 +146,9 @@ def _unlink(row_id: int, new_id: str) -> None:
     """Undo a retry whose enqueue failed, so that the job can be retried again."""
     try:
         with database.atomic():
-            Job.delete().where(Job.message_id == new_id).execute()
+            new = Job.find(new_id, Job.id)
+            if new is not None:
+                Job.delete().where(Job.id == new.id).execute()
             Job.update(retried_by=None).where((Job.id == row_id) & (Job.retried_by == new_id)).execute()
     except Exception:
         logger.exception("could not undo the links of a retry that was not enqueued (new id %s)", new_id)

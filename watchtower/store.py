@@ -33,8 +33,9 @@ __all__ = ["connect", "open_database", "ensure_schema", "check_database_url", "S
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever a release changes the tables; ``ensure_schema`` refuses a
-#: database written by a newer release and will migrate older ones.
-SCHEMA_VERSION = 1
+#: database written by a newer release and migrates older ones.
+#: 2: the job table's unique key is (queued_day, message_id), not message_id.
+SCHEMA_VERSION = 2
 
 _SCHEMES = {
     "sqlite": "sqlite",
@@ -224,12 +225,40 @@ def ensure_schema(db: peewee.Database) -> None:
                     f"the ledger's schema is version {version}, newer than this release's {SCHEMA_VERSION}: "
                     "upgrade dramatiq-watchtower"
                 )
+            if version < 2 and db.table_exists(models.Job._meta.table_name):
+                _migrate_to_2(db, kind)
+                models.Meta.update(value="2").where(models.Meta.key == "schema_version").execute()
         derived_tables = (models.JobCount._meta.table_name, models.HourlyRollup._meta.table_name)
         existed = {table: db.table_exists(table) for table in derived_tables}
         db.create_tables(models.MODELS, safe=True)
         # Job counts and hourly rollups, kept by triggers.
         derived.install(db, kind, existed=existed)
         models.Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
+
+
+def _migrate_to_2(db: peewee.Database, kind: str) -> None:
+    """Version 1 to 2: the job table's unique key becomes (queued_day, message_id).
+
+    Adds and fills ``queued_day`` (the UTC day of ``queued_at``, truncated
+    as :func:`watchtower.models.day_of` does), makes the new unique index and
+    drops the one on ``message_id``.  Each step can run again, so an
+    interrupted migration finishes on the next start.  Processes of the
+    older release must be stopped first: their upserts name the old key.
+    """
+    table = models.Job._meta.table_name
+    started = time.monotonic()
+    logger.info("migrating the ledger's schema to version 2 (the job table's unique key)")
+    with db.atomic():  # one transaction where the database has transactional DDL (SQLite, PostgreSQL)
+        if "queued_day" not in {column.name for column in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN queued_day BIGINT NOT NULL DEFAULT 0")
+        divide = "DIV" if kind == "mysql" else "/"
+        db.execute_sql(f"UPDATE {table} SET queued_day = queued_at {divide} {models.DAY_MS}")
+        db.execute_sql(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_queued_day_message_id ON {table} (queued_day, message_id)"
+        )
+        on_table = f" ON {table}" if kind == "mysql" else ""
+        db.execute_sql(f"DROP INDEX IF EXISTS {table}_message_id{on_table}")
+    logger.info("the ledger's schema is version 2 (%.1f s)", time.monotonic() - started)
 
 
 class _schema_lock:

@@ -228,7 +228,7 @@ def _arguments_match(services: Services, payload: str | None, needle_escaped: st
 def _find(services: Services, raw_id: str) -> Job:
     message_id = params.job_id(raw_id)
     services.ledger()
-    job = Job.get_or_none(Job.message_id == message_id)
+    job = Job.find(message_id)
     if job is None:
         raise JobNotFound(f"no job has the id {message_id!r}")
     return job
@@ -309,7 +309,7 @@ class RetryResource:
         self.services.ledger()
         # Check the job before loading the app, so that an unknown id is a
         # 404 even where the app's broker cannot be loaded.
-        if not Job.select(Job.id).where(Job.message_id == message_id).exists():
+        if Job.find(message_id, Job.id) is None:
             raise JobNotFound(f"no job has the id {message_id!r}")
         result = retry_failed(message_id, broker=self.services.broker())
         resp.status = falcon.HTTP_202
