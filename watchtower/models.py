@@ -247,13 +247,19 @@ class Job(BaseModel):
         """The job of ``message_id`` (with only ``fields``, if given), or None.
 
         Through the unique (queued_day, message_id) index: one probe per
-        day that has jobs, the days found by walking the same index.
+        day that has jobs, the days found by walking the same index (in the
+        same statement on SQLite and PostgreSQL, one query a day on MySQL).
         """
-        days = queued_days(database)
-        if not days:
-            return None
-        query = cls.select(*fields).where(cls.queued_day.in_(days) & (cls.message_id == message_id))
-        return query.first(database) if database is not None else query.first()
+        db = database if database is not None else cls._meta.database.obj
+        if isinstance(db, peewee.MySQLDatabase):
+            # MariaDB runs the recursive walk below as a scan per step: walk from here.
+            days = queued_days(db)
+            if not days:
+                return None
+            on_days = cls.queued_day.in_(days)
+        else:
+            on_days = peewee.Expression(cls.queued_day, peewee.OP.IN, peewee.SQL(_QUEUED_DAYS))
+        return cls.select(*fields).where(on_days & (cls.message_id == message_id)).first(db)
 
     # Scopes ---------------------------------------------------------------
 
@@ -342,6 +348,17 @@ DAY_MS = 86_400_000
 def day_of(ms: int) -> int:
     """The UTC day number of epoch milliseconds ``ms``, truncated toward zero as SQL's integer division is."""
     return ms // DAY_MS if ms >= 0 else -(-ms // DAY_MS)
+
+
+# Every queued_day that has jobs, walked in one statement (SQLite, PostgreSQL):
+# each step is one seek in the (queued_day, message_id) index.
+_QUEUED_DAYS = (
+    "(WITH RECURSIVE days (day) AS ("
+    f" SELECT MIN(queued_day) FROM {Job._meta.table_name}"
+    f" UNION ALL SELECT (SELECT j.queued_day FROM {Job._meta.table_name} AS j WHERE j.queued_day > days.day"
+    " ORDER BY j.queued_day LIMIT 1) FROM days WHERE days.day IS NOT NULL"
+    ") SELECT day FROM days WHERE day IS NOT NULL)"
+)
 
 
 def queued_days(database: peewee.Database | None = None) -> list[int]:
