@@ -25,6 +25,7 @@ last there and everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -39,7 +40,7 @@ import peewee
 from .events import PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
 from . import models
 from .models import Job, JobStatus, Rollup, Worker, now_ms
-from .store import dialect
+from .store import SQLITE_BUSY_TIMEOUT, dialect
 
 __all__ = ["coalesce", "write_batch", "mark_lost", "ROLLUP_KINDS", "DEADLOCK_TRIES"]
 
@@ -132,8 +133,11 @@ def write_batch(db: peewee.Database, events: Sequence[JobEvent], workers: Sequen
     merged_workers = _merge_workers(workers)
     for attempt in range(1, DEADLOCK_TRIES + 1):
         try:
-            atomic = db.atomic("IMMEDIATE") if kind == "sqlite" else db.atomic()
-            with atomic:
+            with contextlib.ExitStack() as transaction:
+                if kind == "sqlite":
+                    transaction.push(_sqlite_write_transaction(db))
+                else:
+                    transaction.enter_context(db.atomic())
                 if rows:
                     _upsert_jobs(db, kind, rows)
                 if rollups:
@@ -146,6 +150,35 @@ def write_batch(db: peewee.Database, events: Sequence[JobEvent], workers: Sequen
                 raise
             logger.info("watchtower ledger batch of %d rows deadlocked (try %d), running it again", len(rows), attempt)
             time.sleep(random.uniform(0.005, 0.05) * attempt)  # let the other transaction finish
+
+
+#: SQLite: seconds between two asks for the write lock while another connection holds it.
+SQLITE_LOCK_POLL = 0.005
+
+
+def _sqlite_write_transaction(db: peewee.Database) -> Any:
+    """An entered ``BEGIN IMMEDIATE`` transaction, the lock asked for every few milliseconds.
+
+    SQLite's own busy handler sleeps longer and longer while it waits (100 ms
+    a try after the first 0.2 s), so a recorder waiting behind a prune, which
+    hands the lock over for 50 ms between its batches, could sleep through
+    several of those openings.  Asking every SQLITE_LOCK_POLL seconds takes
+    the first one.  Gives up after the usual busy timeout, as SQLite would.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    db.execute_sql("PRAGMA busy_timeout = 1")
+    try:
+        while True:
+            atomic = db.atomic("IMMEDIATE")
+            try:
+                atomic.__enter__()
+                return atomic
+            except peewee.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(SQLITE_LOCK_POLL)
+    finally:
+        db.execute_sql(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
 
 
 def is_deadlock(error: BaseException) -> bool:
