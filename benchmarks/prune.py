@@ -23,15 +23,12 @@ average is printed too: on a shared machine it explains most of the spread.
 
 Budget (DESIGN.md): a million rows in under 10 s, no recorder write over 0.5 s.
 
-Results: benchmarks/RESULTS.md (part 3).  PostgreSQL meets both budgets
-(2-3 s).  SQLite keeps recording within 0.5 s but takes 35-40 s for a
-million rows; benchmarks/prune_profile.py takes that apart: every deleted row
-leaves 8 b-trees (the table, the random ``message_id`` index, 6 more
-indexes) and fires the job-count trigger, and because one batch may hold
-SQLite's only write lock for about 0.12 s, each batch rewrites about a third
-of the random ``message_id`` index's pages (without that index: 12.5 s;
-without the trigger: 26 s; with 0.5 s batches: 17 s, and writers waiting
-that long).
+Results: benchmarks/RESULTS.md (part 3 and its notes).  PostgreSQL meets
+both budgets (2-5 s).  SQLite misses the 10 s: on the second pass's machine
+35-40 s with schema 1; schema 2 keys the job table by (queued_day,
+message_id), so a prune's deletes stay together in that index (same
+machine, alternated: 102-137 s with schema 1, 55-99 s with schema 2 on a
+much slower machine).  benchmarks/prune_profile.py takes it apart.
 
 Servers: PostgreSQL at WT_BENCH_POSTGRES (default
 postgresql://postgres@127.0.0.1:5432/postgres) and MariaDB at WT_BENCH_MYSQL
