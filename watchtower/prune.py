@@ -54,14 +54,13 @@ import peewee
 
 from .config import Settings
 from .lease import Lease, acquire, free_at
-from .models import HourlyRollup, Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
+from .models import DAY_MS, HourlyRollup, Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
 from .store import dialect
 
 __all__ = ["Retention", "PruneResult", "prune", "plan", "prune_if_due", "AutoPruner"]
 
 logger = logging.getLogger(__name__)
 
-DAY_MS = 86_400_000
 #: The lease that keeps automatic pruning to one process at a time.
 LEASE_NAME = "prune"
 #: Seconds a pruner's lease lasts without renewal (it renews after every batch).
