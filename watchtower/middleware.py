@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import Retries
 
@@ -44,14 +45,42 @@ logger = logging.getLogger(__name__)
 #: Tracebacks are kept up to this many characters (their last part).
 EXCEPTION_LIMIT = 16_384
 
-# Attributes this middleware keeps on a MessageProxy while it is processed.
-_ATTEMPT = "_watchtower_attempt"
-_STARTED = "_watchtower_started"
-_CLOCK = "_watchtower_clock"
-_FINISHED = "_watchtower_finished"
-_DURATION = "_watchtower_duration"
-_EXCEPTION = "_watchtower_exception"
-_SKIPPED = "_watchtower_skipped"
+# The key under which a MessageProxy's __dict__ holds its _Attempt.
+_STATE = "_watchtower_attempt"
+
+
+class _Attempt:
+    """What the hooks note about one run of a message, kept on its MessageProxy.
+
+    One object in the proxy's ``__dict__``, read with ``dict.get``: a missing
+    attribute of a MessageProxy is looked up on the message behind it and
+    raises AttributeError there, which costs more than the rest of a hook.
+    """
+
+    __slots__ = ("number", "started", "clock", "finished", "duration", "exception", "skipped")
+
+    def __init__(self, number: int | None = None, started: int | None = None, clock: float | None = None) -> None:
+        self.number = number  # the attempt, set when it started here
+        self.started = started  # epoch ms
+        self.clock = clock  # perf_counter() at the start
+        self.finished: int | None = None  # epoch ms
+        self.duration: float | None = None  # seconds
+        self.exception: str | None = None  # the traceback, capped
+        self.skipped = False
+
+
+def _unwrap(message: Any) -> Any:
+    """The dramatiq.Message behind a MessageProxy.
+
+    A proxy hands every attribute read to the message through ``__getattr__``,
+    a Python call per read: the hooks read the message itself.
+    """
+    return message._message if type(message) is MessageProxy else message
+
+
+def _attempt(message: Any) -> _Attempt | None:
+    return vars(message).get(_STATE)
+
 
 #: Option set on a message moved from the delay queue, so the worker that
 #: runs it knows when it became ready (Dramatiq deletes the eta then).
@@ -247,7 +276,8 @@ class WatchtowerMiddleware(dramatiq.Middleware):
                 self.hook_errors += 1
                 logger.exception("watchtower listener %r failed", listener)
 
-    def _event(self, message: Any, kind: Kind, attempt: int, **fields: Any) -> JobEvent:
+    def _event(self, message: dramatiq.Message, kind: Kind, attempt: int, **fields: Any) -> JobEvent:
+        """An event about ``message`` (a Message, not its proxy: see _unwrap)."""
         connection = self._connection
         # The leading fields by position: this runs in the producer's send().
         return JobEvent(
@@ -293,17 +323,16 @@ class WatchtowerMiddleware(dramatiq.Middleware):
 
     @_guarded
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        options = message.options
+        raw = _unwrap(message)
+        options = raw.options
         attempt = options.get("retries", 0) + 1
         started = time.time_ns() // 1_000_000
-        setattr(message, _ATTEMPT, attempt)
-        setattr(message, _STARTED, started)
-        setattr(message, _CLOCK, time.perf_counter())
+        vars(message)[_STATE] = _Attempt(attempt, started, time.perf_counter())
         with self._counts_lock:
             self.in_progress += 1
-        ready = options.get(READY_AT_OPTION) or max(message.message_timestamp, options.get("eta") or 0)
+        ready = options.get(READY_AT_OPTION) or max(raw.message_timestamp, options.get("eta") or 0)
         self._emit(self._event(
-            message, Kind.STARTED, attempt,
+            raw, Kind.STARTED, attempt,
             worker_id=self.worker_id,
             started_at=started,
             ready_at=ready,
@@ -318,63 +347,74 @@ class WatchtowerMiddleware(dramatiq.Middleware):
 
     @_guarded
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        setattr(message, _SKIPPED, True)
-        self._finish(message, None)
+        state = self._finish(message, None)
+        state.skipped = True
 
-    def _finish(self, message: Any, exception: BaseException | None) -> None:
-        setattr(message, _FINISHED, time.time_ns() // 1_000_000)
-        clock = getattr(message, _CLOCK, None)
-        if clock is not None:
-            setattr(message, _DURATION, time.perf_counter() - clock)
+    def _finish(self, message: Any, exception: BaseException | None) -> _Attempt:
+        state = _attempt(message)
+        if state is None:  # skipped before this middleware's before_process_message ran
+            state = vars(message)[_STATE] = _Attempt()
+        state.finished = time.time_ns() // 1_000_000
+        if state.clock is not None:
+            state.duration = time.perf_counter() - state.clock
             with self._counts_lock:
                 self.in_progress -= 1
         if exception is not None:
-            setattr(message, _EXCEPTION, format_exception(exception))
+            state.exception = format_exception(exception)
+        return state
 
     @_guarded
     def after_ack(self, broker: dramatiq.Broker, message: Any) -> None:
-        if message.queue_name.endswith(".DQ"):
+        raw = _unwrap(message)
+        if raw.queue_name.endswith(".DQ"):
             return  # the delay consumer moved it to its queue: not an outcome
-        if getattr(message, _SKIPPED, False):
+        state = _attempt(message)
+        if state is not None and state.skipped:
             kind = Kind.SKIPPED
-        elif getattr(message, _EXCEPTION, None) is not None:
+        elif state is not None and state.exception is not None:
             kind = Kind.RETRIED if self._retries else Kind.FAILED
         else:
             kind = Kind.COMPLETED
-        self._outcome(message, kind)
+        self._outcome(message, raw, state, kind)
 
     @_guarded
     def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
-        kind = Kind.SKIPPED if getattr(message, _SKIPPED, False) else Kind.FAILED
-        self._outcome(message, kind)
+        state = _attempt(message)
+        kind = Kind.SKIPPED if state is not None and state.skipped else Kind.FAILED
+        self._outcome(message, _unwrap(message), state, kind)
 
-    def _outcome(self, message: Any, kind: Kind) -> None:
-        attempt = getattr(message, _ATTEMPT, None)
+    def _outcome(self, message: Any, raw: dramatiq.Message, state: _Attempt | None, kind: Kind) -> None:
+        if state is None:  # the hooks never saw it run (no such actor, say)
+            state = _Attempt()
+        options = raw.options
+        attempt = state.number
         if attempt is None:  # never started: skipped before it ran, or no such actor
-            attempt = message.options.get("retries", 0) + 1
-        exception = getattr(message, _EXCEPTION, None)
-        if exception is None and kind is Kind.FAILED and message._exception is not None:
-            exception = format_exception(message._exception)
+            attempt = options.get("retries", 0) + 1
+        exception = state.exception
+        if exception is None and kind is Kind.FAILED:
+            failure = getattr(message, "_exception", None)
+            if failure is not None:
+                exception = format_exception(failure)
         if exception is None:
             # The last failure's traceback, which the row keeps: the event
             # that ends an attempt must carry every value that older events
             # may disagree on, or the row would depend on arrival order.
-            exception = _cap(message.options.get("traceback"))
-        finished = getattr(message, _FINISHED, None) or time.time_ns() // 1_000_000
-        started = getattr(message, _STARTED, None)
+            exception = _cap(options.get("traceback"))
+        finished = state.finished or time.time_ns() // 1_000_000
+        started = state.started
         if started is not None:
             with self._counts_lock:
                 self.jobs_processed += 1
-                if kind in (Kind.FAILED, Kind.RETRIED):
+                if kind is Kind.FAILED or kind is Kind.RETRIED:
                     self.jobs_failed += 1
         self._emit(self._event(
-            message, kind, attempt,
-            payload=encode_message(message) if kind in (Kind.FAILED, Kind.SKIPPED) else None,
+            raw, kind, attempt,
+            payload=encode_message(raw) if kind is Kind.FAILED or kind is Kind.SKIPPED else None,
             worker_id=self.worker_id,  # also for a message skipped before it started
             # Never started (skipped by AgeLimit): picked up and ended at once,
             # rather than leave the row showing an earlier attempt's start.
             started_at=started if started is not None else finished,
             finished_at=finished if kind.is_final else None,
-            duration=getattr(message, _DURATION, None),
+            duration=state.duration,
             exception=exception,
         ))
