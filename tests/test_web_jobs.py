@@ -153,6 +153,8 @@ def test_search_matches_the_actor_and_the_arguments_case_insensitively(api: Any)
 
     assert found("invoice") == [invoice.message_id]
     assert found("acme") == [report.message_id, invoice.message_id]
+    assert found("ACME CORP") == [report.message_id, invoice.message_id]
+    assert found("INVOICE") == [invoice.message_id]
     assert found("2024") == [report.message_id]
     # The user's quotes and wildcards are literal text, not JSON or LIKE syntax.
     assert found('O"Brien') == [quoted.message_id]
