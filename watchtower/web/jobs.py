@@ -176,29 +176,36 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
     # backslashes escaped, so the payload is matched against the text as
     # JSON writes it.
     escaped = json.dumps(text)[1:-1]
-    payload: peewee.ColumnBase = Job.payload
-    # LIKE ignores ASCII case on SQLite, and on MySQL under the default
-    # (case-insensitive) collations.
-    like = "LIKE"
-    if dialect(database.obj) == "postgresql":
-        like = "ILIKE"
+    needle, needle_escaped = text.casefold(), escaped.casefold()
+    postgresql = dialect(database.obj) == "postgresql"
+    conditions = list(where)
+    if floor is not None:
+        conditions.append(Job.id >= floor)
+    if postgresql:
         # The stored JSON and the escaped text are ASCII, so folding ASCII
         # letters (the "C" collation's ILIKE) matches what the database's
         # own collation would, at a third of the cost: that ILIKE lowercases
         # each payload through the locale before matching.
-        payload = peewee.NodeList((Job.payload, peewee.SQL('COLLATE "C"')))
-    conditions = list(where)
-    if floor is not None:
-        conditions.append(Job.id >= floor)
-    match = _like(payload, like, escaped)
+        match = _like(peewee.NodeList((Job.payload, peewee.SQL('COLLATE "C"'))), "ILIKE", escaped)
+    else:
+        # LIKE ignores ASCII case on SQLite, and on MySQL under the default
+        # (case-insensitive) collations.
+        match = _like(Job.payload, "LIKE", escaped)
     if not _UNSTORABLE.search(text):
         # Text no column can hold (NUL, lone surrogates) cannot be in an
         # actor's name, and the drivers refuse to send it: match the
         # payload alone, where it is escaped as JSON writes it.
-        match = _like(Job.actor, like, text) | match
+        if postgresql:
+            # Names may be any Unicode: rather than lowercase every row's
+            # actor through the locale, pick the matching names among the
+            # few distinct ones, with the same test as the rows below.
+            names = [actor for actor in _actor_names() if needle in actor.casefold()]
+            if names:
+                match = Job.actor.in_(names) | match
+        else:
+            match = _like(Job.actor, "LIKE", text) | match
     conditions.append(match)
 
-    needle, needle_escaped = text.casefold(), escaped.casefold()
     found: list[int] = []
     last: int | None = None
     while len(found) < wanted:
@@ -215,6 +222,20 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
                     break
         last = chunk[-1][0]
     return found, complete
+
+
+# PostgreSQL: the distinct actor names, one seek each in the (actor, id) index.
+_ACTOR_NAMES = (
+    f"WITH RECURSIVE names(actor) AS ("
+    f"SELECT MIN(actor) FROM {Job._meta.table_name} "
+    f"UNION ALL SELECT (SELECT MIN(actor) FROM {Job._meta.table_name} WHERE actor > names.actor) "
+    f"FROM names WHERE names.actor IS NOT NULL) "
+    f"SELECT actor FROM names WHERE actor IS NOT NULL"
+)
+
+
+def _actor_names() -> list[str]:
+    return [row[0] for row in database.obj.execute_sql(_ACTOR_NAMES).fetchall()]
 
 
 def _like(column: peewee.ColumnBase, operator: str, text: str) -> peewee.ColumnBase:
