@@ -8,7 +8,9 @@ directory) with the test app ``tests/apps/basic.py`` while a producer keeps
 sending short jobs, then measures:
 
 - ``kill -9`` of a worker -> its replacement's row running, and -> the
-  replacement's first completed job in the ledger;
+  replacement's first completed job in the ledger (each victim the oldest
+  worker, once it has lived ``RestartPolicy.quick`` seconds: younger deaths
+  count towards the crash-loop backoff, by design);
 - pause / resume / stop through ``WorkerManager`` -> the worker's row says so;
 - resident memory: the supervisor, a pool worker (with Watchtower), and a
   plain ``dramatiq.Worker`` process of the same app without Watchtower.
@@ -65,6 +67,7 @@ def main() -> None:
     from dramatiq.brokers.redis import RedisBroker
 
     from watchtower import Job, JobStatus, Worker, WorkerManager, WorkerStatus, load_settings, store
+    from watchtower.pool import RestartPolicy
 
     namespace = f"wtbench_{uuid.uuid4().hex[:10]}"
     queue = "bench"
@@ -126,7 +129,14 @@ def main() -> None:
 
             for _ in range(args.rounds):
                 before = {w.worker_id for w in Worker.select()}
-                victim = running()[0]
+                # The oldest worker, once it has lived RestartPolicy.quick
+                # seconds: a process that dies younger counts as a quick
+                # failure of its slot, and from the third in a row the slot
+                # waits before starting the next one (crash-loop backoff).
+                # Killing a replacement a second after it started would
+                # measure that policy, not the healing of a worker that died.
+                victim = min(running(), key=lambda w: w.started_at)
+                time.sleep(max(0.0, RestartPolicy.quick + 0.5 - victim.get_uptime()))
                 started = time.perf_counter()
                 os.kill(victim.pid, signal.SIGKILL)
                 new = wait_for(lambda: [w for w in running() if w.worker_id not in before])[0]
