@@ -1,6 +1,6 @@
 """Every benchmark in one run, as one Markdown report.
 
-    python3 benchmarks/run.py                 # all parts, full size (about 8 minutes on an idle 2-core machine)
+    python3 benchmarks/run.py                 # all parts, full size (20 to 25 minutes on a 2-core machine)
     python3 benchmarks/run.py --quick         # all parts, small sizes (a smoke run)
     python3 benchmarks/run.py --only supervisor,scrape
     python3 benchmarks/run.py --write         # also replace benchmarks/RESULTS.md
@@ -166,6 +166,8 @@ def main() -> None:
     unknown = [name for name in names if name not in PARTS]
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
+    if args.write and (args.quick or set(names) != set(PARTS)):
+        parser.error("--write keeps one whole full-size run in RESULTS.md: drop --only and --quick")
 
     command = ("python3 benchmarks/run.py " + " ".join(sys.argv[1:])).strip()
     sections = [header(command)]

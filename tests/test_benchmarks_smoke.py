@@ -32,3 +32,17 @@ def test_an_unknown_part_is_refused() -> None:
     )
     assert result.returncode == 2
     assert "unknown part(s) nosuch" in result.stderr
+
+
+def test_write_refuses_a_partial_or_quick_run() -> None:
+    """RESULTS.md keeps one whole run: --write with --only or --quick is refused before anything runs."""
+    results = ROOT / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    for extra in (["--only", "supervisor"], ["--quick"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--write", *extra],
+            capture_output=True, text=True, timeout=60, env=subprocess_env(),
+        )
+        assert result.returncode == 2, result.stderr
+        assert "--write keeps one whole full-size run" in result.stderr
+    assert results.read_bytes() == before
