@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 
-from throughput import paired_ratio  # noqa: E402  (benchmarks/throughput.py: the same pairing)
+# benchmarks/throughput.py: the same rounds, pairing and clean-up.
+from throughput import delete_namespace, paired_ratio, rotating_rounds  # noqa: E402
 
 VARIANTS = ("bare", "no writes", "sqlite")
 THREADS = 8
@@ -77,7 +77,6 @@ def _machine_busy() -> tuple[int, int]:
 def child(variant: str, database_url: str, messages: int, settings: dict[str, Any]) -> dict[str, Any]:
     """One measurement, in this process."""
     import dramatiq
-    import redis
     from dramatiq.brokers.redis import RedisBroker
 
     namespace = f"wtdrain_{uuid.uuid4().hex[:10]}"
@@ -136,10 +135,7 @@ def child(variant: str, database_url: str, messages: int, settings: dict[str, An
             "machine_busy": busy,
         }
     finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        delete_namespace(namespace)
 
 
 def hot(messages: int, rounds: int = 5) -> dict[str, float]:
@@ -209,20 +205,9 @@ def main() -> None:
         print(json.dumps(child(args.child, args.database_url, args.messages, settings)))
         return
 
-    results: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_number in range(args.rounds):
-            shift = round_number % len(VARIANTS)
-            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-                url = f"sqlite:///{tmp}/{round_number}-{variant.replace(' ', '-')}.db"
-                command = [sys.executable, __file__, "--child", variant, "--messages", str(args.messages),
-                           "--database-url", url, *(f"--setting={item}" for item in args.setting)]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-                results[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  round {round_number + 1}: " + ", ".join(
-                f"{variant} {results[variant][-1]['rate']:.0f}/s" for variant in VARIANTS), file=sys.stderr, flush=True)
+    results = rotating_rounds(__file__, VARIANTS, args.rounds, lambda variant, url: [
+        "--messages", str(args.messages), "--database-url", url, *(f"--setting={item}" for item in args.setting),
+    ])
 
     def median(runs: list[dict[str, Any]], key: str) -> float:
         return statistics.median(run[key] for run in runs)

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 
-from throughput import paired_ratio  # noqa: E402  (benchmarks/throughput.py: the same pairing)
+# benchmarks/throughput.py: the same rounds, pairing and clean-up.
+from throughput import delete_namespace, paired_ratio, rotating_rounds  # noqa: E402
 
 VARIANTS = ("bare", "hook only", "no writes", "sqlite nice 0", "sqlite")
 
@@ -53,7 +53,6 @@ VARIANTS = ("bare", "hook only", "no writes", "sqlite nice 0", "sqlite")
 def child(variant: str, database_url: str, messages: int) -> dict[str, Any]:
     """One measurement, in this process."""
     import dramatiq
-    import redis
     from dramatiq.brokers.redis import RedisBroker
 
     namespace = f"wtprofile_{uuid.uuid4().hex[:10]}"
@@ -124,10 +123,7 @@ def child(variant: str, database_url: str, messages: int) -> dict[str, Any]:
             "parts_us": {name: seconds / messages * 1e6 for name, seconds in parts.items()},
         }
     finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        delete_namespace(namespace)
 
 
 def hot(messages: int) -> dict[str, float]:
@@ -180,20 +176,9 @@ def main() -> None:
         print(json.dumps(child(args.child, args.database_url, args.messages)))
         return
 
-    results: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_number in range(args.rounds):
-            shift = round_number % len(VARIANTS)
-            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-                url = f"sqlite:///{tmp}/{round_number}-{variant.replace(' ', '-')}.db"
-                command = [sys.executable, __file__, "--child", variant, "--messages", str(args.messages),
-                           "--database-url", url]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-                results[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  round {round_number + 1}: " + ", ".join(
-                f"{variant} {results[variant][-1]['rate']:.0f}/s" for variant in VARIANTS), file=sys.stderr, flush=True)
+    results = rotating_rounds(__file__, VARIANTS, args.rounds, lambda variant, url: [
+        "--messages", str(args.messages), "--database-url", url,
+    ])
 
     print(f"\n{args.messages:,} sends from one thread, Redis broker, SQLite ledger; medians of {args.rounds} rounds\n")
     print("| variant | enqueue msg/s | ratio (paired) | producer thread CPU per send (µs) | in the hook per send (µs) "

@@ -29,7 +29,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -41,7 +43,6 @@ def run_variant(variant: str, database_url: str | None, messages: int, threads: 
     import logging
 
     import dramatiq
-    import redis
     from dramatiq.brokers.redis import RedisBroker
 
     logging.basicConfig(level=logging.WARNING)
@@ -99,10 +100,7 @@ def run_variant(variant: str, database_url: str | None, messages: int, threads: 
             "ledger_lag": ledger_lag,
         }
     finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        delete_namespace(namespace)
 
 
 def _postgres_database() -> tuple[str, callable]:  # type: ignore[valid-type]
@@ -194,6 +192,43 @@ def main() -> None:
         else:
             ratios = ("-", "-", "-")
         print(f"| {variant} | {enqueue:.0f} | {ratios[0]} | {drain:.0f} | {ratios[1]} | {lag:.2f} | {ratios[2]} |")
+
+
+def delete_namespace(namespace: str) -> None:
+    """Delete the Redis keys of a child's broker namespace."""
+    import redis
+
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def rotating_rounds(
+    script: str, variants: Sequence[str], rounds: int, child_args: Callable[[str, str], list[str]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Run ``script --child VARIANT ...`` for every variant in every round, the order rotating by round.
+
+    Each child gets ``child_args(variant, database_url)`` (a SQLite file of
+    its own in a temporary directory) and prints its result as JSON on its
+    last line.  Returns the results by variant, in round order (the rounds
+    line up for :func:`paired_ratio`); prints each round's rates on stderr.
+    """
+    results: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_number in range(rounds):
+            shift = round_number % len(variants)
+            for variant in [*variants[shift:], *variants[:shift]]:
+                url = f"sqlite:///{tmp}/{round_number}-{variant.replace(' ', '-')}.db"
+                command = [sys.executable, script, "--child", variant, *child_args(variant, url)]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+                results[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  round {round_number + 1}: " + ", ".join(
+                f"{variant} {results[variant][-1]['rate']:.0f}/s" for variant in variants), file=sys.stderr, flush=True)
+    return results
 
 
 def paired_ratio(runs: list[dict[str, float]], bare: list[dict[str, float]], key: str) -> float:
