@@ -162,6 +162,23 @@ def test_find_looks_on_every_day_that_has_jobs(sqlite_url: str) -> None:
     db.close()
 
 
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_actor_names_walks_every_distinct_name_once(kind: str, request: pytest.FixtureRequest) -> None:
+    db = store.connect(request.getfixturevalue(f"{'sqlite' if kind == 'sqlite' else 'postgres'}_url"))
+    assert models.actor_names(db) == []
+    names = ["zeta", "alpha", "ünïcode", "beta"]
+    events = [
+        JobEvent(message_id=f"m-{n}", kind=Kind.ENQUEUED, attempt=1, at=n, queue="default",
+                 actor=names[n % len(names)], connection="redis", queued_at=n)
+        for n in range(40)
+    ]
+    write_batch(db, events)
+    assert models.actor_names(db) == sorted({row.actor for row in Job.select(Job.actor)})
+    assert set(models.actor_names(db)) == set(names)
+    db.close()
+
+
 CONNECT = """
 import sys
 from watchtower import store

@@ -350,15 +350,35 @@ def day_of(ms: int) -> int:
     return ms // DAY_MS if ms >= 0 else -(-ms // DAY_MS)
 
 
-# Every queued_day that has jobs, walked in one statement (SQLite, PostgreSQL):
-# each step is one seek in the (queued_day, message_id) index.
-_QUEUED_DAYS = (
-    "(WITH RECURSIVE days (day) AS ("
-    f" SELECT MIN(queued_day) FROM {Job._meta.table_name}"
-    f" UNION ALL SELECT (SELECT j.queued_day FROM {Job._meta.table_name} AS j WHERE j.queued_day > days.day"
-    " ORDER BY j.queued_day LIMIT 1) FROM days WHERE days.day IS NOT NULL"
-    ") SELECT day FROM days WHERE day IS NOT NULL)"
-)
+def _distinct_walk(column: str) -> str:
+    """A statement of every distinct value of a job column, in order (SQLite, PostgreSQL).
+
+    A recursive walk: each step is one seek in an index that starts with
+    ``column``, so its cost follows the number of distinct values, not of
+    rows.  MariaDB runs such a walk as a scan per step: do not use it there.
+    """
+    table = Job._meta.table_name
+    return (
+        f"WITH RECURSIVE walk (value) AS ("
+        f" SELECT MIN({column}) FROM {table}"
+        f" UNION ALL SELECT (SELECT j.{column} FROM {table} AS j WHERE j.{column} > walk.value"
+        f" ORDER BY j.{column} LIMIT 1) FROM walk WHERE walk.value IS NOT NULL"
+        f") SELECT value FROM walk WHERE value IS NOT NULL"
+    )
+
+
+# Every queued_day that has jobs: one seek a day in the (queued_day, message_id) index.
+_QUEUED_DAYS = f"({_distinct_walk('queued_day')})"
+_ACTOR_NAMES = _distinct_walk("actor")
+
+
+def actor_names(database: peewee.Database | None = None) -> list[str]:
+    """Every actor name in the job table, in order: one seek a name in the (actor, id) index.
+
+    SQLite and PostgreSQL only (see :func:`_distinct_walk`).
+    """
+    db = database if database is not None else Job._meta.database
+    return [row[0] for row in db.execute_sql(_ACTOR_NAMES).fetchall()]
 
 
 def queued_days(database: peewee.Database | None = None) -> list[int]:

@@ -35,7 +35,7 @@ import falcon
 import peewee
 
 from ..errors import JobConflict, JobNotFound
-from ..models import Job, JobStatus, database
+from ..models import Job, JobStatus, actor_names, database
 from ..store import dialect
 from . import params
 from .context import Services
@@ -199,7 +199,7 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
             # Names may be any Unicode: rather than lowercase every row's
             # actor through the locale, pick the matching names among the
             # few distinct ones, with the same test as the rows below.
-            names = [actor for actor in _actor_names() if needle in actor.casefold()]
+            names = [actor for actor in actor_names() if needle in actor.casefold()]
             if names:
                 match = Job.actor.in_(names) | match
         else:
@@ -222,20 +222,6 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
                     break
         last = chunk[-1][0]
     return found, complete
-
-
-# PostgreSQL: the distinct actor names, one seek each in the (actor, id) index.
-_ACTOR_NAMES = (
-    f"WITH RECURSIVE names(actor) AS ("
-    f"SELECT MIN(actor) FROM {Job._meta.table_name} "
-    f"UNION ALL SELECT (SELECT MIN(actor) FROM {Job._meta.table_name} WHERE actor > names.actor) "
-    f"FROM names WHERE names.actor IS NOT NULL) "
-    f"SELECT actor FROM names WHERE actor IS NOT NULL"
-)
-
-
-def _actor_names() -> list[str]:
-    return [row[0] for row in database.obj.execute_sql(_ACTOR_NAMES).fetchall()]
 
 
 def _like(column: peewee.ColumnBase, operator: str, text: str) -> peewee.ColumnBase:
