@@ -289,7 +289,10 @@ class _BatchLoop:
 
         ``boundary`` selects the sort key of the N-th row still to go
         (``{n}`` is N - 1); ``delete(bound)`` gives the statement that
-        deletes up to that key, or everything left when ``bound`` is None.
+        deletes up to that key, or everything left when ``bound`` is None
+        (up to the key alone, not also below the cutoff: SQLite's index
+        range takes one upper bound, and with two it may take the cutoff
+        and filter the rows up to it; a bound below the cutoff implies it).
         """
         select, params = boundary
         while True:
@@ -358,9 +361,8 @@ def _delete_jobs(loop: _BatchLoop, status: str, cutoff: int, tally: Callable[[in
             (status, cutoff),
         ),
         delete=lambda bound: (
-            f"DELETE FROM {_JOBS} WHERE status = {{p}} AND completed_at < {{p}}"
-            + ("" if bound is None else " AND completed_at <= {p}"),
-            (status, cutoff) if bound is None else (status, cutoff, bound),
+            f"DELETE FROM {_JOBS} WHERE status = {{p}} AND completed_at " + ("< {p}" if bound is None else "<= {p}"),
+            (status, cutoff if bound is None else bound),
         ),
         tally=tally,
     )
@@ -380,8 +382,8 @@ def _delete_rollups(loop: _BatchLoop, cutoff_minute: int, tally: Callable[[int],
             (cutoff_minute,),
         ),
         delete=lambda bound: (
-            f"DELETE FROM {_ROLLUPS} WHERE minute < {{p}}" + ("" if bound is None else " AND minute <= {p}"),
-            (cutoff_minute,) if bound is None else (cutoff_minute, bound),
+            f"DELETE FROM {_ROLLUPS} WHERE minute " + ("< {p}" if bound is None else "<= {p}"),
+            (cutoff_minute if bound is None else bound,),
         ),
         tally=tally,
     )
@@ -389,8 +391,8 @@ def _delete_rollups(loop: _BatchLoop, cutoff_minute: int, tally: Callable[[int],
     loop.run(
         boundary=(f"SELECT hour FROM {_HOURLY} WHERE hour < {{p}} ORDER BY hour LIMIT 1 OFFSET {{n}}", (cutoff_hour,)),
         delete=lambda bound: (
-            f"DELETE FROM {_HOURLY} WHERE hour < {{p}}" + ("" if bound is None else " AND hour <= {p}"),
-            (cutoff_hour,) if bound is None else (cutoff_hour, bound),
+            f"DELETE FROM {_HOURLY} WHERE hour " + ("< {p}" if bound is None else "<= {p}"),
+            (cutoff_hour if bound is None else bound,),
         ),
         tally=lambda deleted: None,
     )
