@@ -133,6 +133,7 @@ def measure(kind: str, url: str, rows: int, keep: int, rate: int) -> dict[str, f
     return {
         "prune": result.seconds,
         "vacuum": result.vacuum_seconds,
+        "way": result.vacuum or "-",
         "batches": result.batches,
         "longest_batch": result.longest_batch,
         "writes": len(during),
@@ -279,16 +280,17 @@ def main() -> None:
 
     print(f"\n{args.rows:,} expired rows pruned ({args.keep:,} kept) while recording {args.rate} jobs/s; "
           f"median of {args.rounds} rounds (worst round)\n")
-    print("| database | prune (s) | of which vacuum (s) | batches | longest batch (s) "
+    print("| database | prune (s) | of which vacuum (s) | vacuum | batches | longest batch (s) "
           "| longest recorder write (s) | recorder writes during prune | load average |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind, rounds in results.items():
         def cell(name: str, fmt: str) -> str:
             values = [r[name] for r in rounds]
             return f"{statistics.median(values):{fmt}} ({max(values):{fmt}})"
 
         loads = [r["load"] for r in rounds]
-        print(f"| {kind} | {cell('prune', '.2f')} | {cell('vacuum', '.2f')} | {cell('batches', '.0f')} "
+        ways = "/".join(sorted({r["way"] for r in rounds}))
+        print(f"| {kind} | {cell('prune', '.2f')} | {cell('vacuum', '.2f')} | {ways} | {cell('batches', '.0f')} "
               f"| {cell('longest_batch', '.3f')} | {cell('longest_write', '.3f')} | {cell('writes', '.0f')} "
               f"| {min(loads):.1f}–{max(loads):.1f} |")
 

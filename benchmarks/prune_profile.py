@@ -9,7 +9,10 @@ it), with no recorder running:
 - ``as shipped``: :func:`watchtower.prune.prune` with its defaults, its time
   split into the delete transactions, the steps back between them (the
   checkpoint of what a batch wrote, and the pause that lets a waiting
-  writer in) and the incremental vacuum;
+  writer in) and handing the space back (here one VACUUM of what is left);
+- ``incremental vacuum``: the space handed back in incremental steps
+  whatever is left (``WHOLE_VACUUM_BATCHES = 0``), as before the whole
+  VACUUM was an option;
 - ``no count trigger``: the same with the per-row trigger that keeps
   ``watchtower_job_counts`` dropped first;
 - ``unique key on message_id alone (schema 1)``: the job table's unique
@@ -41,6 +44,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 _JOBS = "watchtower_jobs"
 VARIANTS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
     ("as shipped", (), {}),
+    ("incremental vacuum", (), {"whole_vacuum_batches": 0.0}),
     ("no count trigger", (f"DROP TRIGGER {_JOBS}_count_delete",), {}),
     ("unique key on message_id alone (schema 1)", (
         f"DROP INDEX {_JOBS}_queued_day_message_id", f"CREATE UNIQUE INDEX {_JOBS}_message_id ON {_JOBS} (message_id)",
@@ -57,13 +61,14 @@ def timed_prune(url: str, prepare: tuple[str, ...], options: dict[str, Any]) -> 
 
     db = store.connect(url)
     options = dict(options)
-    shipped_cache = pruning.CACHE_KIB
+    shipped_cache, shipped_whole = pruning.CACHE_KIB, pruning.WHOLE_VACUUM_BATCHES
     pruning.CACHE_KIB = options.pop("cache_kib", shipped_cache)
+    pruning.WHOLE_VACUUM_BATCHES = options.pop("whole_vacuum_batches", shipped_whole)
     for statement in prepare:
         db.execute_sql(statement)
     parts = {"transactions": 0.0, "steps back": 0.0}
     vacuuming = [False]  # the vacuum steps back too: its time is its own
-    originals = (pruning._BatchLoop.transaction, pruning._BatchLoop.step_back, pruning._incremental_vacuum)
+    originals = (pruning._BatchLoop.transaction, pruning._BatchLoop.step_back, pruning._give_space_back)
     transaction, step_back, vacuum = originals
 
     def timed(name: str, method: Any) -> Any:
@@ -76,29 +81,30 @@ def timed_prune(url: str, prepare: tuple[str, ...], options: dict[str, Any]) -> 
                     parts[name] += time.perf_counter() - started
         return wrapper
 
-    def timed_vacuum(loop: Any) -> None:
+    def timed_vacuum(*args: Any) -> None:
         vacuuming[0] = True
         try:
-            vacuum(loop)
+            vacuum(*args)
         finally:
             vacuuming[0] = False
 
     pruning._BatchLoop.transaction = timed("transactions", transaction)  # type: ignore[method-assign]
     pruning._BatchLoop.step_back = timed("steps back", step_back)  # type: ignore[method-assign]
-    pruning._incremental_vacuum = timed_vacuum
+    pruning._give_space_back = timed_vacuum
     try:
         started = time.perf_counter()
         result = pruning.prune(db, pruning.Retention(), **options)
         total = time.perf_counter() - started
     finally:
-        pruning._BatchLoop.transaction, pruning._BatchLoop.step_back, pruning._incremental_vacuum = originals
-        pruning.CACHE_KIB = shipped_cache
+        pruning._BatchLoop.transaction, pruning._BatchLoop.step_back, pruning._give_space_back = originals
+        pruning.CACHE_KIB, pruning.WHOLE_VACUUM_BATCHES = shipped_cache, shipped_whole
         db.close()
     return {
         "total": total,
         "transactions": parts["transactions"],
         "steps back": parts["steps back"],
         "vacuum": result.vacuum_seconds,
+        "way": result.vacuum or "none",
         "batches": result.batches,
         "longest": result.longest_batch,
         "jobs": result.jobs_total,
@@ -141,11 +147,11 @@ def main() -> None:
             print(f"  {name}: {numbers['total']:.1f}s", file=sys.stderr, flush=True)
 
     print(f"\n{args.rows:,} expired rows pruned from SQLite ({args.keep:,} kept), no recorder running; seconds\n")
-    print("| variant | total | delete transactions | steps back (checkpoint + pause) | vacuum | batches "
+    print("| variant | total | delete transactions | steps back (checkpoint + pause) | space back (how) | batches "
           "| longest batch |")
     print("|---|---|---|---|---|---|---|")
     for name, n in rows:
-        print(f"| {name} | {n['total']:.1f} | {n['transactions']:.1f} | {n['steps back']:.1f} | {n['vacuum']:.1f} "
+        print(f"| {name} | {n['total']:.1f} | {n['transactions']:.1f} | {n['steps back']:.1f} | {n['vacuum']:.1f} ({n['way']}) "
               f"| {n['batches']:.0f} | {n['longest']:.3f} |")
 
 

@@ -229,8 +229,41 @@ def test_sqlite_gives_the_space_of_a_big_prune_back_to_the_file_system(sqlite_ur
 
     pages_after = db.execute_sql("PRAGMA page_count").fetchone()[0]
     assert result.jobs_total == 30_000
+    assert result.vacuum == "whole"  # nothing is left to copy: one VACUUM
     assert db.execute_sql("PRAGMA freelist_count").fetchone()[0] == 0
     assert pages_after < pages_before / 4, (pages_before, pages_after)
+    assert db.execute_sql("PRAGMA auto_vacuum").fetchone()[0] == 2  # VACUUM kept the mode
+    assert db.execute_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sqlite_gives_space_back_in_steps_when_much_is_left(sqlite_url: str) -> None:
+    # Half the rows stay: copying them (about as long as deleting the other
+    # half took) would hold the write lock far longer than two of these
+    # 1 ms batches, so the free pages go back in incremental steps.
+    db = store.connect(sqlite_url)
+    now = now_ms()
+    insert_jobs(db, [job_row(JobStatus.COMPLETED, now - 10 * DAY_MS + i) for i in range(20_000)])
+    insert_jobs(db, [job_row(JobStatus.COMPLETED, now - DAY_MS + i) for i in range(20_000)])
+    pages_before = db.execute_sql("PRAGMA page_count").fetchone()[0]
+
+    result = prune(db, Retention(), now=now, batch_seconds=0.001, pause=0)
+
+    assert result.jobs_total == 20_000
+    assert result.vacuum == "incremental"
+    assert db.execute_sql("PRAGMA freelist_count").fetchone()[0] == 0
+    assert db.execute_sql("PRAGMA page_count").fetchone()[0] < pages_before * 0.6
+    assert Job.select().count() == 20_000
+
+
+def test_a_prune_that_frees_little_leaves_the_free_pages_for_new_rows(sqlite_url: str) -> None:
+    db = store.connect(sqlite_url)
+    now = now_ms()
+    insert_jobs(db, [job_row(JobStatus.COMPLETED, now - (10 if i < 1_000 else 1) * DAY_MS + i) for i in range(20_000)])
+
+    result = prune(db, Retention(), now=now)
+
+    assert result.jobs_total == 1_000 and result.vacuum == ""
+    assert db.execute_sql("PRAGMA freelist_count").fetchone()[0] > 0
 
 
 # Live recording while a big table is pruned -------------------------------

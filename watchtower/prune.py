@@ -31,14 +31,22 @@ length lets a waiting writer in (without it, the pruner would take the
 lock again first, batch after batch).
 
 Space: SQLite puts pages freed by a prune on its free list and reuses them
-for new rows.  The ledger's file is in incremental auto-vacuum mode (set by
-:mod:`watchtower.store` when it creates the file), so after a prune that
-freed a large part of the file (a first prune of a big ledger, ``--all``)
-``PRAGMA incremental_vacuum`` runs in short steps and hands the pages back
-to the file system.  A file created before that (auto_vacuum = NONE) reuses
-its free pages but never shrinks: ``VACUUM`` it once, with the workers
-stopped, to shrink it and switch it to incremental mode.  PostgreSQL reuses
-the space after (auto)vacuum; MySQL/InnoDB reuses it inside the table's file.
+for new rows.  After a prune that freed a large part of the file (a first
+prune of a big ledger, ``--all``) the pages go back to the file system, one
+of two ways.  When little is left, one ``VACUUM`` rebuilds the file from
+the rows that stay: it holds the write lock while it copies them, so it is
+taken only when the prune's own batches show that this takes no longer
+than :data:`WHOLE_VACUUM_BATCHES` batches (VACUUM's time grows with the
+pages that stay; the batches measured how fast this machine writes these
+tables just now).  Otherwise ``PRAGMA incremental_vacuum`` runs in short
+steps; the ledger's file is in incremental auto-vacuum mode (set by
+:mod:`watchtower.store` when it creates the file).  Each of those steps
+searches SQLite's free list for every page it takes off the end of the
+file, so their time grows with the free list: a million rows' 79,000 free
+pages took 2-3 s of steps, where one VACUUM of the 3,600 pages left took
+0.13 s.  A file created before that (auto_vacuum = NONE) reuses its free
+pages and shrinks only through the whole VACUUM.  PostgreSQL reuses the
+space after (auto)vacuum; MySQL/InnoDB reuses it inside the table's file.
 """
 
 from __future__ import annotations
@@ -76,6 +84,10 @@ _GONE_WORKERS = (WorkerStatus.STOPPED, WorkerStatus.LOST)
 #: this fraction of the file (after a big prune; not in the steady state of
 #: hourly trimming, where new rows reuse the pages freed an hour earlier).
 VACUUM_FREE_FRACTION = 0.25
+
+#: SQLite: rebuild the file with one VACUUM when that should hold the write
+#: lock no longer than this many batches (see the module doc).
+WHOLE_VACUUM_BATCHES = 2.0
 
 #: Seconds a batch should hold its locks, and seconds of pause after it.
 #: SQLite locks the whole database for a batch: short batches, and a pause
@@ -142,6 +154,7 @@ class PruneResult:
     batches: int = 0
     longest_batch: float = 0.0  # seconds of the longest delete transaction
     vacuum_seconds: float = 0.0  # of ``seconds``, handing space back (SQLite)
+    vacuum: str = ""  # how (SQLite): "whole" (one VACUUM), "incremental", or "" (not needed)
     owner: str | None = None  # who pruned (automatic trimming)
 
     def add_rollups(self, deleted: int) -> None:
@@ -227,6 +240,7 @@ def prune(
         cancel=cancel,
     )
     with _pruning_connection(db, kind):
+        free_before = _scalar(db, "PRAGMA freelist_count", ()) if kind == "sqlite" else 0
         try:
             if all_jobs:
                 _delete_all_jobs(loop, result, progress)
@@ -239,7 +253,7 @@ def prune(
             if vacuum and kind == "sqlite" and loop.running():
                 vacuum_started = time.perf_counter()
                 try:
-                    _incremental_vacuum(loop)
+                    _give_space_back(loop, free_before)
                 finally:
                     result.vacuum_seconds = time.perf_counter() - vacuum_started
         except _Stopped:
@@ -274,6 +288,7 @@ class _BatchLoop:
         self.between_batches = between_batches
         self.cancel = cancel
         self.size = FIRST_BATCH
+        self.busy = 0.0  # seconds the batches held their transactions
 
     def running(self) -> bool:
         return not (self.cancel is not None and self.cancel.is_set())
@@ -314,6 +329,7 @@ class _BatchLoop:
         with self.db.atomic("IMMEDIATE") if self.kind == "sqlite" else self.db.atomic():
             deleted = work()
         elapsed = time.perf_counter() - started
+        self.busy += elapsed
         self.result.batches += 1
         self.result.longest_batch = max(self.result.longest_batch, elapsed)
         if deleted >= self.size // 2 and elapsed > 0:
@@ -459,16 +475,40 @@ def _delete_workers(loop: _BatchLoop, cutoff: int, tally: Callable[[int], None])
         loop.step_back()
 
 
-def _incremental_vacuum(loop: _BatchLoop) -> None:
-    """Hand the pages the prune freed back to the file system, a few MB per transaction (SQLite)."""
+def _give_space_back(loop: _BatchLoop, free_before: int) -> None:
+    """Hand the pages the prune freed back to the file system (SQLite; see the module doc).
+
+    ``free_before``: the free list's length when the prune began.
+    """
     db = loop.db
-    if int(db.execute_sql("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+    # Only the pages free now: live writers free and reuse pages all the time.
+    free = _scalar(db, "PRAGMA freelist_count", ())
+    pages = _scalar(db, "PRAGMA page_count", ())
+    if free < VACUUM_FREE_FRACTION * pages:
+        return  # steady state: new rows will reuse these pages; moving them would double the writes
+    freed = free - free_before
+    if freed > 0 and loop.busy > 0:
+        # VACUUM copies the pages that stay; the batches freed ``freed``
+        # pages in ``busy`` seconds of writing.  (Measured on a million
+        # rows: VACUUM copied a page in about 0.7 of the time the batches
+        # took per page they freed, so the estimate errs long.)
+        estimate = (pages - free) * loop.busy / freed
+        if estimate <= WHOLE_VACUUM_BATCHES * loop.batch_seconds:
+            loop.result.vacuum = "whole"
+            started = time.perf_counter()
+            db.execute_sql("VACUUM")
+            loop.result.longest_batch = max(loop.result.longest_batch, time.perf_counter() - started)
+            return
+    if _scalar(db, "PRAGMA auto_vacuum", ()) != 2:
         logger.info("the ledger's SQLite file is not in incremental auto-vacuum mode: VACUUM it once to shrink it")
         return
-    # Only the pages free now: live writers free and reuse pages all the time.
-    free = int(db.execute_sql("PRAGMA freelist_count").fetchone()[0])
-    if free < VACUUM_FREE_FRACTION * int(db.execute_sql("PRAGMA page_count").fetchone()[0]):
-        return  # steady state: new rows will reuse these pages; moving them would double the writes
+    loop.result.vacuum = "incremental"
+    _incremental_vacuum(loop, free)
+
+
+def _incremental_vacuum(loop: _BatchLoop, free: int) -> None:
+    """Hand ``free`` pages back, a few MB per transaction."""
+    db = loop.db
     pages = 1024
     while free > 0:
         step = min(pages, free)
