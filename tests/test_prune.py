@@ -255,6 +255,26 @@ def test_sqlite_gives_space_back_in_steps_when_much_is_left(sqlite_url: str) -> 
     assert Job.select().count() == 20_000
 
 
+def test_a_ledger_made_without_auto_vacuum_shrinks_and_switches_to_incremental(sqlite_url: str) -> None:
+    import sqlite3
+
+    path = sqlite_url.removeprefix("sqlite:///")
+    made = sqlite3.connect(path)  # as an earlier release left it: auto_vacuum off
+    made.execute("CREATE TABLE made_before (x INTEGER)")
+    made.close()
+    db = store.connect(sqlite_url)
+    assert db.execute_sql("PRAGMA auto_vacuum").fetchone()[0] == 0
+    now = now_ms()
+    insert_jobs(db, [job_row(JobStatus.COMPLETED, now - 10 * DAY_MS + i) for i in range(20_000)])
+    pages_before = db.execute_sql("PRAGMA page_count").fetchone()[0]
+
+    result = prune(db, Retention(), now=now)
+
+    assert result.jobs_total == 20_000 and result.vacuum == "whole"
+    assert db.execute_sql("PRAGMA page_count").fetchone()[0] < pages_before / 4
+    assert db.execute_sql("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+
 def test_a_prune_that_frees_little_leaves_the_free_pages_for_new_rows(sqlite_url: str) -> None:
     db = store.connect(sqlite_url)
     now = now_ms()

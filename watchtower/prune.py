@@ -45,7 +45,8 @@ searches SQLite's free list for every page it takes off the end of the
 file, so their time grows with the free list: a million rows' 79,000 free
 pages took 2-3 s of steps, where one VACUUM of the 3,600 pages left took
 0.13 s.  A file created before that (auto_vacuum = NONE) reuses its free
-pages and shrinks only through the whole VACUUM.  PostgreSQL reuses the
+pages and shrinks only through the whole VACUUM, which also switches it to
+incremental mode (every connection asks for it).  PostgreSQL reuses the
 space after (auto)vacuum; MySQL/InnoDB reuses it inside the table's file.
 """
 
@@ -500,7 +501,10 @@ def _give_space_back(loop: _BatchLoop, free_before: int) -> None:
             loop.result.longest_batch = max(loop.result.longest_batch, time.perf_counter() - started)
             return
     if _scalar(db, "PRAGMA auto_vacuum", ()) != 2:
-        logger.info("the ledger's SQLite file is not in incremental auto-vacuum mode: VACUUM it once to shrink it")
+        logger.info(
+            "the ledger's SQLite file is not in incremental auto-vacuum mode: run "
+            "'PRAGMA auto_vacuum = INCREMENTAL; VACUUM;' on it once, with the workers stopped, to shrink it"
+        )
         return
     loop.result.vacuum = "incremental"
     _incremental_vacuum(loop, free)
