@@ -36,6 +36,14 @@ def _statuses() -> dict[str, int]:
     return {status: Job.select().where(Job.status == status).count() for status in JobStatus.ALL}
 
 
+def _batches_of(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """Prune batches that start at ``rows`` rows and never go below (with a tiny batch_seconds, all of them)."""
+    import watchtower.prune as prune_module
+
+    monkeypatch.setattr(prune_module, "FIRST_BATCH", rows)
+    monkeypatch.setattr(prune_module, "MIN_BATCH", rows)
+
+
 # What goes and what stays -------------------------------------------------
 
 
@@ -104,10 +112,7 @@ def test_batches_split_on_equal_completion_times_without_losing_or_sparing_rows(
 ) -> None:
     # Tiny batches over rows that share completion times: the bound of a
     # batch falls inside a run of equal times again and again.
-    import watchtower.prune as prune_module
-
-    monkeypatch.setattr(prune_module, "FIRST_BATCH", 7)
-    monkeypatch.setattr(prune_module, "MIN_BATCH", 7)
+    _batches_of(monkeypatch, 7)
     db = store.connect(database_url)
     now = now_ms()
     cutoff = now - 7 * DAY_MS
@@ -130,12 +135,9 @@ def _real_counts(db: Any) -> dict[tuple[str, str], int]:
 def test_the_job_counts_follow_every_batch_across_queues_and_statuses(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # SQLite counts a batch's rows itself (no delete trigger); the other
-    # databases' triggers do.  Either way the counts must match the table.
-    import watchtower.prune as prune_module
-
-    monkeypatch.setattr(prune_module, "FIRST_BATCH", 9)
-    monkeypatch.setattr(prune_module, "MIN_BATCH", 9)
+    # The triggers take every batch's rows off the counts per queue and
+    # status (SQLite and MySQL row by row, PostgreSQL per statement).
+    _batches_of(monkeypatch, 9)
     db = store.connect(database_url)
     now = now_ms()
     rows = []
@@ -158,10 +160,7 @@ def test_the_job_counts_follow_every_batch_across_queues_and_statuses(
 
 
 def test_a_cancelled_prune_leaves_whole_rows_and_a_consistent_table(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import watchtower.prune as prune_module
-
-    monkeypatch.setattr(prune_module, "FIRST_BATCH", 500)
-    monkeypatch.setattr(prune_module, "MIN_BATCH", 500)
+    _batches_of(monkeypatch, 500)
     db = store.connect(sqlite_url)
     now = now_ms()
     insert_jobs(db, [job_row(JobStatus.COMPLETED, now - 10 * DAY_MS + i) for i in range(5_000)])
