@@ -296,28 +296,35 @@ class _BatchLoop:
 
     def run(
         self,
-        *,
-        boundary: tuple[str, tuple[object, ...]],
-        delete: Callable[[object | None], tuple[str, tuple[object, ...]]],
+        table: str,
+        column: str,
+        cutoff: object,
         tally: Callable[[int], None],
+        *,
+        where: str = "",
+        params: tuple[object, ...] = (),
     ) -> None:
-        """Delete batch after batch until nothing is left, telling ``tally`` each batch's count.
+        """Delete the rows of ``table`` whose ``column`` is below ``cutoff``, oldest first, batch after batch.
 
-        ``boundary`` selects the sort key of the N-th row still to go
-        (``{n}`` is N - 1); ``delete(bound)`` gives the statement that
-        deletes up to that key, or everything left when ``bound`` is None
-        (up to the key alone, not also below the cutoff: SQLite's index
-        range takes one upper bound, and with two it may take the cutoff
-        and filter the rows up to it; a bound below the cutoff implies it).
+        ``where`` (with ``params``) narrows the rows further; ``tally`` is
+        told each batch's count.  A batch ends at the ``column`` value of
+        the N-th row still to go and deletes up to that value alone, not
+        also below the cutoff: SQLite's index range takes one upper bound,
+        and given two it may range up to the cutoff and test each row
+        against the other.  The value is below the cutoff, so it implies it.
         """
-        select, params = boundary
+        p = self.db.param
+        scope = f"{where} AND " if where else ""
         while True:
-            row = self.db.execute_sql(select.format(p=self.db.param, n=self.size - 1), params).fetchone()
-            bound = None if row is None else row[0]
-            sql, delete_params = delete(bound)
-            tally(self.write(sql, delete_params))
-            if bound is None:
+            row = self.db.execute_sql(
+                f"SELECT {column} FROM {table} WHERE {scope}{column} < {p} ORDER BY {column} "
+                f"LIMIT 1 OFFSET {self.size - 1}",
+                (*params, cutoff),
+            ).fetchone()
+            if row is None:  # the last batch: everything left below the cutoff
+                tally(self.write(f"DELETE FROM {table} WHERE {scope}{column} < {p}", (*params, cutoff)))
                 return
+            tally(self.write(f"DELETE FROM {table} WHERE {scope}{column} <= {p}", (*params, row[0])))
             self.step_back()
 
     def write(self, sql: str, params: tuple[object, ...]) -> int:
@@ -371,18 +378,7 @@ def _tally(
 
 def _delete_jobs(loop: _BatchLoop, status: str, cutoff: int, tally: Callable[[int], None]) -> None:
     """Jobs in ``status`` that finished before ``cutoff``, oldest first."""
-    loop.run(
-        boundary=(
-            f"SELECT completed_at FROM {_JOBS} WHERE status = {{p}} AND completed_at < {{p}} "
-            "ORDER BY completed_at LIMIT 1 OFFSET {n}",
-            (status, cutoff),
-        ),
-        delete=lambda bound: (
-            f"DELETE FROM {_JOBS} WHERE status = {{p}} AND completed_at " + ("< {p}" if bound is None else "<= {p}"),
-            (status, cutoff if bound is None else bound),
-        ),
-        tally=tally,
-    )
+    loop.run(_JOBS, "completed_at", cutoff, tally, where=f"status = {loop.db.param}", params=(status,))
 
 
 def _delete_rollups(loop: _BatchLoop, cutoff_minute: int, tally: Callable[[int], None]) -> None:
@@ -393,26 +389,8 @@ def _delete_rollups(loop: _BatchLoop, cutoff_minute: int, tally: Callable[[int],
     too.  Their rows are few (one per queue, actor and kind an hour), and
     not counted in the result.
     """
-    loop.run(
-        boundary=(
-            f"SELECT minute FROM {_ROLLUPS} WHERE minute < {{p}} ORDER BY minute LIMIT 1 OFFSET {{n}}",
-            (cutoff_minute,),
-        ),
-        delete=lambda bound: (
-            f"DELETE FROM {_ROLLUPS} WHERE minute " + ("< {p}" if bound is None else "<= {p}"),
-            (cutoff_minute if bound is None else bound,),
-        ),
-        tally=tally,
-    )
-    cutoff_hour = cutoff_minute // 60
-    loop.run(
-        boundary=(f"SELECT hour FROM {_HOURLY} WHERE hour < {{p}} ORDER BY hour LIMIT 1 OFFSET {{n}}", (cutoff_hour,)),
-        delete=lambda bound: (
-            f"DELETE FROM {_HOURLY} WHERE hour " + ("< {p}" if bound is None else "<= {p}"),
-            (cutoff_hour if bound is None else bound,),
-        ),
-        tally=lambda deleted: None,
-    )
+    loop.run(_ROLLUPS, "minute", cutoff_minute, tally)
+    loop.run(_HOURLY, "hour", cutoff_minute // 60, lambda deleted: None)
 
 
 def _delete_all_jobs(loop: _BatchLoop, result: PruneResult, progress: Callable[[int], None] | None) -> None:
