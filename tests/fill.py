@@ -15,7 +15,7 @@ import peewee
 
 from watchtower.events import JobEvent, Kind
 from watchtower.models import Job, JobStatus, day_of, now_ms
-from watchtower.store import dialect
+from watchtower.store import dialect, driver
 
 _COLUMNS = (
     "message_id", "queue", "actor", "connection", "status", "worker_id", "attempts",
@@ -40,9 +40,10 @@ def job_row(status: str, completed_at: int | None, *, queue: str = "default", ac
 def insert_jobs(db: peewee.Database, rows: Iterable[Sequence[Any]], *, chunk: int = 50_000) -> int:
     """Insert ``rows`` (see :func:`job_row`) with executemany; returns how many.
 
-    On PostgreSQL, COPY (executemany there costs a round trip per row).
+    On PostgreSQL through psycopg 3, COPY (executemany there costs a round
+    trip per row; psycopg2's executemany is slow too, but small fills use it).
     """
-    if dialect(db) == "postgresql":
+    if dialect(db) == "postgresql" and driver(db) == "psycopg":
         return _copy_jobs(db, rows)
     sql = (
         f"INSERT INTO {Job._meta.table_name} ({', '.join(_COLUMNS)}) "

@@ -5,13 +5,14 @@ The tree::
     WatchtowerError
      +-- ConfigError        a setting is unknown, malformed or of the wrong type
      +-- DatabaseURLError   a database URL cannot be understood
+     +-- DatabaseDriverError no usable driver for the ledger's database is installed
      +-- SchemaError        the ledger's schema is newer than this release
- +-- DatabaseUnavailable the ledger's database cannot be reached or opened
+     +-- DatabaseUnavailable the ledger's database cannot be reached or opened
      +-- BusError           the command bus cannot be reached or answered badly
      +-- WorkerError        a worker cannot be found, started or steered
      |    +-- UnknownWorker  no worker has that id
      |    +-- WorkerGone     the worker has stopped or was lost: it cannot be steered
- +-- AppImportError     the user's app module cannot be imported
+     +-- AppImportError     the user's app module cannot be imported
      +-- MetricsError       the metrics directory or server cannot be set up
           +-- MetricsDirInUse     another supervisor holds the metrics directory
           +-- MetricsServerError  /metrics cannot be served (port in use...)
@@ -37,6 +38,10 @@ class ConfigError(WatchtowerError):
 
 class DatabaseURLError(ConfigError):
     """A database URL names an unknown scheme or is malformed."""
+
+
+class DatabaseDriverError(WatchtowerError):
+    """The database's driver is missing, cannot be imported, or is too old."""
 
 
 class SchemaError(WatchtowerError):

@@ -40,7 +40,7 @@ import peewee
 from .events import PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
 from . import models
 from .models import Job, JobStatus, Rollup, Worker, now_ms
-from .store import SQLITE_BUSY_TIMEOUT, dialect
+from .store import SQLITE_BUSY_TIMEOUT, dialect, driver
 
 __all__ = ["coalesce", "write_batch", "mark_lost", "ROLLUP_KINDS", "DEADLOCK_TRIES"]
 
@@ -186,7 +186,8 @@ def is_deadlock(error: BaseException) -> bool:
     original = error.args[0] if error.args and isinstance(error.args[0], BaseException) else error.__context__
     if original is None:
         original = error  # a driver's own exception
-    if getattr(original, "sqlstate", None) in _PG_RETRY_STATES:
+    # psycopg 3 names the SQLSTATE sqlstate, psycopg2 pgcode.
+    if getattr(original, "sqlstate", None) in _PG_RETRY_STATES or getattr(original, "pgcode", None) in _PG_RETRY_STATES:
         return True
     code = original.args[0] if original.args else None
     return isinstance(code, int) and code in _MYSQL_RETRY_CODES
@@ -214,8 +215,11 @@ def _upsert_jobs(db: peewee.Database, kind: str, events: Sequence[JobEvent]) -> 
         # One array per column: the statement text stays the same whatever
         # the batch size, so the driver parses it once (a multi-row VALUES
         # list of thousands of placeholders cost more than the write itself).
-        # %b sends the arrays in binary: no per-element quoting of the text.
-        arrays = ", ".join(f"%b::{_PG_TYPES.get(column, 'text')}[]" for column, _ in _COLUMNS)
+        # psycopg 3's %b sends the arrays in binary: no per-element quoting
+        # of the text.  psycopg2 has no %b: it writes each list as an
+        # ARRAY[...] literal into the statement.
+        placeholder = "%b" if driver(db) == "psycopg" else "%s"
+        arrays = ", ".join(f"{placeholder}::{_PG_TYPES.get(column, 'text')}[]" for column, _ in _COLUMNS)
         sql = f"INSERT INTO {table} AS t ({names}) SELECT * FROM unnest({arrays})" + _conflict_clause(kind)
         db.execute_sql(sql, [list(column) for column in zip(*rows)])
         return

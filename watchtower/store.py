@@ -6,6 +6,13 @@ Supported URLs::
     postgresql://user:password@host:5432/dbname   (also postgres://)
     mysql://user:password@host:3306/dbname        (also mariadb://)
 
+The driver is chosen on purpose, not left to Peewee's preference: for
+PostgreSQL psycopg 3, else psycopg2; for MySQL and MariaDB PyMySQL, else
+mysqlclient (``MySQLdb``).  A URL may name one as SQLAlchemy's do:
+``postgresql+psycopg2://...``, ``postgresql+psycopg://...``,
+``mysql+pymysql://...``, ``mysql+mysqldb://...``.  A driver that is missing
+or too old is refused when the URL is checked, with the package to install.
+
 ``?option=value`` pairs after the URL are passed to the driver (for example
 ``?connect_timeout=5``).  SQLite runs in WAL mode with a busy timeout so that
 many processes can record into one file at once, and in incremental
@@ -14,6 +21,8 @@ auto-vacuum mode so that a prune can give freed space back to the file system.
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -26,9 +35,12 @@ from typing import Any
 import peewee
 
 from . import derived, models
-from .errors import DatabaseUnavailable, DatabaseURLError, SchemaError
+from .errors import DatabaseDriverError, DatabaseUnavailable, DatabaseURLError, SchemaError
 
-__all__ = ["connect", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION", "dialect"]
+__all__ = [
+    "connect", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION", "dialect", "driver",
+    "DRIVERS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +62,33 @@ _HOW = (
     "or mysql://user:password@host:3306/dbname"
 )
 
+
+@dataclass(frozen=True)
+class Driver:
+    """A DB-API driver the ledger can use, and what to install to get it."""
+
+    name: str  # as in a URL's scheme: postgresql+<name>://
+    module: str  # what is imported
+    minimum: tuple[int, ...]  # the oldest release tested
+    install: str  # what to pip install
+    version: str = "__version__"  # the module's attribute that holds its version
+
+
+#: For each kind of server, the drivers the ledger can use, the preferred first.
+DRIVERS: dict[str, tuple[Driver, ...]] = {
+    "sqlite": (Driver("sqlite3", "sqlite3", (), "(part of Python)"),),
+    "postgresql": (
+        Driver("psycopg", "psycopg", (3, 1), "'dramatiq-watchtower[postgresql]'"),
+        Driver("psycopg2", "psycopg2", (2, 9), "'dramatiq-watchtower[postgresql]' (psycopg 3) or psycopg2-binary"),
+    ),
+    "mysql": (
+        Driver("pymysql", "pymysql", (1, 1), "'dramatiq-watchtower[mysql]'", "VERSION"),
+        Driver("mysqldb", "MySQLdb", (2, 2), "'dramatiq-watchtower[mysql]' (PyMySQL) or mysqlclient", "version_info"),
+    ),
+}
+
+_KIND_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB"}
+
 # SQLite: how long a writer waits for the lock before giving up, in seconds.
 # Long, because the recorder's writes are short and off the jobs' threads.
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -60,18 +99,26 @@ class DatabaseURL:
     kind: str  # sqlite, postgresql or mysql
     database: str
     params: dict[str, Any]
+    driver: str = "sqlite3"  # a name from DRIVERS[kind]
 
 
 def check_database_url(url: str, *, source: str = "the argument") -> DatabaseURL:
-    """Parse ``url``, or raise DatabaseURLError saying how to write a good one."""
+    """Parse ``url`` and choose its driver.
+
+    Raises DatabaseURLError saying how to write a good URL, or
+    DatabaseDriverError naming what to install when no driver it may use
+    can be imported.
+    """
     if not isinstance(url, str) or "://" not in url:
         raise DatabaseURLError(f"database_url {url!r} from {source} is not a URL: {_HOW}")
     parsed = urllib.parse.urlparse(url)
-    kind = _SCHEMES.get(parsed.scheme.lower())
+    scheme, _, asked = parsed.scheme.lower().partition("+")
+    kind = _SCHEMES.get(scheme)
     if kind is None:
         raise DatabaseURLError(
-            f"database_url {url!r} from {source} has the unknown scheme {parsed.scheme!r}: {_HOW}"
+            f"database_url {redact_url(url)!r} from {source} has the unknown scheme {parsed.scheme!r}: {_HOW}"
         )
+    driver = choose_driver(kind, asked or None, url=redact_url(url), source=source)
     query = {key: value for key, value in urllib.parse.parse_qsl(parsed.query)}
     if kind == "sqlite":
         path = url.split("://", 1)[1].split("?", 1)[0]
@@ -96,7 +143,65 @@ def check_database_url(url: str, *, source: str = "the argument") -> DatabaseURL
         params["password"] = urllib.parse.unquote(parsed.password)
     for key, value in query.items():
         params[key] = int(value) if value.isdigit() else value
-    return DatabaseURL(kind, urllib.parse.unquote(name), params)
+    return DatabaseURL(kind, urllib.parse.unquote(name), params, driver.name)
+
+
+def choose_driver(kind: str, asked: str | None = None, *, url: str = "", source: str = "the argument") -> Driver:
+    """The driver for a ``kind`` of database: ``asked`` (a name from DRIVERS), or the first that imports.
+
+    Raises DatabaseDriverError, in one line that names what to install,
+    when the driver asked for (or every driver of ``kind``) cannot be
+    imported or is older than the oldest release tested.
+    """
+    drivers = DRIVERS[kind]
+    if asked is not None:
+        named = [d for d in drivers if d.name == asked]
+        if not named:
+            names = ", ".join(f"{kind}+{d.name}" for d in drivers)
+            raise DatabaseURLError(
+                f"database_url {url!r} from {source} names the unknown driver {asked!r}: write {names}, "
+                f"or {kind}:// for the first of them that is installed"
+            )
+        drivers = tuple(named)
+    problems = []
+    for candidate in drivers:
+        problem = _driver_problem(candidate)
+        if problem is None:
+            return candidate
+        problems.append(f"{candidate.name}: {problem}")
+    if asked is not None:
+        raise DatabaseDriverError(
+            f"database_url {url} names the driver {asked}, which cannot be used ({problems[0]}): "
+            f"pip install {drivers[0].install}"
+        )
+    raise DatabaseDriverError(
+        f"no {_KIND_NAMES.get(kind, kind)} driver can be used for {url or 'the ledger'} ({'; '.join(problems)}): "
+        f"pip install {drivers[0].install}"
+    )
+
+
+def _driver_problem(candidate: Driver) -> str | None:
+    """Why ``candidate`` cannot be used here, or None if it can."""
+    try:
+        module = importlib.import_module(candidate.module)
+    except ImportError as error:  # missing, or its C library is (psycopg without libpq)
+        return " ".join(str(error).split())
+    version = _version_numbers(getattr(module, candidate.version, ""))
+    if version and version < candidate.minimum:
+        return f"version {'.'.join(map(str, version))} is older than {'.'.join(map(str, candidate.minimum))}"
+    return None
+
+
+def _version_numbers(version: object) -> tuple[int, ...]:
+    """``'2.9.9 (dt dec pq3 ext lo64)'`` or ``(2, 3, 2, 'final', 0)`` -> ``(2, 9, 9)``, ``(2, 3, 2)``."""
+    parts = version if isinstance(version, tuple) else str(version).split(" ")[0].split(".")
+    numbers = []
+    for part in parts:
+        digits = "".join(itertools.takewhile(str.isdigit, str(part)))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
 
 
 def open_database(url: str) -> peewee.Database:
@@ -120,9 +225,65 @@ def open_database(url: str) -> peewee.Database:
         )
     if spec.kind == "postgresql":
         params = {"connect_timeout": 5, **spec.params}
-        return peewee.PostgresqlDatabase(spec.database, field_types={"BIGTEXT": "TEXT"}, **params)
+        return _PostgresqlDatabase(
+            spec.database, driver=spec.driver, prefer_psycopg3=spec.driver == "psycopg",
+            field_types={"BIGTEXT": "TEXT"}, **params,
+        )
     params = {"connect_timeout": 5, "charset": "utf8mb4", **spec.params}
-    return peewee.MySQLDatabase(spec.database, field_types={"BIGTEXT": "LONGTEXT"}, **params)
+    return _MySQLDatabase(spec.database, driver=spec.driver, field_types={"BIGTEXT": "LONGTEXT"}, **params)
+
+
+class _PostgresqlDatabase(peewee.PostgresqlDatabase):
+    """PostgreSQL through the driver chosen for it.
+
+    Peewee would take psycopg2 whenever it is importable, even beside
+    psycopg 3; ``prefer_psycopg3`` makes it take the one chosen, and each
+    new connection is checked to come from that driver.
+    """
+
+    def __init__(self, database: str, *, driver: str, **kwargs: Any) -> None:
+        self.driver = driver
+        super().__init__(database, **kwargs)
+
+    def _connect(self) -> Any:
+        return _checked(super()._connect(), self.driver)
+
+
+class _MySQLDatabase(peewee.MySQLDatabase):
+    """MySQL or MariaDB through the driver chosen for it (Peewee takes PyMySQL if it imports)."""
+
+    def __init__(self, database: str, *, driver: str, **kwargs: Any) -> None:
+        self.driver = driver
+        super().__init__(database, **kwargs)
+
+    def _connect(self) -> Any:
+        module = importlib.import_module(_module_of(self.driver))
+        return module.connect(database=self.database, autocommit=True, **self.connect_params)
+
+
+def _module_of(name: str) -> str:
+    return next(d.module for drivers in DRIVERS.values() for d in drivers if d.name == name)
+
+
+def _checked(conn: Any, name: str) -> Any:
+    """``conn``, if it is a connection of the driver ``name``; otherwise closed, and an error."""
+    module = type(conn).__module__.split(".")[0]
+    if module != _module_of(name):
+        conn.close()
+        raise DatabaseDriverError(f"Peewee opened a {module} connection where the ledger chose {name}")
+    return conn
+
+
+def driver(db: peewee.Database) -> str:
+    """The name (as in DRIVERS) of the driver ``db`` uses: ``psycopg``, ``psycopg2``, ``pymysql``..."""
+    name = getattr(db, "driver", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(db, peewee.SqliteDatabase):
+        return "sqlite3"
+    # A database made elsewhere (by a host app): ask its connection.
+    module = type(db.connection()).__module__.split(".")[0]
+    return {"MySQLdb": "mysqldb"}.get(module, module)
 
 
 class _SqliteDatabase(peewee.SqliteDatabase):
