@@ -80,7 +80,7 @@ def test_health_needs_no_token(settings: Any) -> None:
     bare = falcon.testing.TestClient(create_app(settings))
     answer = bare.simulate_get("/watchtower/health")
     assert answer.status_code == 200
-    assert answer.json == {"status": "ok", "database": {"ok": True}, "bus": {"ok": True}}
+    assert answer.json == {"status": "ok", "database": {"ok": True}, "bus": {"ok": True}, "recorder": {"ok": True}}
 
 
 def test_the_authorize_hook_lets_the_host_decide(settings: Any) -> None:

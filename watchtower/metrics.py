@@ -160,6 +160,12 @@ class ProcessMetrics:
             "watchtower_recorder_events_dropped_total", "Ledger events dropped because the buffer was full.", (),
         )
         self.recorder_written = counter("watchtower_recorder_events_written_total", "Ledger events written.", ())
+        self.recorder_refused = Gauge(
+            "watchtower_recorder_refused",
+            "Processes whose ledger writes the database refuses for a reason that retrying cannot fix "
+            "(a driver or programming error, a missing privilege).", (),
+            multiprocess_mode="livesum", registry=None,
+        )
         self.recorder_flush = Histogram(
             "watchtower_recorder_flush_duration_seconds", "How long one batch write of the ledger took, seconds.",
             buckets=FLUSH_BUCKETS, registry=None,
@@ -278,6 +284,7 @@ class RecorderMetrics:
         stats = self._recorder.stats()
         metrics = process_metrics()
         metrics.recorder_buffered.set(stats.buffered)
+        metrics.recorder_refused.set(0 if stats.refusal is None else 1)
         if stats.dropped > self._dropped_seen:
             metrics.recorder_dropped.inc(stats.dropped - self._dropped_seen)
             self._dropped_seen = stats.dropped

@@ -10,6 +10,12 @@ When the database is slow or down, the batch in hand is kept and retried
 with backoff while new events wait in the deque, up to ``buffer_size``
 events in all.  Past that, new events are dropped, counted, and logged once
 per ``drop_log_interval`` seconds (and at close), never once per event.
+A write refused for a reason that retrying cannot fix (a driver or
+programming error, a missing privilege: see :func:`is_outage`) is logged
+once at CRITICAL with its cause and kept in :attr:`RecorderStats.refusal`
+(the ``watchtower_recorder_refused`` gauge and ``/health`` show it); the
+events are kept and the write tried again every ``MAX_BACKOFF`` seconds,
+in case someone mends it.
 Jobs are never slowed: ``record`` does not block, and the flusher thread
 runs ``nice`` steps below the process's other threads (Linux, where
 niceness is per thread): on a busy machine the jobs' threads, and the
@@ -36,10 +42,11 @@ from dataclasses import dataclass
 import peewee
 
 from . import store
+from .errors import DatabaseUnavailable
 from .events import JobEvent, WorkerEvent
 from .ledger import write_batch
 
-__all__ = ["Recorder", "RecorderStats"]
+__all__ = ["Recorder", "RecorderStats", "is_outage", "refusals"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,25 @@ class RecorderStats:
     dropped: int  # events dropped since start (buffer full, refused by the database, unwritten at close)
     failures: int  # failed batch writes since start
     last_flush_seconds: float  # how long the last successful write took
+    #: Why the database refuses the writes, while it does so for a reason
+    #: that retrying cannot fix (None while writes succeed or merely wait
+    #: for the database to come back).
+    refusal: str | None = None
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a failed write may succeed by itself later: the database is away, busy or restarting.
+
+    Lost or refused connections, timeouts and lock waits are outages
+    (Peewee's OperationalError and InterfaceError, InternalError for an
+    aborted transaction, DatabaseUnavailable from connecting).  Anything
+    else (ProgrammingError, a driver's TypeError or ValueError, a missing
+    driver) is a fault in the setup or the code: retrying alone cannot fix it.
+    """
+    if isinstance(error, DatabaseUnavailable):
+        cause = error.__cause__
+        return cause is None or is_outage(cause)
+    return isinstance(error, (peewee.OperationalError, peewee.InterfaceError, peewee.InternalError, OSError))
 
 
 class Recorder:
@@ -129,6 +155,7 @@ class Recorder:
         self._last_drop_log = float("-inf")
         self._failures = 0
         self._last_flush_seconds = 0.0
+        self._refusal: str | None = None
         self._start_lock = threading.Lock()
 
     # The hot path ---------------------------------------------------------
@@ -210,6 +237,7 @@ class Recorder:
             dropped=self._dropped,
             failures=self._failures,
             last_flush_seconds=self._last_flush_seconds,
+            refusal=self._refusal,
         )
 
     # The flusher thread ---------------------------------------------------
@@ -260,19 +288,45 @@ class Recorder:
             try:
                 self._drain()
                 backoff = 0.0
+                self._refused_no_more()
             except Exception as error:
                 self._failures += 1
-                backoff = min(MAX_BACKOFF, max(self.flush_interval, backoff * 2 or 0.1))
-                logger.warning(
-                    "watchtower recorder cannot write %d events (retrying in %.1fs): %s",
-                    len(self._in_hand), backoff, " ".join(str(error).split()),
-                )
+                if is_outage(error):
+                    backoff = min(MAX_BACKOFF, max(self.flush_interval, backoff * 2 or 0.1))
+                    logger.warning(
+                        "watchtower recorder cannot write %d events (retrying in %.1fs): %s",
+                        self._waiting(), backoff, " ".join(str(error).split()),
+                    )
+                else:
+                    backoff = MAX_BACKOFF
+                    self._refused(error)
                 self._discard_connection()
                 if stopping:
                     return
             self._log_drops()
             if stopping:
                 return
+
+    def _waiting(self) -> int:
+        return len(self._in_hand) + len(self._jobs)
+
+    def _refused(self, error: Exception) -> None:
+        """The database refused a write for a reason retrying cannot fix: say so once, loudly."""
+        cause = f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
+        if cause == self._refusal:
+            logger.debug("watchtower recorder still refused: %s", cause)
+            return
+        self._refusal = cause
+        logger.critical(
+            "watchtower recorder: the ledger database refuses its writes for a reason that retrying cannot fix "
+            "(%s); events wait in memory (%d now, at most %d) and the write is tried again every %.0f s: mend the cause",
+            cause, self._waiting(), self.buffer_size, MAX_BACKOFF, exc_info=error,
+        )
+
+    def _refused_no_more(self) -> None:
+        if self._refusal is not None:
+            logger.warning("watchtower recorder writes again after its writes were refused (%s)", self._refusal)
+            self._refusal = None
 
     def _lower_priority(self) -> None:
         """Run this (the flusher) thread ``nice`` steps below the others, where the system allows it.
@@ -407,6 +461,11 @@ class Recorder:
 
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def refusals() -> list[str]:
+    """The causes of refusal of this process's recorders whose writes the database refuses."""
+    return [cause for recorder in list(_live_recorders) if (cause := recorder.stats().refusal) is not None]
 
 
 def _after_fork_in_child() -> None:

@@ -12,6 +12,8 @@ import falcon
 
 from ..errors import DatabaseUnavailable, WatchtowerError
 from ..models import Job, database
+from ..multiproc import read_metrics
+from ..recorder import refusals
 from .context import Services
 from .jobs import SUMMARY_COLUMNS, job_summary
 from .workers import list_workers
@@ -41,13 +43,18 @@ class PollResource:
 
 
 class HealthResource:
-    """``GET /health``: whether the ledger's database and the command bus answer (no auth)."""
+    """``GET /health``: whether the ledger's database and the command bus answer, and the ledger is written (no auth).
+
+    ``recorder`` is not ok while the database refuses some process's ledger
+    writes for a reason that retrying cannot fix: a recorder of this process,
+    or a worker process counted in the metrics directory (a supervisor's).
+    """
 
     def __init__(self, services: Services) -> None:
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        checks = {"database": self._database(), "bus": self._bus()}
+        checks = {"database": self._database(), "bus": self._bus(), "recorder": self._recorder()}
         healthy = all(check["ok"] for check in checks.values())
         resp.status = falcon.HTTP_200 if healthy else falcon.HTTP_503
         resp.media = {"status": "ok" if healthy else "unavailable", **checks}
@@ -67,6 +74,31 @@ class HealthResource:
         except Exception as error:
             return {"ok": False, "error": _reason(error)}
         return {"ok": True}
+
+
+    def _recorder(self) -> dict[str, Any]:
+        causes = refusals()
+        refusing = len(causes)
+        directory = self.services.settings.metrics_dir
+        if directory:
+            try:
+                refusing = max(refusing, _refusing_processes(directory))
+            except OSError as error:
+                logger.warning("/health cannot read the metrics directory %s: %s", directory, error)
+        if not refusing:
+            return {"ok": True}
+        error = (f"the ledger database refuses the writes of {refusing} process(es) for a reason that retrying "
+                 f"cannot fix; their logs say why")
+        if causes:
+            error += f" (here: {causes[0]})"
+        return {"ok": False, "error": error}
+
+
+def _refusing_processes(directory: str) -> int:
+    for family in read_metrics(directory):
+        if family.name == "watchtower_recorder_refused":
+            return int(sum(sample.value for sample in family.samples))
+    return 0
 
 
 def _reason(error: Exception) -> str:
