@@ -22,6 +22,7 @@ Supervisors are declared only in the file, one table each::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -94,6 +95,9 @@ class Settings:
     http_port: int = 9191
     http_prefix: str = "/watchtower"
     http_token: str | None = None
+    # Reverse proxies (addresses or networks) whose forwarding headers name
+    # the client, for the token-less loopback-only mode.
+    http_trusted_proxies: tuple[str, ...] = ()
     metrics_dir: str | None = None
     redact: tuple[str, ...] = ("password", "passwd", "token", "secret", "authorization", "api_key", "apikey")
     heartbeat_interval: float = 1.0
@@ -141,6 +145,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "http.port": ("http_port", int),
     "http.prefix": ("http_prefix", str),
     "http.token": ("http_token", str),
+    "http.trusted_proxies": ("http_trusted_proxies", list),
     "metrics_dir": ("metrics_dir", str),
     "redact": ("redact", list),
     "heartbeat_interval": ("heartbeat_interval", float),
@@ -404,6 +409,14 @@ def _check(settings: Settings) -> None:
             f"({settings.heartbeat_timeout:g} s) must be longer than 'heartbeat_interval' "
             f"({settings.heartbeat_interval:g} s)"
         )
+    for proxy in settings.http_trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"setting 'http.trusted_proxies' from {settings.sources.get('http.trusted_proxies', 'the defaults')} "
+                f"must list IP addresses or networks (127.0.0.1, 10.0.0.0/8), not {proxy!r}"
+            ) from None
     prefix = settings.http_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(

@@ -44,7 +44,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None, prefix: str | 
     settings = settings_from(ctx, **{"http.host": host, "http.port": port, "http.prefix": prefix, "app": app_module})
     check_bind(settings)
     base = normalize_prefix(settings.http_prefix)
-    server = waitress.create_server(create_app(settings), host=settings.http_host, port=settings.http_port)
+    # Waitress would strip Forwarded and X-Forwarded-* from every peer it does
+    # not trust (all of them, unconfigured), and a proxied request would then
+    # look like a direct loopback one: the API judges those headers itself
+    # (watchtower.web.auth, http.trusted_proxies).
+    server = waitress.create_server(create_app(settings), host=settings.http_host, port=settings.http_port,
+                                    clear_untrusted_proxy_headers=False)
     listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
     for address, bound_port in listening:
         shown = f"[{address}]" if ":" in str(address) else address

@@ -106,7 +106,7 @@ def create_app(
     # against the route, and unknown parameters are refused after routing.
     middleware: list[Any] = [
         PrefixRouter(prefix),
-        Authorization(token=settings.http_token, authorize=authorize),
+        Authorization(token=settings.http_token, authorize=authorize, trusted_proxies=settings.http_trusted_proxies),
         KnownParams(),
     ]
     app = falcon.App(middleware=middleware)

@@ -11,6 +11,16 @@ A request is let in when any of these holds:
   address without a token; an app mounted in a public host without either
   still answers only local clients).
 
+"On loopback" means a direct client: the WSGI server reports a loopback
+``REMOTE_ADDR`` and the request carries no forwarding header
+(``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP``).  A reverse proxy on the
+same host connects from 127.0.0.1 for clients anywhere, so a request it
+forwards is not local, unless the proxy is listed in
+``http.trusted_proxies``: then the client is the nearest address in its
+forwarding header that is not a trusted proxy, and that must be loopback.
+A request with no client address at all (a server on a Unix socket, which
+Falcon would report as 127.0.0.1) is not local either.
+
 Whoever serves the API on a socket (``watchtower serve``, the supervisor)
 calls :func:`check_bind` first: the API is never served beyond loopback
 without a token.
@@ -26,7 +36,7 @@ import hmac
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import falcon
@@ -36,12 +46,41 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["Authorization", "PUBLIC_PATHS", "check_bind", "is_loopback_host"]
+__all__ = ["Authorization", "FORWARDING_HEADERS", "PUBLIC_PATHS", "check_bind", "is_loopback_host"]
 
 logger = logging.getLogger(__name__)
 
 #: Routes (after the prefix) that need no credentials.
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+
+
+#: Headers by which a proxy says for whom it forwards a request.
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
+def _forwarded_for(req: falcon.Request) -> list[str]:
+    """The client chain a proxy reported, nearest last: RFC 7239 ``for=``, else X-Forwarded-For, else X-Real-IP."""
+    forwarded = req.get_header("Forwarded")
+    if forwarded:
+        chain = []
+        for element in forwarded.split(","):
+            for pair in element.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name.lower() == "for":
+                    chain.append(_bare_address(value))
+        return chain
+    header = req.get_header("X-Forwarded-For") or req.get_header("X-Real-IP") or ""
+    return [_bare_address(part) for part in header.split(",") if part.strip()]
+
+
+def _bare_address(value: str) -> str:
+    """``"[2001:db8::1]:4711"`` -> ``2001:db8::1``, ``192.0.2.1:80`` -> ``192.0.2.1``."""
+    value = value.strip().strip('"')
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -81,9 +120,16 @@ def check_bind(settings: Settings) -> None:
 class Authorization:
     """Falcon middleware that lets a request in or refuses it (see the module's docstring)."""
 
-    def __init__(self, *, token: str | None, authorize: Callable[[falcon.Request], bool] | None) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None,
+        authorize: Callable[[falcon.Request], bool] | None,
+        trusted_proxies: Sequence[str] = (),
+    ) -> None:
         self._token = token.encode("utf-8") if token else None
         self.authorize = authorize
+        self._trusted = tuple(ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.path in PUBLIC_PATHS:
@@ -93,12 +139,13 @@ class Authorization:
         if self.authorize is not None and self.authorize(req):
             return
         if self._token is None and self.authorize is None:
-            if _is_loopback(req.remote_addr):
+            why = self._not_local(req)
+            if why is None:
                 return
             raise falcon.HTTPForbidden(
                 title="Forbidden",
-                description="this API has no token configured and answers clients on loopback only: "
-                "set http.token (WATCHTOWER_API_TOKEN)",
+                description=f"this API has no token configured and answers direct clients on loopback only, "
+                f"and {why}: set http.token (WATCHTOWER_API_TOKEN)",
             )
         if self._token is None:
             raise falcon.HTTPForbidden(title="Forbidden", description="the host application's authorize hook refused this request")
@@ -107,6 +154,38 @@ class Authorization:
             description="send the API token as 'Authorization: Bearer <token>'",
             challenges=['Bearer realm="watchtower"'],
         )
+
+    def _not_local(self, req: falcon.Request) -> str | None:
+        """None for a direct loopback client; otherwise why the request is not one."""
+        # The environ's own value: Falcon's req.remote_addr says 127.0.0.1 when there is none.
+        peer = req.env.get("REMOTE_ADDR") or None
+        if peer is None:
+            return "this request has no client address (a Unix socket?)"
+        forwarded = [name for name in FORWARDING_HEADERS if req.get_header(name) is not None]
+        if not forwarded:
+            return None if _is_loopback(peer) else f"this request comes from {peer}"
+        if not self._is_trusted(peer):
+            return (f"this request was forwarded by a proxy ({forwarded[0]} from {peer}, not in "
+                    "http.trusted_proxies)")
+        client = self._client_behind(req)
+        if client is None:
+            return f"its {forwarded[0]} header names no client address"
+        return None if _is_loopback(client) else f"it was forwarded for {client}"
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    def _client_behind(self, req: falcon.Request) -> str | None:
+        """The nearest address in the forwarding chain that is not a trusted proxy."""
+        chain = _forwarded_for(req)
+        for address in reversed(chain):
+            if not self._is_trusted(address):
+                return address
+        return chain[0] if chain else None
 
     def _bearer_matches(self, req: falcon.Request) -> bool:
         header = req.get_header("Authorization") or ""
