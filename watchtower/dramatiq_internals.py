@@ -86,6 +86,7 @@ __all__ = [
     "delayed_messages_key",
     "fetch_cache",
     "heartbeats_key",
+    "iter_queue",
     "join_all",
     "messages_key",
     "proxy_exception",
