@@ -66,11 +66,11 @@ from dramatiq.middleware import Retries, TimeLimit
 
 from .bus import CommandBus, WorkerCommand, worker_command_key
 from .config import Settings, SupervisorSettings
+from .dramatiq_internals import set_max_retries, set_time_limit
 from .errors import BusError, ConfigError, WatchtowerError
 from .events import WorkerEvent
 from .middleware import WatchtowerMiddleware
 from .models import WorkerStatus, now_ms
-from .dramatiq_internals import set_max_retries, set_time_limit
 from .pausable import PausableWorker, install_idle_consumers
 
 __all__ = [
