@@ -65,7 +65,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import multiproc
+from . import multiproc, prometheus_internals
 from .errors import MetricsServerError
 from .events import PHASE_FINISHED, JobEvent, Kind
 from .multiproc import (
@@ -172,16 +172,14 @@ class ProcessMetrics:
         )
         self._children: dict[tuple[str, str], _JobChildren] = {}
         self._children_lock = threading.Lock()
-        from prometheus_client import values
-
         #: Where the values live: None (this process's memory) or a directory.
-        self.directory: str | None = (
-            os.environ.get(MULTIPROC_ENV) if getattr(values.ValueClass, "_multiprocess", False) else None
-        )
+        self.directory: str | None = os.environ.get(MULTIPROC_ENV) if prometheus_internals.values_in_files() else None
 
     def all(self) -> list[Any]:
         """Every metric object, for a registry of this process's own."""
-        return [value for value in vars(self).values() if hasattr(value, "_is_observable")]
+        from prometheus_client import Counter, Gauge, Histogram
+
+        return [value for value in vars(self).values() if isinstance(value, (Counter, Gauge, Histogram))]
 
     def for_job(self, queue: str, actor: str) -> _JobChildren:
         """The labelled children for one (queue, actor), looked up once."""

@@ -29,11 +29,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import dramatiq
-from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import Retries
 
 from .config import Settings, load_settings
+from .dramatiq_internals import REDIS_MESSAGE_ID, consumer_whitelist, proxy_exception
+from .dramatiq_internals import proxy_state as _proxy_state
+from .dramatiq_internals import unwrap_proxy as _unwrap
 from .events import JobEvent, Kind, SendEncoder, WorkerEvent, encode_message
 from .models import WorkerStatus
 from .recorder import Recorder
@@ -52,7 +54,7 @@ _STATE = "_watchtower_attempt"
 class _Attempt:
     """What the hooks note about one run of a message, kept on its MessageProxy.
 
-    One object in the proxy's ``__dict__``, read with ``dict.get``: a missing
+    One object in the proxy's ``__dict__`` (``proxy_state``), read with ``dict.get``: a missing
     attribute of a MessageProxy is looked up on the message behind it and
     raises AttributeError there, which costs more than the rest of a hook.
     """
@@ -69,17 +71,8 @@ class _Attempt:
         self.skipped = False
 
 
-def _unwrap(message: Any) -> Any:
-    """The dramatiq.Message behind a MessageProxy.
-
-    A proxy hands every attribute read to the message through ``__getattr__``,
-    a Python call per read: the hooks read the message itself.
-    """
-    return message._message if type(message) is MessageProxy else message
-
-
 def _attempt(message: Any) -> _Attempt | None:
-    return vars(message).get(_STATE)
+    return _proxy_state(message).get(_STATE)
 
 
 #: Option set on a message moved from the delay queue, so the worker that
@@ -228,7 +221,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             self.recorder.record_worker(WorkerEvent(self.worker_id, {
                 "hostname": hostname,
                 "pid": os.getpid(),
-                "queues": sorted({q_name(q) for q in (worker.consumer_whitelist or broker.get_declared_queues())}),
+                "queues": sorted({q_name(q) for q in (consumer_whitelist(worker) or broker.get_declared_queues())}),
                 "status": WorkerStatus.RUNNING,
                 "started_at": now,
                 "last_heartbeat": now,
@@ -285,7 +278,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             message.actor_name, connection, message.message_timestamp,
             # Only Redis has an id of its own (dead letters are keyed by it);
             # a message sent on from another broker may still carry a stale one.
-            broker_message_id=message.options.get("redis_message_id") if connection == "redis" else None,
+            broker_message_id=message.options.get(REDIS_MESSAGE_ID) if connection == "redis" else None,
             **fields,
         )
 
@@ -327,7 +320,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         options = raw.options
         attempt = options.get("retries", 0) + 1
         started = time.time_ns() // 1_000_000
-        vars(message)[_STATE] = _Attempt(attempt, started, time.perf_counter())
+        _proxy_state(message)[_STATE] = _Attempt(attempt, started, time.perf_counter())
         with self._counts_lock:
             self.in_progress += 1
         ready = options.get(READY_AT_OPTION) or max(raw.message_timestamp, options.get("eta") or 0)
@@ -353,7 +346,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     def _finish(self, message: Any, exception: BaseException | None) -> _Attempt:
         state = _attempt(message)
         if state is None:  # skipped before this middleware's before_process_message ran
-            state = vars(message)[_STATE] = _Attempt()
+            state = _proxy_state(message)[_STATE] = _Attempt()
         state.finished = time.time_ns() // 1_000_000
         if state.clock is not None:
             state.duration = time.perf_counter() - state.clock
@@ -392,7 +385,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             attempt = options.get("retries", 0) + 1
         exception = state.exception
         if exception is None and kind is Kind.FAILED:
-            failure = getattr(message, "_exception", None)
+            failure = proxy_exception(message)
             if failure is not None:
                 exception = format_exception(failure)
         if exception is None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import prometheus_internals as internals
 from .errors import MetricsDirInUse, MetricsError
 
 if TYPE_CHECKING:
@@ -183,27 +184,20 @@ def _alive(pid: int) -> bool:
 
 def _fold(directory: str, typ: str, pid: int) -> None:
     """Add ``TYP_PID.db``'s values into ``TYP_dead.db`` and remove it (under the exclusive lock)."""
-    from prometheus_client.mmap_dict import MmapedDict
-
-    dead = os.path.join(directory, f"{typ}_{pid}.db")
+    dead = internals.metric_file(directory, typ, pid)
     if not os.path.exists(dead):
         return
-    archive = os.path.join(directory, f"{typ}_{_ARCHIVE}.db")
+    archive = internals.metric_file(directory, typ, _ARCHIVE)
     totals: dict[str, float] = {}
     for file in (archive, dead):
         if os.path.exists(file):
-            for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(file):
+            for key, value, _timestamp, _pos in internals.read_file(file):
                 totals[key] = totals.get(key, 0.0) + value
     # Written aside (no scrape globs *.tmp), then renamed over the archive.
     partial = archive + ".tmp"
     with contextlib.suppress(FileNotFoundError):
         os.remove(partial)
-    folded = MmapedDict(partial)
-    try:
-        for key, value in totals.items():
-            folded.write_value(key, value, 0.0)
-    finally:
-        folded.close()
+    internals.write_file(partial, totals.items())
     os.replace(partial, archive)
     os.remove(dead)
 
@@ -215,9 +209,8 @@ def read_metrics(directory: str) -> list[Any]:
         totals: dict[tuple[str, str], float] = {}
         others = []
         for file in files:
-            parts = os.path.basename(file).split("_")
-            typ = parts[0]
-            if typ == "gauge" and parts[1] not in _SUMMED_GAUGES:
+            typ, mode = internals.file_kind(file)
+            if typ == "gauge" and mode not in _SUMMED_GAUGES:
                 others.append(file)
                 continue
             try:
@@ -229,9 +222,7 @@ def read_metrics(directory: str) -> list[Any]:
                 totals[slot] = totals.get(slot, 0.0) + value
         families = _families(totals)
         if others:
-            from prometheus_client.multiprocess import MultiProcessCollector
-
-            families.extend(MultiProcessCollector.merge(others, accumulate=True))
+            families.extend(internals.merge_files(others))
     return families
 
 
@@ -243,19 +234,15 @@ _PARSED_KEYS_LIMIT = 200_000
 
 
 def _read_file(file: str) -> Any:
-    from prometheus_client.mmap_dict import MmapedDict
-
-    return MmapedDict.read_all_values_from_file(file)
+    return internals.read_file(file)
 
 
 def _parse(key: str) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
     parsed = _parsed_keys.get(key)
     if parsed is None:
-        import json
-
         if len(_parsed_keys) >= _PARSED_KEYS_LIMIT:
             _parsed_keys.clear()
-        metric_name, name, labels, help_text = json.loads(key)
+        metric_name, name, labels, help_text = internals.parse_key(key)
         parsed = _parsed_keys[key] = (metric_name, name, tuple(sorted(labels.items())), help_text)
     return parsed
 
@@ -263,8 +250,8 @@ def _parse(key: str) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
 def _families(totals: dict[tuple[str, str], float]) -> list[Any]:
     """Metric families from per-key totals; histogram buckets made cumulative, with their _count."""
     from prometheus_client.metrics_core import Metric
-    from prometheus_client.utils import floatToGoString
 
+    floatToGoString = internals.go_float_formatter()
     families: dict[str, Any] = {}
     buckets: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = {}
     for (typ, key), value in totals.items():

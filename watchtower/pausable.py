@@ -26,7 +26,8 @@ effect within a fraction of a second whatever ``--sleep`` says:
 
 This module leans on Dramatiq 2.x internals (``ConsumerThread``,
 ``WorkerThread``, ``_WorkerMiddleware``, the Redis consumer's
-``message_cache``); ``tests/test_worker.py`` fails if they change.
+``message_cache``), all reached through :mod:`watchtower.dramatiq_internals`;
+``tests/test_dramatiq_internals.py`` names the one that moved if they change.
 """
 
 from __future__ import annotations
@@ -40,11 +41,22 @@ from queue import PriorityQueue
 from typing import Any
 
 import dramatiq
-from dramatiq.broker import MessageProxy
-from dramatiq.common import compute_backoff, iter_queue, join_all
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
-from dramatiq.worker import WorkerThread, _WorkerMiddleware
+
+from .dramatiq_internals import (
+    MessageProxy,
+    WorkerRouter,
+    WorkerThread,
+    compute_backoff,
+    consumer_is_full,
+    fetch_cache,
+    join_all,
+    queued_messages,
+    remove_middleware,
+    thread_running,
+    worker_router,
+)
 
 __all__ = ["PausableWorker", "install_idle_consumers"]
 
@@ -97,7 +109,7 @@ class PausableWorker(dramatiq.Worker):
         super().__init__(broker, queues=queues, worker_timeout=worker_timeout, worker_threads=worker_threads)
         self.rest = rest
         self.released = False
-        self._router: _WorkerMiddleware | None = None
+        self._router: WorkerRouter | None = None
         self._lock = threading.Lock()
 
     # Life cycle -----------------------------------------------------------
@@ -124,7 +136,7 @@ class PausableWorker(dramatiq.Worker):
         self.released = False
         # Adding the router replays every declared queue to it, which starts
         # one consumer per queue (and delay queue), as Worker.start does.
-        self._router = _WorkerMiddleware(self)
+        self._router = worker_router(self)
         self.broker.add_middleware(self._router)
         for _ in range(self.worker_threads):
             self._add_worker()
@@ -149,8 +161,8 @@ class PausableWorker(dramatiq.Worker):
 
             given_back: list[str] = []
             by_queue: dict[str, list[MessageProxy]] = defaultdict(list)
-            for item in iter_queue(self.work_queue):
-                by_queue[item.message.queue_name].append(item.message)
+            for message in queued_messages(self.work_queue):
+                by_queue[message.queue_name].append(message)
             for queue_name, messages in by_queue.items():
                 try:
                     self.consumers[queue_name].requeue_messages(messages)
@@ -161,8 +173,8 @@ class PausableWorker(dramatiq.Worker):
                 # Requeues its delay queue; our consumer wrapper gives back its fetch cache.
                 consumer_thread.close()
 
-            if self._router is not None and self._router in self.broker.middleware:
-                self.broker.middleware.remove(self._router)
+            if self._router is not None:
+                remove_middleware(self.broker, self._router)
             self._router = None
             # Fresh containers: a thread that outlived the timeout keeps the old ones.
             self.consumers = {}
@@ -202,9 +214,7 @@ class _IdleConsumer(dramatiq.Consumer):
         if message is not None:
             self.misses = 0
             return message
-        prefetch = getattr(self.inner, "prefetch", None)
-        outstanding = getattr(self.inner, "outstanding_message_count", 0)
-        if prefetch is not None and outstanding >= prefetch:
+        if consumer_is_full(self.inner):
             # Not idle, only full: look again soon, a thread will free a slot.
             self._sleep(IDLE_SLICE)
             return None
@@ -214,7 +224,7 @@ class _IdleConsumer(dramatiq.Consumer):
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while getattr(self.thread, "running", True):
+        while thread_running(self.thread):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -239,7 +249,7 @@ class _IdleConsumer(dramatiq.Consumer):
         Dramatiq's stop leaves these in the worker's ack set, where they wait
         for the heartbeat timeout, or forever if the process lives on.
         """
-        cache = getattr(self.inner, "message_cache", None)
+        cache = fetch_cache(self.inner)
         if not cache:
             return
         messages = []

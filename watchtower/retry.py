@@ -28,6 +28,7 @@ from typing import Any, cast
 import dramatiq
 from dramatiq.common import q_name
 
+from . import dramatiq_internals as internals
 from .errors import BrokerError, JobConflict, JobNotFound
 from .events import encode_message
 from .middleware import READY_AT_OPTION
@@ -39,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 #: Options written by Dramatiq (or the middleware) during a run; a retry
 #: starts without them, as a message fresh from its producer would.
-RESET_OPTIONS = frozenset({"retries", "traceback", "redis_message_id", "eta", "requeue_timestamp", READY_AT_OPTION})
+RESET_OPTIONS = frozenset(
+    {"retries", "traceback", internals.REDIS_MESSAGE_ID, "eta", "requeue_timestamp", READY_AT_OPTION}
+)
 
 
 @dataclass(frozen=True)
@@ -181,14 +184,14 @@ def remove_dead_letter(
     if RedisBroker is not None and isinstance(broker, RedisBroker):
         if not broker_message_id:
             return False
-        dead = f"{broker.namespace}:{q_name(queue)}.XQ"
-        pipe = broker.client.pipeline()
-        pipe.zrem(dead, broker_message_id)
-        pipe.hdel(dead + ".msgs", broker_message_id)
+        namespace = internals.redis_namespace(broker)
+        pipe = internals.redis_client(broker).pipeline()
+        pipe.zrem(internals.dead_key(namespace, queue), broker_message_id)
+        pipe.hdel(internals.dead_messages_key(namespace, queue), broker_message_id)
         removed, _ = pipe.execute()
         return bool(removed)
     if isinstance(broker, StubBroker):
-        letters: list[Any] = broker.dead_letters_by_queue.get(q_name(queue), [])
+        letters: list[Any] = internals.stub_dead_letters(broker, queue)
         keep = [message for message in letters if message.message_id != message_id]
         removed_any = len(keep) != len(letters)
         letters[:] = keep  # in place: the broker's consumers hold this list

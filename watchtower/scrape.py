@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import dramatiq_internals as internals
 from .models import Worker, WorkerStatus
 
 __all__ = ["QueueDepths", "RedisQueueDepths", "RabbitmqQueueDepths", "ScrapeSources", "queue_depths_for", "sources_for"]
@@ -66,11 +67,11 @@ class RedisQueueDepths:
     def depths(self) -> dict[str, dict[str, int]]:
         names = sorted(self.queues() if callable(self.queues) else self.queues)
         pipe = self.client.pipeline(transaction=False)
+        namespace = self.namespace
         for name in names:
-            key = f"{self.namespace}:{name}"
-            pipe.llen(key)
-            pipe.hlen(f"{key}.DQ.msgs")
-            pipe.zcard(f"{key}.XQ")
+            pipe.llen(internals.ready_key(namespace, name))
+            pipe.hlen(internals.delayed_messages_key(namespace, name))
+            pipe.zcard(internals.dead_key(namespace, name))
         counts = pipe.execute()
         return {
             name: {"ready": counts[3 * i], "delayed": counts[3 * i + 1], "dead": counts[3 * i + 2]}
@@ -103,11 +104,12 @@ class StubQueueDepths:
 
         result = {}
         for name in sorted(_canonical(self.broker.get_declared_queues())):
-            delayed = self.broker.queues.get(dq_name(name))
+            ready = internals.stub_queue(self.broker, name)
+            delayed = internals.stub_queue(self.broker, dq_name(name))
             result[name] = {
-                "ready": self.broker.queues[name].qsize(),
+                "ready": ready.qsize() if ready is not None else 0,
                 "delayed": delayed.qsize() if delayed is not None else 0,
-                "dead": len(self.broker.dead_letters_by_queue.get(name, ())),
+                "dead": len(internals.stub_dead_letters(self.broker, name)),
             }
         return result
 
@@ -122,7 +124,10 @@ def queue_depths_for(broker: Any) -> QueueDepths | None:
     """The depth reader for a Dramatiq broker, or None for a kind it cannot read."""
     kind = type(broker).__name__.lower()
     if "redis" in kind:
-        return RedisQueueDepths(broker.client, broker.namespace, lambda: _canonical(broker.get_declared_queues()))
+        return RedisQueueDepths(
+            internals.redis_client(broker), internals.redis_namespace(broker),
+            lambda: _canonical(broker.get_declared_queues()),
+        )
     if "rabbitmq" in kind:
         return RabbitmqQueueDepths(broker)
     if "stub" in kind:

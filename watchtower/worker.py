@@ -66,6 +66,7 @@ from dramatiq.middleware import Retries, TimeLimit
 
 from .bus import CommandBus, WorkerCommand, worker_command_key
 from .config import Settings, SupervisorSettings
+from .dramatiq_internals import set_max_retries, set_time_limit
 from .errors import BusError, ConfigError, WatchtowerError
 from .events import WorkerEvent
 from .middleware import WatchtowerMiddleware
@@ -159,12 +160,12 @@ def apply_limits(broker: dramatiq.Broker, options: WorkerOptions) -> None:
     """Set Retries' and TimeLimit's defaults from ``--tries`` and ``--timeout``."""
     retries = [m for m in broker.middleware if isinstance(m, Retries)]
     for middleware in retries:
-        middleware.max_retries = options.tries - 1
+        set_max_retries(middleware, options.tries - 1)
     if not retries and options.tries > 1:
         logger.warning("the broker has no Retries middleware: --tries %d cannot apply", options.tries)
     limits = [m for m in broker.middleware if isinstance(m, TimeLimit)]
     for middleware in limits:
-        middleware.time_limit = options.timeout * 1000 if options.timeout > 0 else float("inf")
+        set_time_limit(middleware, options.timeout * 1000 if options.timeout > 0 else float("inf"))
     if not limits and options.timeout > 0:
         logger.warning("the broker has no TimeLimit middleware: --timeout %s cannot apply", options.timeout)
 

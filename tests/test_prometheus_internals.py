@@ -1,0 +1,132 @@
+"""Contract tests: each prometheus-client internal that watchtower.prometheus_internals names still holds.
+
+One test per internal, named after it, against the installed
+prometheus-client: metrics are written by real child processes in
+multiprocess mode (the mode is fixed when the library is first imported, so
+never in this process), and their files are read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import subprocess_env
+from watchtower import prometheus_internals as internals
+
+# Run in a child: writes a few values, prints its pid and what the adapter says of its mode.
+_WRITER = """
+import json, os, sys
+from watchtower import prometheus_internals as internals
+from prometheus_client import Counter, Gauge, Histogram
+in_files = internals.values_in_files()
+if in_files:
+    counter = Counter("wt_probe", "A probe counter.", ["queue"], registry=None)
+    counter.labels("a").inc(3)
+    counter.labels("b").inc(0.5)
+    Gauge("wt_probe_live", "A probe gauge.", ["queue"], multiprocess_mode="livesum", registry=None).labels("a").set(7)
+    Gauge("wt_probe_max", "A max gauge.", (), multiprocess_mode="max", registry=None).set(4)
+    histogram = Histogram("wt_probe_seconds", "A probe histogram.", (), buckets=(0.005, 1.0), registry=None)
+    for value in (0.001, 0.5, 0.6, 30.0):
+        histogram.observe(value)
+print(json.dumps({"pid": os.getpid(), "in_files": in_files}))
+"""
+
+
+def _write(directory: Path | None) -> dict[str, Any]:
+    env = subprocess_env()
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("prometheus_multiproc_dir", None)
+    if directory is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    done = subprocess.run([sys.executable, "-c", _WRITER], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def _values(path: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, labels): value} of one file, through the adapter."""
+    values = {}
+    for key, value, timestamp, _position in internals.read_file(path):
+        _metric, name, labels, _help = internals.parse_key(key)
+        values[(name, tuple(sorted(labels.items())))] = value
+        assert isinstance(timestamp, float)
+    return values
+
+
+def test_value_class_multiprocess_flag(tmp_path: Path) -> None:
+    assert _write(tmp_path)["in_files"] is True
+    assert _write(None)["in_files"] is False
+
+
+def test_multiprocess_file_names(tmp_path: Path) -> None:
+    pid = _write(tmp_path)["pid"]
+    names = {name for name in os.listdir(tmp_path) if name.endswith(".db")}
+    assert names == {
+        os.path.basename(internals.metric_file(tmp_path, "counter", pid)),
+        os.path.basename(internals.metric_file(tmp_path, "gauge", pid, "livesum")),
+        os.path.basename(internals.metric_file(tmp_path, "gauge", pid, "max")),
+        os.path.basename(internals.metric_file(tmp_path, "histogram", pid)),
+    }
+    assert internals.file_kind(internals.metric_file(tmp_path, "counter", pid)) == ("counter", None)
+    assert internals.file_kind(internals.metric_file(tmp_path, "gauge", pid, "livesum")) == ("gauge", "livesum")
+
+
+def test_mmaped_dict_reads_a_counter_file_with_its_keys(tmp_path: Path) -> None:
+    pid = _write(tmp_path)["pid"]
+    file = internals.metric_file(tmp_path, "counter", pid)
+    entries = list(internals.read_file(file))
+    assert all(len(entry) == 4 for entry in entries)  # key, value, timestamp, position
+    metric_names = {internals.parse_key(key)[0] for key, *_ in entries}
+    helps = {internals.parse_key(key)[3] for key, *_ in entries}
+    assert metric_names == {"wt_probe"} and helps == {"A probe counter."}
+    values = _values(file)
+    assert values[("wt_probe_total", (("queue", "a"),))] == 3.0
+    assert values[("wt_probe_total", (("queue", "b"),))] == 0.5
+    assert _values(internals.metric_file(tmp_path, "gauge", pid, "livesum")) == {
+        ("wt_probe_live", (("queue", "a"),)): 7.0
+    }
+
+
+def test_histogram_file_holds_per_bucket_values_and_sum_without_count(tmp_path: Path) -> None:
+    pid = _write(tmp_path)["pid"]
+    values = _values(internals.metric_file(tmp_path, "histogram", pid))
+    go = internals.go_float_formatter()
+    buckets = {dict(labels)["le"]: value for (name, labels), value in values.items() if name.endswith("_bucket")}
+    # One observation per bucket it fell in, not cumulative: 0.001 | 0.5, 0.6 | 30.
+    assert buckets == {go(0.005): 1.0, go(1.0): 2.0, go(float("inf")): 1.0}
+    assert values[("wt_probe_seconds_sum", ())] == 0.001 + 0.5 + 0.6 + 30.0
+    assert not any(name.endswith("_count") for name, _ in values)
+
+
+def test_mmaped_dict_writes_a_file_the_library_reads(tmp_path: Path) -> None:
+    pid = _write(tmp_path)["pid"]
+    written = internals.metric_file(tmp_path, "counter", pid)
+    archive = internals.metric_file(tmp_path, "counter", "dead")
+    internals.write_file(archive, [(key, value * 10) for key, value, _ts, _pos in internals.read_file(written)])
+    assert _values(archive) == {key: value * 10 for key, value in _values(written).items()}
+    os.remove(written)
+    # The library's own reader sees the file that was written here.
+    families = {family.name: family for family in internals.merge_files([archive])}
+    samples = {(s.name, s.labels.get("queue")): s.value for s in families["wt_probe"].samples}
+    assert samples == {("wt_probe_total", "a"): 30.0, ("wt_probe_total", "b"): 5.0}
+
+
+def test_multiprocess_collector_merge_adds_up_files(tmp_path: Path) -> None:
+    pids = [_write(tmp_path)["pid"] for _ in range(2)]
+    families = {family.name: family for family in internals.merge_files(
+        [internals.metric_file(tmp_path, "gauge", pid, "max") for pid in pids]
+        + [internals.metric_file(tmp_path, "counter", pid) for pid in pids]
+    )}
+    assert [sample.value for sample in families["wt_probe_max"].samples] == [4.0]
+    counted = {s.labels["queue"]: s.value for s in families["wt_probe"].samples if s.name == "wt_probe_total"}
+    assert counted == {"a": 6.0, "b": 1.0}
+
+
+def test_float_to_go_string() -> None:
+    go = internals.go_float_formatter()
+    assert [go(value) for value in (0.005, 1.0, 2.5, 3600.0, float("inf"))] == ["0.005", "1.0", "2.5", "3600.0", "+Inf"]

@@ -1,0 +1,103 @@
+"""Every undocumented part of prometheus-client that Watchtower relies on, in one place.
+
+Read off prometheus-client 0.26.0 (``values.py``, ``mmap_dict.py``,
+``multiprocess.py``, ``utils.py``).  Any minor release may move them, hence
+the upper bound on ``prometheus-client`` in pyproject.toml;
+``tests/test_prometheus_internals.py`` has one test per item below, named
+after it, run against the installed library with real files and processes.
+
+- ``prometheus_client.values.ValueClass._multiprocess``: True when the
+  process's values live in files (:func:`values_in_files`);
+- the multiprocess file names: ``counter_<pid>.db``, ``histogram_<pid>.db``,
+  ``summary_<pid>.db``, ``gauge_<mode>_<pid>.db`` (:func:`metric_file`,
+  :func:`file_kind`);
+- ``prometheus_client.mmap_dict.MmapedDict``: its
+  ``read_all_values_from_file(path)`` yields ``(key, value, timestamp,
+  position)`` (:func:`read_file`), and ``MmapedDict(path)`` /
+  ``write_value(key, value, timestamp)`` / ``close()`` write a file the
+  library reads back (:func:`write_file`);
+- the key of each value: the JSON list ``[metric name, sample name, labels,
+  help]`` (:func:`parse_key`); a histogram's files hold one value per bucket
+  (not cumulative) with an ``le`` label, and ``_sum``, never ``_count``;
+- ``MultiProcessCollector.merge(files, accumulate=True)``: the library's own
+  merge of some files into metric families (:func:`merge_files`);
+- ``prometheus_client.utils.floatToGoString``: how a bucket bound is written
+  in the ``le`` label (:func:`go_float_formatter`).
+
+prometheus-client decides where values live when ``prometheus_client.values``
+is first imported, which any import of the package does: so this module
+imports it only inside its functions, and can be imported anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+__all__ = ["file_kind", "go_float_formatter", "merge_files", "metric_file", "parse_key", "read_file", "values_in_files", "write_file"]
+
+
+def values_in_files() -> bool:
+    """Whether this process's metric values live in multiprocess files (else in memory).
+
+    Imports prometheus-client, which fixes the answer for the process's life.
+    """
+    from prometheus_client import values
+
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def metric_file(directory: str | os.PathLike[str], typ: str, pid: int | str, mode: str | None = None) -> str:
+    """The file in which process ``pid`` keeps its values of type ``typ`` (gauges: of ``mode``)."""
+    prefix = f"{typ}_{mode}" if typ == "gauge" else typ
+    return os.path.join(os.fspath(directory), f"{prefix}_{pid}.db")
+
+
+def file_kind(path: str) -> tuple[str, str | None]:
+    """The type of the values in a multiprocess file, and for a gauge its mode."""
+    parts = os.path.basename(path).split("_")
+    return parts[0], (parts[1] if parts[0] == "gauge" else None)
+
+
+def read_file(path: str) -> Iterable[tuple[str, float, float, int]]:
+    """``(key, value, timestamp, position)`` of every value in a multiprocess file."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    return MmapedDict.read_all_values_from_file(path)  # type: ignore[no-any-return]
+
+
+def write_file(path: str, values: Iterable[tuple[str, float]]) -> None:
+    """Write a multiprocess file holding ``(key, value)`` pairs (timestamps 0), as the library would."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    file = MmapedDict(path)
+    try:
+        for key, value in values:
+            file.write_value(key, value, 0.0)
+    finally:
+        file.close()
+
+
+def parse_key(key: str) -> tuple[str, str, dict[str, str], str]:
+    """A value's key: (metric name, sample name, labels, help text)."""
+    metric_name, name, labels, help_text = json.loads(key)
+    return metric_name, name, labels, help_text
+
+
+def merge_files(files: Sequence[str]) -> list[Any]:
+    """The library's own merge of multiprocess files into metric families (values added up)."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    return list(MultiProcessCollector.merge(files, accumulate=True))
+
+
+def go_float_formatter() -> Callable[[float], str]:
+    """The function writing a float as Prometheus does in a label (``0.005``, ``+Inf``).
+
+    Handed out rather than called here: a scrape formats every bucket bound.
+    """
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString  # type: ignore[no-any-return]
