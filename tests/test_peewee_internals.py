@@ -1,4 +1,9 @@
-"""Contract test: the one peewee internal Watchtower relies on still holds.
+"""Contract tests: the peewee internals Watchtower relies on still hold.
+
+watchtower.store chooses the driver itself: it overrides ``_connect``
+(Peewee's hook for opening a connection, which reads ``connect_params``)
+and passes ``prefer_psycopg3`` (Peewee 4's switch between its psycopg 2
+and 3 adapters).
 
 The ledger's MySQL write runs ``cursor().executemany`` itself, inside
 ``peewee.__exception_wrapper__`` (undocumented), so that a driver's error
@@ -32,3 +37,23 @@ def test_exception_wrapper_turns_a_driver_error_into_peewees_keeping_the_origina
         assert isinstance(original, pymysql.err.IntegrityError)
         assert original.args[0] == 1062  # ER_DUP_ENTRY
         db.close()
+
+
+def test_connect_hook_and_the_psycopg_switch(tmp_path: Path) -> None:
+    with fresh_database("postgresql", tmp_path) as url:
+        name = url.rsplit("/", 1)[1]
+        opened: list[object] = []
+
+        class Probe(peewee.PostgresqlDatabase):
+            def _connect(self) -> object:
+                assert self.connect_params["host"] == "127.0.0.1"
+                conn = super()._connect()
+                opened.append(conn)
+                return conn
+
+        for prefer, module in ((True, "psycopg"), (False, "psycopg2")):
+            db = Probe(name, host="127.0.0.1", user="postgres", prefer_psycopg3=prefer)
+            db.execute_sql("SELECT 1")
+            assert type(opened[-1]).__module__.split(".")[0] == module
+            db.close()
+        assert len(opened) == 2
