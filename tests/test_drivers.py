@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import REDIS_URL, ROOT, fresh_database, subprocess_env, wait_until
+from conftest import REDIS_URL, ROOT, fresh_database, subprocess_env, unique, wait_until
 from watchtower import store
-from watchtower.errors import DatabaseDriverError, DatabaseURLError
+from watchtower.errors import DatabaseDriverError, DatabaseUnavailable, DatabaseURLError
 from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
 
 BLOCKERS = ROOT / "tests" / "blockers"
@@ -145,3 +145,48 @@ def test_a_driver_older_than_the_oldest_tested_is_refused(monkeypatch: pytest.Mo
     with pytest.raises(DatabaseDriverError, match=rf"psycopg: version {installed} is older than 99.0\): "
                                                   r"pip install 'dramatiq-watchtower\[postgresql\]'$"):
         store.check_database_url("postgresql://postgres@127.0.0.1/test")
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://postgres@127.0.0.1:5432/{name}",
+    "postgresql+psycopg2://postgres@127.0.0.1:5432/{name}",
+    "mysql://root@127.0.0.1:3306/{name}",
+    "mysql+mysqldb://root@127.0.0.1:3306/{name}",
+])
+def test_a_missing_database_is_created_when_the_user_may(url: str) -> None:
+    name = unique("wt_new")
+    url = url.format(name=name)
+    kind = store.check_database_url(url).kind
+    try:
+        db = store.connect(url)
+        assert db.table_exists("watchtower_jobs")
+        db.close()
+        store.create_database(url)  # again: it exists, nothing happens
+    finally:
+        if kind == "postgresql":
+            import psycopg
+
+            with psycopg.connect(dbname="postgres", host="127.0.0.1", user="postgres", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            import pymysql
+
+            conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+            with conn.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            conn.close()
+
+
+def test_a_missing_database_the_user_may_not_create_is_explained() -> None:
+    import psycopg
+
+    role, name = unique("wt_nocreate"), unique("wt_new")
+    with psycopg.connect(dbname="postgres", host="127.0.0.1", user="postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB")
+    try:
+        with pytest.raises(DatabaseUnavailable, match=rf"the ledger database '{name}' does not exist on 127.0.0.1 "
+                                                      rf"and {role} may not create it .*createdb {name}"):
+            store.connect(f"postgresql://{role}@127.0.0.1:5432/{name}")
+    finally:
+        with psycopg.connect(dbname="postgres", host="127.0.0.1", user="postgres", autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")

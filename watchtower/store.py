@@ -38,7 +38,8 @@ from . import derived, models
 from .errors import DatabaseDriverError, DatabaseUnavailable, DatabaseURLError, SchemaError
 
 __all__ = [
-    "connect", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION", "dialect", "driver",
+    "connect", "create_database", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION",
+    "dialect", "driver",
     "DRIVERS",
 ]
 
@@ -336,11 +337,79 @@ def connect(url: str, *, create: bool = True) -> peewee.Database:
         models.database.initialize(db)
         if create:
             try:
-                ensure_schema(db)
+                try:
+                    ensure_schema(db)
+                except peewee.OperationalError as error:
+                    if not _is_missing_database(error):
+                        raise
+                    create_database(url)
+                    ensure_schema(db)
             except peewee.DatabaseError as error:  # also OperationalError, InterfaceError
                 reason = " ".join(str(error).split())
                 raise DatabaseUnavailable(f"cannot open the ledger database {redact_url(url)}: {reason}") from error
     return db
+
+
+def _is_missing_database(error: BaseException) -> bool:
+    """Whether connecting failed because the URL's database does not exist on the server."""
+    text = str(error)
+    original = error.__context__
+    code = original.args[0] if original is not None and original.args else None
+    return code == 1049 or ('database "' in text and "does not exist" in text)  # MySQL ER_BAD_DB_ERROR; PostgreSQL
+
+
+def create_database(url: str) -> None:
+    """Create the (PostgreSQL or MySQL) database ``url`` names, if it does not exist yet.
+
+    ``connect`` calls it when the server says the database is missing, so a
+    ledger on a fresh server needs no step by hand when the URL's user may
+    create databases.  When the user may not, DatabaseUnavailable says how to
+    create it.  Several processes may try at once: one creates it, the others
+    find it made.
+    """
+    spec = check_database_url(url)
+    if spec.kind == "sqlite":
+        return  # SQLite makes its file on connect
+    name = spec.database
+    user = spec.params.get("user", "the default user")
+    module = importlib.import_module(_module_of(spec.driver))
+    params = {key: value for key, value in spec.params.items()}
+    params.setdefault("connect_timeout", 5)
+    try:
+        if spec.kind == "postgresql":
+            # CREATE DATABASE runs outside a transaction, from another database of the server.
+            conn = module.connect(dbname="postgres", **params)
+            conn.autocommit = True
+            quoted = '"' + name.replace('"', '""') + '"'
+            statement = f"CREATE DATABASE {quoted}"
+        else:
+            params.setdefault("charset", "utf8mb4")
+            conn = module.connect(autocommit=True, **params)
+            quoted = "`" + name.replace("`", "``") + "`"
+            statement = f"CREATE DATABASE IF NOT EXISTS {quoted} CHARACTER SET utf8mb4"
+    except Exception as error:
+        raise DatabaseUnavailable(
+            f"the ledger database {name!r} does not exist on {spec.params.get('host')}, and connecting to create it "
+            f"failed: {' '.join(str(error).split())}"
+        ) from error
+    try:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(statement)
+            logger.info("created the ledger database %s", redact_url(url))
+        except Exception as error:
+            text = str(error)
+            if "already exists" in text:  # made by another process meanwhile
+                return
+            how = f"createdb {name}" if spec.kind == "postgresql" else f"CREATE DATABASE {quoted}"
+            raise DatabaseUnavailable(
+                f"the ledger database {name!r} does not exist on {spec.params.get('host')} and {user} may not create "
+                f"it ({' '.join(text.split())}): create it first ({how}) or let {user} create databases"
+            ) from error
+        finally:
+            cursor.close()
+    finally:
+        conn.close()
 
 
 _connect_lock = threading.RLock()
