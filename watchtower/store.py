@@ -120,7 +120,10 @@ def open_database(url: str) -> peewee.Database:
         )
     if spec.kind == "postgresql":
         params = {"connect_timeout": 5, **spec.params}
-        return peewee.PostgresqlDatabase(spec.database, field_types={"BIGTEXT": "TEXT"}, **params)
+        # The ledger speaks psycopg 3 (COPY, %b); Peewee takes psycopg2 when both
+        # are installed unless told otherwise.
+        return peewee.PostgresqlDatabase(spec.database, field_types={"BIGTEXT": "TEXT"}, prefer_psycopg3=True,
+                                         **params)
     params = {"connect_timeout": 5, "charset": "utf8mb4", **spec.params}
     return peewee.MySQLDatabase(spec.database, field_types={"BIGTEXT": "LONGTEXT"}, **params)
 
