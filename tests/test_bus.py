@@ -51,8 +51,8 @@ def bus(bus_spec: dict[str, str]) -> Iterator[CommandBus]:
     bus.close()
 
 
-def test_key_helpers_name_the_seeds_keys() -> None:
-    assert worker_command_key("host-12-ab") == "worker:host-12-ab:command"
+def test_key_helpers_name_the_keys() -> None:
+    assert worker_command_key("host-12-ab") == "worker:host-12-ab:commands"
     assert supervisor_inbox_key("emails") == "supervisor:emails:inbox"
 
 

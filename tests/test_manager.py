@@ -87,11 +87,13 @@ def test_the_default_supervisor_is_the_only_one_or_default(tmp_path: Path, sqlit
     manager.bus.close()
 
 
-def test_stop_pause_resume_put_the_command_on_the_workers_key(manager: WorkerManager) -> None:
+def test_stop_pause_resume_queue_the_commands_on_the_workers_list_in_order(manager: WorkerManager) -> None:
     add_worker("w1")
-    for method, value in ((manager.pause_worker, "pause"), (manager.resume_worker, "resume"), (manager.stop_worker, "stop")):
-        method("w1")
-        assert manager.bus.get(worker_command_key("w1")) == value
+    manager.pause_worker("w1")
+    manager.resume_worker("w1")
+    manager.stop_worker("w1")
+    assert manager.bus.pop_all(worker_command_key("w1")) == ["pause", "resume", "stop"]
+    assert manager.bus.pop_all(worker_command_key("w1")) == []
 
 
 def test_commands_to_unknown_or_gone_workers_are_refused_distinctly(manager: WorkerManager) -> None:
@@ -101,7 +103,7 @@ def test_commands_to_unknown_or_gone_workers_are_refused_distinctly(manager: Wor
         add_worker(f"gone-{status}", status)
         with pytest.raises(WorkerGone, match=f"worker 'gone-{status}' is {status}: it cannot pause"):
             manager.pause_worker(f"gone-{status}")
-        assert manager.bus.get(worker_command_key(f"gone-{status}")) is None
+        assert manager.bus.pop_all(worker_command_key(f"gone-{status}")) == []
 
 
 def test_running_all_and_is_running(manager: WorkerManager) -> None:
@@ -133,9 +135,9 @@ def test_terminate_all_workers_stops_every_live_one(manager: WorkerManager) -> N
     add_worker("b", WorkerStatus.PAUSED, hostname="elsewhere")
     add_worker("c", WorkerStatus.STOPPED)
     assert manager.terminate_all_workers() == 2
-    assert manager.bus.get(worker_command_key("a")) == "stop"
-    assert manager.bus.get(worker_command_key("b")) == "stop"
-    assert manager.bus.get(worker_command_key("c")) is None
+    assert manager.bus.pop_all(worker_command_key("a")) == ["stop"]
+    assert manager.bus.pop_all(worker_command_key("b")) == ["stop"]
+    assert manager.bus.pop_all(worker_command_key("c")) == []
 
 
 def started(message_id: str, worker_id: str) -> JobEvent:

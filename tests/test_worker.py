@@ -101,6 +101,10 @@ class Lab:
         }
         return subprocess_env(**{**values, **(env or {})})
 
+    def log_text(self, worker_id: str) -> str:
+        """What the worker ``worker_id`` (started by :meth:`start`) has logged so far."""
+        return (self.tmp_path / f"{worker_id}.log").read_text(errors="replace")
+
     def row(self, worker_id: str) -> Worker | None:
         return Worker.get_or_none(Worker.worker_id == worker_id)
 
@@ -190,10 +194,10 @@ def test_stop_pause_and_resume_through_the_bus(lab: Lab, bus_kind: str) -> None:
 
     def command(value: str, status: str) -> None:
         started = time.monotonic()
-        bus.put(key, value)
+        bus.push(key, value)
         lab.wait_status(worker_id, status)
         latencies[value] = time.monotonic() - started
-        assert bus.get(key) is None  # applied and forgotten
+        assert bus.pop_all(key) == []  # taken and applied
 
     command("pause", WorkerStatus.PAUSED)
     assert lab.held_messages() == 0
@@ -201,6 +205,15 @@ def test_stop_pause_and_resume_through_the_bus(lab: Lab, bus_kind: str) -> None:
     assert lab.job(paused_job) is None  # nobody took it (the producer records nothing)
     command("resume", WorkerStatus.RUNNING)
     assert lab.wait_job(paused_job, JobStatus.COMPLETED).worker_id == worker_id
+    # Two quick commands: both applied, in the order sent (a pause, then the
+    # resume that undoes it), where one value per key kept only the last.
+    bus.push(key, "pause")
+    bus.push(key, "resume")
+    wait_until(lambda: lab.log_text(worker_id).count(f"worker {worker_id} resumed") == 2, timeout=DEADLINE,
+               message="the second pause and resume")
+    log = lab.log_text(worker_id)
+    assert log.count(f"worker {worker_id} paused") == 2
+    assert log.rindex(f"worker {worker_id} paused") < log.rindex(f"worker {worker_id} resumed")
     command("stop", WorkerStatus.STOPPED)
     assert finish(child) == 0
     assert lab.row(worker_id).exit_reason == "command: stop"
@@ -219,7 +232,7 @@ def test_a_pause_past_the_broker_heartbeat_timeout_runs_no_job_twice(lab: Lab) -
     for token in tokens:
         lab.send("work", token, 0.3)
     wait_until(lambda: lab.trace("started:p0") or lab.trace("started:p1"), timeout=DEADLINE, message="a first job")
-    lab.bus("redis").put(worker_command_key(worker_id), "pause")
+    lab.bus("redis").push(worker_command_key(worker_id), "pause")
     lab.wait_status(worker_id, WorkerStatus.PAUSED)
     assert lab.held_messages() == 0
     left = lab.redis.llen(f"{lab.namespace}:{lab.queue}")
@@ -240,9 +253,9 @@ def test_a_pause_past_the_broker_heartbeat_timeout_runs_no_job_twice(lab: Lab) -
     lab.send("work", "after-pause", 0)  # a broker command: runs maintenance over the dead worker's acks
     assert lab.redis.llen(f"{lab.namespace}:{lab.queue}") == left + 1
 
-    lab.bus("redis").put(worker_command_key(worker_id), "resume")
+    lab.bus("redis").push(worker_command_key(worker_id), "resume")
     wait_until(lambda: all(lab.runs(t) >= 1 for t in [*tokens, "after-pause"]), timeout=60, message="every job")
-    lab.bus("redis").put(worker_command_key(worker_id), "stop")
+    lab.bus("redis").push(worker_command_key(worker_id), "stop")
     assert finish(child) == 0
     assert {token: lab.runs(token) for token in tokens} == {token: 1 for token in tokens}
 

@@ -144,7 +144,7 @@ class WorkerManager:
             raise UnknownWorker(f"unknown worker {worker_id!r}: no worker with that id is recorded")
         if row.status in _GONE:
             raise WorkerGone(f"worker {worker_id!r} is {row.status}: it cannot {command.value}")
-        self.bus.put(worker_command_key(worker_id), command.value)
+        self.bus.push(worker_command_key(worker_id), command.value)
         logger.info("sent %s to worker %s", command.value, worker_id)
 
     def terminate_all_workers(self) -> int:
@@ -157,7 +157,7 @@ class WorkerManager:
         self._database()
         ids = [row.worker_id for row in Worker.select(Worker.worker_id).where(Worker.status.in_(WorkerStatus.ALIVE))]
         for worker_id in ids:
-            self.bus.put(worker_command_key(worker_id), WorkerCommand.STOP.value)
+            self.bus.push(worker_command_key(worker_id), WorkerCommand.STOP.value)
         logger.info("asked %d workers to stop", len(ids))
         return len(ids)
 

@@ -357,17 +357,22 @@ class WorkerProcess:
             self.request_stop(EXIT_MEMORY, self._memory_reason)
 
     def _poll_command(self) -> None:
+        """Apply every command sent since the last look, in the order sent."""
         try:
-            value = self.bus.get(self.command_key)
-            if value is None:
-                return
-            self.bus.forget(self.command_key)
+            values = self.bus.pop_all(self.command_key)
         except BusError as error:
             now = time.monotonic()
             if now - self._last_bus_warning >= BUS_WARNING_INTERVAL:
                 self._last_bus_warning = now
                 logger.warning("worker %s cannot read its commands: %s", self.worker_id, error)
             return
+        for value in values:
+            if self._exit is not None:
+                logger.info("worker %s is stopping: ignores the command %s", self.worker_id, value)
+                continue
+            self._apply_command(value)
+
+    def _apply_command(self, value: str) -> None:
         try:
             command = WorkerCommand(value)
         except ValueError:

@@ -81,8 +81,13 @@ class CommandBus(Protocol):
 
 
 def worker_command_key(worker_id: str) -> str:
-    """The key at which the worker ``worker_id`` reads its next command."""
-    return f"worker:{worker_id}:command"
+    """The list from which the worker ``worker_id`` takes its commands, in the order sent.
+
+    A list (``push`` / ``pop_all``), not one value read and then deleted: a
+    command sent between the read and the delete would be lost, and of two
+    quick commands only the last would be seen.
+    """
+    return f"worker:{worker_id}:commands"
 
 
 def supervisor_inbox_key(name: str) -> str:
