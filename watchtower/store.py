@@ -80,7 +80,7 @@ DRIVERS: dict[str, tuple[Driver, ...]] = {
     "sqlite": (Driver("sqlite3", "sqlite3", (), "(part of Python)"),),
     "postgresql": (
         Driver("psycopg", "psycopg", (3, 1), "'dramatiq-watchtower[postgresql]'"),
-        Driver("psycopg2", "psycopg2", (2, 9), "'dramatiq-watchtower[postgresql]' (psycopg 3) or psycopg2-binary"),
+        Driver("psycopg2", "psycopg2", (2, 9, 5), "'dramatiq-watchtower[postgresql]' (psycopg 3) or psycopg2-binary"),
     ),
     "mysql": (
         Driver("pymysql", "pymysql", (1, 1), "'dramatiq-watchtower[mysql]'", "VERSION"),
