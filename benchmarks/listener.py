@@ -2,9 +2,9 @@
 
     python3 benchmarks/listener.py
 
-Runs itself twice: once as is (values in memory), once with
-PROMETHEUS_MULTIPROC_DIR set to a temporary directory (values in mmap
-files, as in a supervised worker).  Prints microseconds per call.
+Runs itself twice: once with the values in memory, once with them in mmap
+files of a temporary directory (``metrics_dir``, as in a supervised
+worker).  Prints microseconds per call.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def measure(calls: int = 100_000) -> None:
     from watchtower.events import JobEvent, Kind
     from watchtower.metrics import JobMetrics, process_metrics
 
+    process_metrics(os.environ.get("WATCHTOWER_METRICS_DIR"))
     listen = JobMetrics()
     events = {
         "enqueued": JobEvent("m", Kind.ENQUEUED, 1, 0, "default", "task", "redis", 0),
@@ -48,4 +49,4 @@ if __name__ == "__main__":
         subprocess.run([sys.executable, __file__, "--child"], check=True)
         with tempfile.TemporaryDirectory() as directory:
             subprocess.run([sys.executable, __file__, "--child"], check=True,
-                           env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory})
+                           env={**os.environ, "WATCHTOWER_METRICS_DIR": directory})

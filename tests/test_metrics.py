@@ -59,6 +59,7 @@ CHILD = textwrap.dedent("""
     import sys
     from watchtower.events import JobEvent, Kind
     from watchtower.metrics import JobMetrics, process_metrics
+    process_metrics(sys.argv[3])  # the values in files there, as a middleware with metrics_dir does
     listen = JobMetrics()
     def event(kind, **fields):
         return JobEvent("m", kind, 1, 0, "q1", "work", "redis", 0, **fields)
@@ -75,8 +76,8 @@ CHILD = textwrap.dedent("""
 
 def start_child(directory: str, started: int, finished: int) -> subprocess.Popen[str]:
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(started), str(finished)],
-        env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=directory),
+        [sys.executable, "-c", CHILD, str(started), str(finished), directory],
+        env=subprocess_env(),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert child.stdout is not None
@@ -100,7 +101,7 @@ def test_prepare_wipes_only_metric_files_and_locks_the_directory(tmp_path: Path)
     held = metrics.prepare_multiprocess_dir(directory)
     try:
         assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
-        assert held.env() == {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+        assert held.env() == {"WATCHTOWER_METRICS_DIR": str(directory), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
         with pytest.raises(MetricsDirInUse, match=f"pid {os.getpid()}.*metrics_dir"):
             metrics.prepare_multiprocess_dir(directory)
     finally:
@@ -141,8 +142,8 @@ def test_processes_add_up_and_a_dead_process_leaves_the_live_gauge(tmp_path: Pat
         assert value(samples, "watchtower_job_queue_wait_seconds_count", **job) == 5
         # ... folded into one archive file per type, so files do not pile up.
         names = {p.name for p in held.path.glob("*.db")}
-        assert f"counter_{first.pid}.db" not in names and f"histogram_{first.pid}.db" not in names
-        assert {"counter_dead.db", "histogram_dead.db", f"counter_{second.pid}.db"} <= names
+        assert not any(str(first.pid) in name for name in names), names
+        assert {"counter_dead.db", "histogram_dead.db", f"counter_watchtower-{second.pid}.db"} <= names
 
         second.kill()
         second.wait(timeout=30)
@@ -150,7 +151,8 @@ def test_processes_add_up_and_a_dead_process_leaves_the_live_gauge(tmp_path: Pat
         samples = parse(metrics.exposition(settings)[0])
         assert value(samples, "watchtower_jobs_started_total", **job) == 5
         assert value(samples, "watchtower_job_duration_seconds_sum", **job) == pytest.approx(0.06)
-        assert not {f"counter_{first.pid}.db", f"counter_{second.pid}.db"} & {p.name for p in held.path.glob("*")}
+        assert not {f"counter_watchtower-{first.pid}.db", f"counter_watchtower-{second.pid}.db"} & \
+            {p.name for p in held.path.glob("*")}
     finally:
         for child in (first, second):
             if child.poll() is None:
@@ -280,7 +282,7 @@ def test_a_live_process_files_are_not_folded(tmp_path: Path):
     child = start_child(str(held.path), started=1, finished=0)
     try:
         metrics.mark_process_dead(child.pid, held.path)  # a mistake: it still runs
-        assert (held.path / f"counter_{child.pid}.db").exists()
+        assert (held.path / f"counter_watchtower-{child.pid}.db").exists()
     finally:
         child.kill()
         child.wait(timeout=30)

@@ -92,3 +92,55 @@ def test_the_supervisor_serves_its_pool_with_restarts_and_lost_jobs(
 
         sup.send_signal(signal.SIGTERM)
         assert wait_exit(sup, 90) == 0
+
+
+@pytest.mark.parametrize("dramatiq_prometheus", [False, True], ids=["plain-app", "with-dramatiq-prometheus"])
+def test_every_series_is_there_at_zero_and_the_counters_match_the_ledger(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str, dramatiq_prometheus: bool
+) -> None:
+    """Before any job, each job and restart series reads 0; after 12 jobs, the counters say what the ledger says.
+
+    With Dramatiq's own Prometheus middleware in the app, which points
+    PROMETHEUS_MULTIPROC_DIR at its own directory in every worker when it
+    boots: Watchtower's values must stay in the supervisor's directory.
+    """
+    path = config(tmp_path, sqlite_url, redis_namespace, queues=[queue_name], min_processes=2)
+    store.connect(sqlite_url)
+    log = tmp_path / "supervisor.log"
+    env = app_env(redis_namespace, queue_name)
+    dramatiq_dir = tmp_path / "dramatiq-prometheus"
+    if dramatiq_prometheus:
+        env.update(WT_TEST_DRAMATIQ_PROMETHEUS="1", dramatiq_prom_db=str(dramatiq_dir))
+    job = {"queue": queue_name, "actor": "nap"}
+    with running(start_supervisor(path, "default", log, **env), log) as sup:
+        url = wait_until(lambda: metrics_url(log), 60, message="the supervisor's /metrics")
+        wait_until(lambda: len(rows("default", WorkerStatus.RUNNING)) == 2, 60, message="2 running workers")
+
+        samples = scrape(url)[1]
+        for name in ("enqueued", "started", "completed", "failed", "retried", "skipped", "lost"):
+            # The producer here is the test, not a worker: enqueued is 0 in the workers' files.
+            assert value(samples, f"watchtower_jobs_{name}_total", **job) == 0, name
+        assert value(samples, "watchtower_jobs_in_progress", **job) == 0
+        assert value(samples, "watchtower_job_duration_seconds_count", **job) == 0
+        assert value(samples, "watchtower_job_queue_wait_seconds_count", **job) == 0
+        for reason in ("exit", "crash", "killed", "hung", "memory"):
+            assert value(samples, "watchtower_worker_restarts_total", supervisor="default", reason=reason) == 0
+
+        sent = [enqueue(redis_namespace, queue_name, uuid.uuid4().hex, seconds=0) for _ in range(12)]
+        done = Job.select().where(Job.message_id.in_(sent) & (Job.status == JobStatus.COMPLETED))
+        wait_until(lambda: done.count() == 12, 60, message="12 jobs completed in the ledger")
+        completed = wait_until(
+            lambda: value(scrape(url)[1], "watchtower_jobs_completed_total", **job) == 12 and 12, 30,
+            message="/metrics to count the 12 completed jobs",
+        )
+        samples = scrape(url)[1]
+        assert completed == done.count() == 12
+        assert value(samples, "watchtower_jobs_started_total", **job) == 12
+        assert value(samples, "watchtower_job_duration_seconds_count", **job) == 12
+        if dramatiq_prometheus:
+            # Dramatiq's middleware ran too, and wrote its own metrics where it wanted them.
+            assert any(dramatiq_dir.glob("counter_*.db")), "Dramatiq's Prometheus middleware wrote nothing"
+            assert not any(dramatiq_dir.glob("*watchtower*")), "Watchtower's values went to Dramatiq's directory"
+
+        sup.send_signal(signal.SIGTERM)
+        assert wait_exit(sup, 90) == 0

@@ -18,31 +18,28 @@ from typing import Any
 from conftest import subprocess_env
 from watchtower import prometheus_internals as internals
 
-# Run in a child: writes a few values, prints its pid and what the adapter says of its mode.
+# Run in a child with PROMETHEUS_MULTIPROC_DIR set: the library writes a few values; prints its pid.
 _WRITER = """
 import json, os, sys
-from watchtower import prometheus_internals as internals
-from prometheus_client import Counter, Gauge, Histogram
-in_files = internals.values_in_files()
-if in_files:
-    counter = Counter("wt_probe", "A probe counter.", ["queue"], registry=None)
-    counter.labels("a").inc(3)
-    counter.labels("b").inc(0.5)
-    Gauge("wt_probe_live", "A probe gauge.", ["queue"], multiprocess_mode="livesum", registry=None).labels("a").set(7)
-    Gauge("wt_probe_max", "A max gauge.", (), multiprocess_mode="max", registry=None).set(4)
-    histogram = Histogram("wt_probe_seconds", "A probe histogram.", (), buckets=(0.005, 1.0), registry=None)
-    for value in (0.001, 0.5, 0.6, 30.0):
-        histogram.observe(value)
-print(json.dumps({"pid": os.getpid(), "in_files": in_files}))
+from prometheus_client import Counter, Gauge, Histogram, values
+assert values.ValueClass._multiprocess, "not in multiprocess mode"
+counter = Counter("wt_probe", "A probe counter.", ["queue"], registry=None)
+counter.labels("a").inc(3)
+counter.labels("b").inc(0.5)
+Gauge("wt_probe_live", "A probe gauge.", ["queue"], multiprocess_mode="livesum", registry=None).labels("a").set(7)
+Gauge("wt_probe_max", "A max gauge.", (), multiprocess_mode="max", registry=None).set(4)
+histogram = Histogram("wt_probe_seconds", "A probe histogram.", (), buckets=(0.005, 1.0), registry=None)
+for value in (0.001, 0.5, 0.6, 30.0):
+    histogram.observe(value)
+print(json.dumps({"pid": os.getpid()}))
 """
 
 
-def _write(directory: Path | None) -> dict[str, Any]:
+def _write(directory: Path) -> dict[str, Any]:
     env = subprocess_env()
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.pop("prometheus_multiproc_dir", None)
-    if directory is not None:
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     done = subprocess.run([sys.executable, "-c", _WRITER], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
@@ -56,11 +53,6 @@ def _values(path: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         values[(name, tuple(sorted(labels.items())))] = value
         assert isinstance(timestamp, float)
     return values
-
-
-def test_value_class_multiprocess_flag(tmp_path: Path) -> None:
-    assert _write(tmp_path)["in_files"] is True
-    assert _write(None)["in_files"] is False
 
 
 def test_multiprocess_file_names(tmp_path: Path) -> None:
@@ -130,3 +122,22 @@ def test_multiprocess_collector_merge_adds_up_files(tmp_path: Path) -> None:
 def test_float_to_go_string() -> None:
     go = internals.go_float_formatter()
     assert [go(value) for value in (0.005, 1.0, 2.5, 3600.0, float("inf"))] == ["0.005", "1.0", "2.5", "3600.0", "+Inf"]
+
+
+def test_value_key_and_open_value_file(tmp_path: Path) -> None:
+    """A file written key by key as watchtower.instruments does: the library's reader gives the same values."""
+    path = internals.metric_file(tmp_path, "counter", "watchtower-1")
+    key = internals.value_key("wt_probe", "wt_probe_total", ["queue"], ["a"], "A probe counter.")
+    assert internals.parse_key(key) == ("wt_probe", "wt_probe_total", {"queue": "a"}, "A probe counter.")
+    file = internals.open_value_file(path)
+    try:
+        file.write_value(key, 1.0, 0.0)
+        file.write_value(key, 4.5, 0.0)  # a value is rewritten in place
+        # Readable while it is open, from another reader, as a scrape reads it.
+        assert _values(path) == {("wt_probe_total", (("queue", "a"),)): 4.5}
+    finally:
+        file.close()
+    families = {family.name: family for family in internals.merge_files([path])}
+    assert [(s.name, s.labels, s.value) for s in families["wt_probe"].samples] == [
+        ("wt_probe_total", {"queue": "a"}, 4.5)
+    ]

@@ -16,21 +16,25 @@ values make up a scrape:
 How multiprocess mode is done right here (each point is a fault of
 Dramatiq's own Prometheus middleware):
 
-- prometheus-client decides once per process, when ``prometheus_client.values``
-  is first imported, whether values live in memory or in files under
-  ``PROMETHEUS_MULTIPROC_DIR``.  So this module imports prometheus-client
-  only inside functions, and makes its metric objects on first use, never at
-  import: the supervisor puts the variable in each child's environment
-  before the child starts, and every worker process writes to files;
+- Watchtower's values do not depend on where ``PROMETHEUS_MULTIPROC_DIR``
+  points: its metric objects (:mod:`watchtower.instruments`) keep their
+  values in the directory the middleware's settings name when it is made
+  (``metrics_dir``; a supervisor sets it for each child), in files of their
+  own, so that Dramatiq's Prometheus middleware (which moves the variable in
+  ``after_process_boot``), or any other user of prometheus-client in the
+  app, cannot take them elsewhere;
+- every job series of every declared actor exists at 0 before its first
+  message (:func:`declare`, from the middleware's ``after_declare_actor``),
+  and the restarts of each supervisor by every reason from its start: a
+  series born at 1 is invisible to ``rate()`` and ``increase()``;
 - the supervisor wipes the directory when it starts
   (:func:`prepare_multiprocess_dir`), holds a lock on it so that a second
   supervisor cannot share (and wipe) it, and calls :func:`mark_process_dead`
   for every child that exits, however it died, so that the live gauges
   (``livesum``) stop counting dead processes while their counters stay;
-- the exposition comes from a fresh registry holding a
-  ``MultiProcessCollector`` (never the default registry), so nothing is
-  counted twice; values this process keeps in memory (a supervisor that
-  imported prometheus-client before it knew its directory) are merged in;
+- the exposition comes from a fresh registry (never prometheus-client's
+  default one), so nothing is counted twice; the values this process keeps
+  in memory (the supervisor's own) are merged in;
 - durations are seconds; "enqueued" counts a message once (a retry's two
   enqueues, to ``q.DQ`` and back to ``q``, are not new jobs), so there is no
   delayed gauge to go negative and no retry counted twice;
@@ -65,8 +69,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import multiproc, prometheus_internals
+from . import multiproc
 from .errors import MetricsServerError
+from .instruments import Counter, Gauge, Histogram, Values
 from .events import PHASE_FINISHED, JobEvent, Kind
 from .multiproc import (
     MULTIPROC_ENV,
@@ -77,8 +82,6 @@ from .multiproc import (
 )
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Gauge, Histogram
-
     from .config import Settings
     from .middleware import WatchtowerMiddleware
     from .recorder import Recorder
@@ -95,6 +98,9 @@ __all__ = [
     "open_multiprocess_dir",
     "prepare_multiprocess_dir",
     "record_lost",
+    "RESTART_REASONS",
+    "declare",
+    "declare_supervisor",
     "record_restart",
     "start_metrics_server",
 ]
@@ -116,18 +122,19 @@ _JOB_LABELS = ("queue", "actor")
 
 
 class ProcessMetrics:
-    """The metric objects of this process, made on first use (see the module doc).
+    """The metric objects of this process (see :mod:`watchtower.instruments`).
 
-    They are registered in no registry: the exposition reads them from the
-    multiprocess files, or (single-process mode) registers them in its own
-    fresh registry.
+    Their values live in ``directory`` (files a scrape of any process on the
+    host reads) or, without one, in this process's memory.
     """
 
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+    def __init__(self, directory: str | None = None) -> None:
+        #: Where the values live: None (this process's memory) or a directory.
+        self.directory = directory
+        self.values = values = Values(directory)
 
         def counter(name: str, help: str, labels: Sequence[str] = _JOB_LABELS) -> Counter:
-            return Counter(name, help, labels, registry=None)
+            return Counter(values, name, help, labels)
 
         self.enqueued = counter("watchtower_jobs_enqueued_total", "Messages sent to a queue (a retry is not counted again).")
         self.started = counter("watchtower_jobs_started_total", "Attempts started by a worker.")
@@ -137,52 +144,45 @@ class ProcessMetrics:
         self.skipped = counter("watchtower_jobs_skipped_total", "Jobs skipped by a middleware (AgeLimit).")
         self.lost = counter("watchtower_jobs_lost_total", "Attempts lost because their worker process died.")
         self.duration = Histogram(
-            "watchtower_job_duration_seconds", "How long attempts ran, seconds.", _JOB_LABELS,
-            buckets=DURATION_BUCKETS, registry=None,
+            values, "watchtower_job_duration_seconds", "How long attempts ran, seconds.", _JOB_LABELS,
+            buckets=DURATION_BUCKETS,
         )
         self.queue_wait = Histogram(
-            "watchtower_job_queue_wait_seconds", "From ready (enqueued, or eta reached) to started, seconds.",
-            _JOB_LABELS, buckets=DURATION_BUCKETS, registry=None,
+            values, "watchtower_job_queue_wait_seconds", "From ready (enqueued, or eta reached) to started, seconds.",
+            _JOB_LABELS, buckets=DURATION_BUCKETS,
         )
-        self.in_progress = Gauge(
-            "watchtower_jobs_in_progress", "Attempts running now.", _JOB_LABELS,
-            multiprocess_mode="livesum", registry=None,
-        )
+        self.in_progress = Gauge(values, "watchtower_jobs_in_progress", "Attempts running now.", _JOB_LABELS)
         self.restarts = counter(
             "watchtower_worker_restarts_total", "Worker processes restarted by their supervisor, by reason.",
             ("supervisor", "reason"),
         )
-        self.recorder_buffered = Gauge(
-            "watchtower_recorder_events_buffered", "Ledger events waiting to be written.", (),
-            multiprocess_mode="livesum", registry=None,
-        )
+        self.recorder_buffered = Gauge(values, "watchtower_recorder_events_buffered", "Ledger events waiting to be written.")
         self.recorder_dropped = counter(
             "watchtower_recorder_events_dropped_total", "Ledger events dropped because the buffer was full.", (),
         )
         self.recorder_written = counter("watchtower_recorder_events_written_total", "Ledger events written.", ())
         self.recorder_refused = Gauge(
-            "watchtower_recorder_refused",
+            values, "watchtower_recorder_refused",
             "Processes whose ledger writes the database refuses for a reason that retrying cannot fix "
-            "(a driver or programming error, a missing privilege).", (),
-            multiprocess_mode="livesum", registry=None,
+            "(a driver or programming error, a missing privilege).",
         )
         self.recorder_flush = Histogram(
-            "watchtower_recorder_flush_duration_seconds", "How long one batch write of the ledger took, seconds.",
-            buckets=FLUSH_BUCKETS, registry=None,
+            values, "watchtower_recorder_flush_duration_seconds", "How long one batch write of the ledger took, seconds.",
+            buckets=FLUSH_BUCKETS,
         )
         self._children: dict[tuple[str, str], _JobChildren] = {}
         self._children_lock = threading.Lock()
-        #: Where the values live: None (this process's memory) or a directory.
-        self.directory: str | None = os.environ.get(MULTIPROC_ENV) if prometheus_internals.values_in_files() else None
 
-    def all(self) -> list[Any]:
-        """Every metric object, for a registry of this process's own."""
-        from prometheus_client import Counter, Gauge, Histogram
-
-        return [value for value in vars(self).values() if isinstance(value, (Counter, Gauge, Histogram))]
+    def collect(self) -> Iterator[Any]:
+        """Every family from the values in memory (what this process has counted)."""
+        yield from multiproc.families(self.values.totals())
 
     def for_job(self, queue: str, actor: str) -> _JobChildren:
-        """The labelled children for one (queue, actor), looked up once."""
+        """The labelled children for one (queue, actor), looked up once.
+
+        Made for every declared actor before its first message (see
+        :func:`declare`), so that every series starts at 0.
+        """
         key = (queue, actor)
         children = self._children.get(key)
         if children is None:
@@ -209,30 +209,35 @@ class _JobChildren:
         self.duration = metrics.duration.labels(queue, actor)
         self.queue_wait = metrics.queue_wait.labels(queue, actor)
         self.in_progress = metrics.in_progress.labels(queue, actor)
+        metrics.lost.labels(queue, actor)  # counted by the supervisor: here only its 0
 
 
 _process_metrics: ProcessMetrics | None = None
-_process_metrics_pid = 0
 _process_metrics_lock = threading.Lock()
 
 
-def process_metrics() -> ProcessMetrics:
-    """This process's metric objects, made on the first call."""
-    global _process_metrics, _process_metrics_pid
-    metrics = _process_metrics
-    if metrics is not None:
-        return metrics
+def process_metrics(directory: str | None = None) -> ProcessMetrics:
+    """This process's metric objects, made on the first call with their values in ``directory``.
+
+    The middleware makes them (:func:`install`) with the directory of its
+    settings, the supervisor in memory; a later call with another directory
+    keeps the first and says so.
+    """
+    global _process_metrics
     with _process_metrics_lock:
         if _process_metrics is None:
-            _process_metrics = ProcessMetrics()
-            _process_metrics_pid = os.getpid()
-            if os.environ.get(MULTIPROC_ENV) and _process_metrics.directory is None:
-                logger.warning(
-                    "%s is set but prometheus_client was imported before it was: this process's "
-                    "metrics stay in its memory and only a scrape served by this process shows them",
-                    MULTIPROC_ENV,
-                )
+            _process_metrics = ProcessMetrics(directory)
+        elif directory is not None and directory != _process_metrics.directory:
+            logger.warning(
+                "this process already counts its metrics in %s; not in %s as well",
+                _process_metrics.directory or "its memory", directory,
+            )
         return _process_metrics
+
+
+def declare(queue: str, actor: str) -> None:
+    """Make the job series of one (queue, actor), at 0, before its first message."""
+    process_metrics().for_job(queue, actor)
 
 
 # What the processes count -----------------------------------------------------
@@ -295,10 +300,12 @@ RECORDER_SAMPLE_INTERVAL = 1.0
 def install(middleware: WatchtowerMiddleware) -> None:
     """Count ``middleware``'s job events and its recorder's health in this process's metrics.
 
-    Called by the middleware's constructor.  Nothing is created here: the
-    metric objects are made on the first event, after the process has its
-    environment (see the module doc).
+    Called by the middleware's constructor, which fixes where this process's
+    values live: ``metrics_dir`` (under a supervisor, the supervisor's
+    directory), else ``PROMETHEUS_MULTIPROC_DIR`` as it is now, else memory.
+    Nothing the app does later moves them.
     """
+    process_metrics(multiprocess_dir(middleware.settings))
     middleware.listeners.append(JobMetrics())
     recorder_metrics = RecorderMetrics(middleware.recorder)
     middleware.recorder.write_listeners.append(recorder_metrics.on_write)
@@ -316,8 +323,20 @@ def record_lost(jobs: Iterable[Any]) -> None:
         metrics.lost.labels(job.queue, job.actor).inc()
 
 
+#: The ``reason`` label of ``watchtower_worker_restarts_total``.
+RESTART_REASONS = ("exit", "crash", "killed", "hung", "memory")
+
+
+def declare_supervisor(supervisor: str) -> None:
+    """Make ``supervisor``'s restart series, one per reason, at 0 (when it starts)."""
+    for reason in RESTART_REASONS:
+        process_metrics().restarts.labels(supervisor, reason)
+
+
 def record_restart(supervisor: str, reason: str) -> None:
-    """Count one restart of a worker process of ``supervisor`` (reason: ``exit``, ``memory``...)."""
+    """Count one restart of a worker process of ``supervisor`` (a reason of :data:`RESTART_REASONS`)."""
+    if reason not in RESTART_REASONS:
+        raise ValueError(f"restart reason {reason!r}: expected one of {', '.join(RESTART_REASONS)}")
     process_metrics().restarts.labels(supervisor, reason).inc()
 
 
@@ -381,13 +400,12 @@ class _Local:
 
     def collect(self) -> Iterator[Any]:
         metrics = _process_metrics
-        if metrics is None or _process_metrics_pid != os.getpid():
-            return  # none made yet, or a forked child's copy of its parent's
+        if metrics is None:
+            return
         if metrics.directory is not None and self._directory is not None and \
                 os.path.samefile(metrics.directory, self._directory):
-            return
-        for metric in metrics.all():
-            yield from metric.collect()
+            return  # the files hold them
+        yield from metrics.collect()
 
 
 def exposition(settings: Settings, *, broker: Any = None, supervisor: str | None = None) -> tuple[bytes, str]:

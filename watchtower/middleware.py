@@ -32,6 +32,7 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Retries
 
+from . import metrics
 from .config import Settings, load_settings
 from .dramatiq_internals import REDIS_MESSAGE_ID, consumer_whitelist, proxy_exception
 from .dramatiq_internals import proxy_state as _proxy_state
@@ -192,15 +193,17 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         self._worker: dramatiq.Worker | None = None
         self._heartbeat_on = False
         try:
-            # Prometheus counters of the events and of the recorder's health;
-            # their objects are made on the first event, not here.
-            from . import metrics
-
+            # Prometheus counters of the events and of the recorder's health,
+            # their values kept where these settings say (see metrics.install).
             metrics.install(self)
         except Exception:
             logger.exception("watchtower metrics are off in this process: they could not be set up")
 
     # Setup ----------------------------------------------------------------
+
+    @_guarded
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        metrics.declare(actor.queue_name, actor.actor_name)  # its series at 0 before its first message
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         self._inspect(broker)
@@ -208,6 +211,13 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     def _inspect(self, broker: dramatiq.Broker) -> None:
         self._connection = _broker_kind(broker)
         self._retries = any(isinstance(m, Retries) for m in broker.middleware)
+        try:
+            # Actors declared before this middleware joined the broker.
+            for name in broker.get_declared_actors():
+                actor = broker.get_actor(name)
+                metrics.declare(actor.queue_name, actor.actor_name)
+        except Exception:
+            logger.exception("cannot make the metric series of the declared actors")
 
     @_guarded
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:

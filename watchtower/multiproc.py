@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import prometheus_internals as internals
 from .errors import MetricsDirInUse, MetricsError
+from .instruments import file_owner
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MULTIPROC_ENV",
     "MultiprocessDir",
+    "WATCHTOWER_DIR_ENV",
+    "families",
     "mark_process_dead",
     "open_multiprocess_dir",
     "prepare_multiprocess_dir",
@@ -57,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 #: The environment variable prometheus-client reads for its directory.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: The setting ``metrics_dir`` in the environment: where Watchtower's own values go.
+WATCHTOWER_DIR_ENV = "WATCHTOWER_METRICS_DIR"
 
 # Types whose values outlive their process (live gauges do not).
 _KEPT_TYPES = ("counter", "histogram", "summary")
@@ -76,8 +81,15 @@ class MultiprocessDir:
         return str(self.path)
 
     def env(self) -> dict[str, str]:
-        """What to add to a child process's environment so that it writes here."""
-        return {MULTIPROC_ENV: str(self.path)}
+        """What to add to a child process's environment so that it writes here.
+
+        ``metrics_dir`` for Watchtower's own values (fixed when the child's
+        middleware is made, whatever the app does later), and
+        ``PROMETHEUS_MULTIPROC_DIR`` for the app's own prometheus-client
+        metrics, served beside them unless something in the app points the
+        variable elsewhere (as Dramatiq's Prometheus middleware does).
+        """
+        return {WATCHTOWER_DIR_ENV: str(self.path), MULTIPROC_ENV: str(self.path)}
 
     def release(self) -> None:
         """Give up the lock (the supervisor is exiting).
@@ -164,13 +176,16 @@ def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> N
     from prometheus_client import multiprocess
 
     with _scrape_lock(directory, fcntl.LOCK_EX):
-        multiprocess.mark_process_dead(pid, directory)
+        multiprocess.mark_process_dead(pid, directory)  # the app's live gauges
+        for live in glob.glob(internals.metric_file(directory, "gauge", file_owner(pid), "live*")):
+            os.remove(live)  # Watchtower's
         if _alive(pid):
             # Not dead (or the pid is already someone else's): its files
             # may still be written, so they stay where they are.
             return
         for typ in _KEPT_TYPES:
-            _fold(directory, typ, pid)
+            for owner in (str(pid), file_owner(pid)):
+                _fold(directory, typ, owner)
 
 
 def _alive(pid: int) -> bool:
@@ -182,9 +197,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _fold(directory: str, typ: str, pid: int) -> None:
-    """Add ``TYP_PID.db``'s values into ``TYP_dead.db`` and remove it (under the exclusive lock)."""
-    dead = internals.metric_file(directory, typ, pid)
+def _fold(directory: str, typ: str, owner: str) -> None:
+    """Add ``TYP_OWNER.db``'s values into ``TYP_dead.db`` and remove it (under the exclusive lock)."""
+    dead = internals.metric_file(directory, typ, owner)
     if not os.path.exists(dead):
         return
     archive = internals.metric_file(directory, typ, _ARCHIVE)
@@ -220,10 +235,10 @@ def read_metrics(directory: str) -> list[Any]:
             for key, value, _timestamp, _pos in entries:
                 slot = (typ, key)
                 totals[slot] = totals.get(slot, 0.0) + value
-        families = _families(totals)
+        found = families(totals)
         if others:
-            families.extend(internals.merge_files(others))
-    return families
+            found.extend(internals.merge_files(others))
+    return found
 
 
 # Gauge modes whose merged value is the sum over processes.
@@ -247,7 +262,7 @@ def _parse(key: str) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
     return parsed
 
 
-def _families(totals: dict[tuple[str, str], float]) -> list[Any]:
+def families(totals: dict[tuple[str, str], float]) -> list[Any]:
     """Metric families from per-key totals; histogram buckets made cumulative, with their _count."""
     from prometheus_client.metrics_core import Metric
 

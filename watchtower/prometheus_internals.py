@@ -6,8 +6,6 @@ the upper bound on ``prometheus-client`` in pyproject.toml;
 ``tests/test_prometheus_internals.py`` has one test per item below, named
 after it, run against the installed library with real files and processes.
 
-- ``prometheus_client.values.ValueClass._multiprocess``: True when the
-  process's values live in files (:func:`values_in_files`);
 - the multiprocess file names: ``counter_<pid>.db``, ``histogram_<pid>.db``,
   ``summary_<pid>.db``, ``gauge_<mode>_<pid>.db`` (:func:`metric_file`,
   :func:`file_kind`);
@@ -15,18 +13,20 @@ after it, run against the installed library with real files and processes.
   ``read_all_values_from_file(path)`` yields ``(key, value, timestamp,
   position)`` (:func:`read_file`), and ``MmapedDict(path)`` /
   ``write_value(key, value, timestamp)`` / ``close()`` write a file the
-  library reads back (:func:`write_file`);
+  library reads back (:func:`write_file`, and :func:`open_value_file` for
+  :mod:`watchtower.instruments`' live files);
 - the key of each value: the JSON list ``[metric name, sample name, labels,
-  help]`` (:func:`parse_key`); a histogram's files hold one value per bucket
-  (not cumulative) with an ``le`` label, and ``_sum``, never ``_count``;
+  help]`` made by ``mmap_dict.mmap_key`` (:func:`value_key`,
+  :func:`parse_key`); a histogram's files hold one value per bucket (not
+  cumulative) with an ``le`` label, and ``_sum``, never ``_count``; a
+  counter's metric name is without ``_total``, its sample's with it;
 - ``MultiProcessCollector.merge(files, accumulate=True)``: the library's own
   merge of some files into metric families (:func:`merge_files`);
 - ``prometheus_client.utils.floatToGoString``: how a bucket bound is written
   in the ``le`` label (:func:`go_float_formatter`).
 
-prometheus-client decides where values live when ``prometheus_client.values``
-is first imported, which any import of the package does: so this module
-imports it only inside its functions, and can be imported anywhere.
+This module imports prometheus-client only inside its functions, so that
+importing Watchtower never imports it.
 """
 
 from __future__ import annotations
@@ -36,17 +36,10 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["file_kind", "go_float_formatter", "merge_files", "metric_file", "parse_key", "read_file", "values_in_files", "write_file"]
-
-
-def values_in_files() -> bool:
-    """Whether this process's metric values live in multiprocess files (else in memory).
-
-    Imports prometheus-client, which fixes the answer for the process's life.
-    """
-    from prometheus_client import values
-
-    return bool(getattr(values.ValueClass, "_multiprocess", False))
+__all__ = [
+    "file_kind", "go_float_formatter", "merge_files", "metric_file", "open_value_file", "parse_key", "read_file",
+    "value_key", "write_file",
+]
 
 
 def metric_file(directory: str | os.PathLike[str], typ: str, pid: int | str, mode: str | None = None) -> str:
@@ -101,3 +94,23 @@ def go_float_formatter() -> Callable[[float], str]:
     from prometheus_client.utils import floatToGoString
 
     return floatToGoString  # type: ignore[no-any-return]
+
+
+def value_key(metric_name: str, name: str, labelnames: Sequence[str], labelvalues: Sequence[str],
+              help_text: str) -> str:
+    """The key under which a multiprocess file keeps one value (see :func:`parse_key`)."""
+    from prometheus_client.mmap_dict import mmap_key
+
+    return mmap_key(metric_name, name, list(labelnames), list(labelvalues), help_text)  # type: ignore[no-any-return]
+
+
+def open_value_file(path: str) -> Any:
+    """A multiprocess file opened for writing, created if missing.
+
+    It has ``write_value(key, value, timestamp)`` and ``close()``; each write
+    lands in the shared mapping at once, where a scrape in another process
+    reads it.
+    """
+    from prometheus_client.mmap_dict import MmapedDict
+
+    return MmapedDict(path)

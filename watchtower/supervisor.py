@@ -460,6 +460,7 @@ class Supervisor:
         """A multiprocess directory that starts empty for the workers, and /metrics served from it."""
         self._metrics_dir = metrics.open_multiprocess_dir(self.settings)
         self._env.update(self._metrics_dir.env())
+        metrics.declare_supervisor(self.name)
         served = replace(self.settings, metrics_dir=os.fspath(self._metrics_dir))
         try:
             from .web import create_app

@@ -5,7 +5,10 @@ Environment (``WT_TEST_*``, never ``WATCHTOWER_*``): ``WT_TEST_NAMESPACE``
 ``WT_TEST_REDIS``, ``WT_TEST_QUEUE`` (default ``default``),
 ``WT_TEST_HEARTBEAT_MS`` (the broker's heartbeat timeout: how soon the
 messages of a dead worker are redelivered) and ``WT_TEST_MAINTENANCE``
-(the broker's maintenance chance per million commands).
+(the broker's maintenance chance per million commands); with
+``WT_TEST_DRAMATIQ_PROMETHEUS=1`` the broker also has Dramatiq's own
+Prometheus middleware, as many apps do (set ``dramatiq_prom_db`` too, or it
+writes under the system's temporary directory).
 
 Traces under ``<namespace>:t:``: ``runs:<token>`` (finished executions),
 ``starts:<token>`` (a list of the pids that started it).
@@ -31,6 +34,10 @@ broker = RedisBroker(
     heartbeat_timeout=int(os.environ.get("WT_TEST_HEARTBEAT_MS", "60000")),
     maintenance_chance=int(os.environ.get("WT_TEST_MAINTENANCE", "1000")),
 )
+if os.environ.get("WT_TEST_DRAMATIQ_PROMETHEUS") == "1":
+    from dramatiq.middleware.prometheus import Prometheus
+
+    broker.add_middleware(Prometheus())
 dramatiq.set_broker(broker)
 
 
