@@ -381,3 +381,10 @@ def test_stub_broker_keeps_queues_and_dead_letters_by_queue(queue_name: str) -> 
     letters.clear()  # the broker's own list, changed in place
     assert broker.dead_letters == []
     assert internals.stub_dead_letters(broker, "never") == []
+
+
+def test_broker_connection_error_is_what_a_lost_connection_raises() -> None:
+    # A redis broker's failures, and the errors its connection can raise, derive from it.
+    assert issubclass(dramatiq.errors.ConnectionClosed, internals.BrokerConnectionError)
+    assert issubclass(dramatiq.errors.ConnectionFailed, internals.BrokerConnectionError)
+    assert issubclass(internals.BrokerConnectionError, dramatiq.errors.BrokerError)

@@ -56,6 +56,10 @@ The Redis broker's storage (dispatch.lua), under ``broker.namespace`` with
 
 The StubBroker: ``queues`` (name to Queue of encoded messages) and
 ``dead_letters_by_queue`` (name to the list its consumers append to).
+
+Across releases: the broker's connection error is ``BrokerConnectionError``
+since Dramatiq 2.1 and ``ConnectionError`` in 2.0
+(:data:`BrokerConnectionError`).
 """
 
 from __future__ import annotations
@@ -187,6 +191,12 @@ def set_time_limit(middleware: Any, time_limit_ms: float) -> None:
 # The Redis broker's storage -------------------------------------------------------
 
 #: The option every Redis enqueue writes: the id the broker keys the message by.
+#: The broker's connection error: ``BrokerConnectionError`` since Dramatiq 2.1,
+#: ``ConnectionError`` in 2.0 (a public name, renamed; the old one is an alias
+#: until 3.0).
+BrokerConnectionError: type[Exception] = getattr(dramatiq.errors, "BrokerConnectionError", None) or \
+    dramatiq.errors.ConnectionError
+
 REDIS_MESSAGE_ID = "redis_message_id"
 
 

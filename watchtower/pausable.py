@@ -41,10 +41,10 @@ from queue import PriorityQueue
 from typing import Any
 
 import dramatiq
-from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
 from .dramatiq_internals import (
+    BrokerConnectionError,
     MessageProxy,
     WorkerRouter,
     WorkerThread,

@@ -160,9 +160,7 @@ def _unlink(row_id: int, new_id: str) -> None:
 def _is_connection_error(error: Exception) -> bool:
     import redis
 
-    # Dramatiq 2.1 renamed ConnectionError (the old name warns when touched).
-    broker_errors = getattr(dramatiq.errors, "BrokerConnectionError", None) or dramatiq.errors.ConnectionError
-    return isinstance(error, (broker_errors, redis.RedisError, OSError))
+    return isinstance(error, (internals.BrokerConnectionError, redis.RedisError, OSError))
 
 
 def remove_dead_letter(
