@@ -96,11 +96,14 @@ def test_importing_watchtower_imports_no_prometheus_client():
 def test_prepare_wipes_only_metric_files_and_locks_the_directory(tmp_path: Path):
     directory = tmp_path / "metrics"
     directory.mkdir()
-    for name in ("counter_12.db", "gauge_livesum_12.db", "histogram_99.db", "notes.txt"):
+    # Files of exited processes (pids above any this machine hands out), an archive, and a live producer's.
+    live = f"counter_watchtower-{os.getpid()}.db"
+    for name in ("counter_4190012.db", "gauge_livesum_watchtower-4190012.db", "histogram_4190099.db",
+                 "counter_dead.db", "notes.txt", live):
         (directory / name).write_bytes(b"x")
     held = metrics.prepare_multiprocess_dir(directory)
     try:
-        assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+        assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == [live, "notes.txt"]
         assert held.env() == {"WATCHTOWER_METRICS_DIR": str(directory), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
         with pytest.raises(MetricsDirInUse, match=f"pid {os.getpid()}.*metrics_dir"):
             metrics.prepare_multiprocess_dir(directory)

@@ -76,6 +76,7 @@ from .events import PHASE_FINISHED, JobEvent, Kind
 from .multiproc import (
     MULTIPROC_ENV,
     MultiprocessDir,
+    fold_dead_processes,
     mark_process_dead,
     open_multiprocess_dir,
     prepare_multiprocess_dir,
@@ -93,6 +94,7 @@ __all__ = [
     "MetricsServer",
     "MultiprocessDir",
     "exposition",
+    "fold_dead_processes",
     "install",
     "mark_process_dead",
     "open_multiprocess_dir",
@@ -116,6 +118,8 @@ DURATION_BUCKETS = (
 FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _JOB_LABELS = ("queue", "actor")
+#: The classic text format, version 0.0.4, that ``generate_latest`` writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 # This process's metric objects ----------------------------------------------
@@ -417,7 +421,6 @@ def exposition(settings: Settings, *, broker: Any = None, supervisor: str | None
     :mod:`watchtower.scrape`) and the build info.
     """
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
     from .scrape import sources_for
 
@@ -434,7 +437,7 @@ def exposition(settings: Settings, *, broker: Any = None, supervisor: str | None
     registry.register(_BuildInfo())
     # The classic text format, version 0.0.4: every name here is a legacy
     # name, and every Prometheus release reads it.
-    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+    return generate_latest(registry), CONTENT_TYPE
 
 
 class _BuildInfo:

@@ -203,7 +203,9 @@ class WatchtowerMiddleware(dramatiq.Middleware):
 
     @_guarded
     def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
-        metrics.declare(actor.queue_name, actor.actor_name)  # its series at 0 before its first message
+        # Its series at 0 before its first message.  Dramatiq calls this for
+        # the actors declared before the middleware was added, too.
+        metrics.declare(actor.queue_name, actor.actor_name)
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         self._inspect(broker)
@@ -211,22 +213,20 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     def _inspect(self, broker: dramatiq.Broker) -> None:
         self._connection = _broker_kind(broker)
         self._retries = any(isinstance(m, Retries) for m in broker.middleware)
-        try:
-            # Actors declared before this middleware joined the broker.
-            for name in broker.get_declared_actors():
-                actor = broker.get_actor(name)
-                metrics.declare(actor.queue_name, actor.actor_name)
-        except Exception:
-            logger.exception("cannot make the metric series of the declared actors")
+
+    @_guarded
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # Here, not after the boot: Dramatiq starts the worker threads before
+        # it emits after_worker_boot, and the first jobs may start meanwhile.
+        if self.worker_id is None:
+            self.worker_id = f"{self.settings.hostname}-{os.getpid()}"  # the name supervisors know this host by
 
     @_guarded
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._inspect(broker)
         self._worker = worker
-        hostname = self.settings.hostname  # the name supervisors know this host by
-        if self.worker_id is None:
-            self.worker_id = f"{hostname}-{os.getpid()}"
-        if self.register_worker:
+        hostname = self.settings.hostname
+        if self.register_worker and self.worker_id is not None:
             now = time.time_ns() // 1_000_000
             self.recorder.record_worker(WorkerEvent(self.worker_id, {
                 "hostname": hostname,

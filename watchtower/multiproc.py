@@ -33,14 +33,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import prometheus_internals as internals
 from .errors import MetricsDirInUse, MetricsError
-from .instruments import file_owner
+from .instruments import FILE_OWNER, file_owner
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -50,6 +50,8 @@ __all__ = [
     "MultiprocessDir",
     "WATCHTOWER_DIR_ENV",
     "families",
+    "file_pid",
+    "fold_dead_processes",
     "mark_process_dead",
     "open_multiprocess_dir",
     "prepare_multiprocess_dir",
@@ -114,9 +116,10 @@ def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
     """Create ``path`` if needed, lock it for this process, and delete old metric files.
 
     Call it once when the supervisor starts, before it starts any worker
-    (give each child ``.env()``).  Only prometheus-client's own files are
-    deleted, so pointing ``metrics_dir`` at a shared directory by mistake
-    cannot delete anything else.  Raises MetricsDirInUse if another live
+    (give each child ``.env()``).  Only metric files are deleted, so pointing
+    ``metrics_dir`` at a shared directory by mistake cannot delete anything
+    else, and not those of processes that still run (producers that write
+    here: their counters go on).  Raises MetricsDirInUse if another live
     process (another supervisor) holds the directory: two supervisors must
     not share one, or each would wipe and count the other's files.
     """
@@ -137,14 +140,45 @@ def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
-    removed = 0
-    for pattern in _METRIC_FILES:
-        for file in glob.glob(os.path.join(directory, pattern)):
-            os.remove(file)
-            removed += 1
+    removed = kept = 0
+    for file in _metric_files(directory):
+        pid = file_pid(file)
+        if pid is not None and _alive(pid):
+            kept += 1  # a producer that writes here (see fold_dead_processes) and still runs
+            continue
+        os.remove(file)
+        removed += 1
     if removed:
         logger.info("removed %d metric files left in %s by an earlier run", removed, directory)
+    if kept:
+        logger.info("kept %d metric files of processes that still run and write to %s", kept, directory)
     return MultiprocessDir(directory, fd)
+
+
+def _metric_files(directory: str | os.PathLike[str]) -> list[str]:
+    return [file for pattern in _METRIC_FILES for file in glob.glob(os.path.join(directory, pattern))]
+
+
+def file_pid(path: str) -> int | None:
+    """The process whose values a metric file holds; None for an archive of dead ones (``counter_dead.db``)."""
+    owner = os.path.basename(path).removesuffix(".db").rsplit("_", 1)[-1].removeprefix(FILE_OWNER + "-")
+    return int(owner) if owner.isdigit() else None
+
+
+def fold_dead_processes(directory: str | os.PathLike[str], *, skip: Collection[int] = ()) -> int:
+    """:func:`mark_process_dead` for every process that wrote here and has exited; how many there were.
+
+    A supervisor calls it in its housekeeping for the processes that are not
+    its children: producers on its host (web servers' workers, cron scripts)
+    that share its ``metrics_dir``.  Their counters stay, folded into the
+    archive, so that a short-lived process's enqueues are counted and its
+    files do not pile up.  ``skip``: pids the caller marks itself.
+    """
+    pids = {pid for file in _metric_files(directory) if (pid := file_pid(file)) is not None} - set(skip)
+    dead = [pid for pid in pids if not _alive(pid)]
+    for pid in dead:
+        mark_process_dead(pid, directory)
+    return len(dead)
 
 
 def open_multiprocess_dir(settings: Settings) -> MultiprocessDir:

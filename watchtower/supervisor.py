@@ -251,6 +251,7 @@ class Supervisor:
         if now >= self._due["cleanup"]:
             self._due["cleanup"] = now + min(CLEANUP_EVERY, self.settings.heartbeat_timeout)
             self._guarded("cleanup", self._housekeeping)
+            self._fold_producers()
         self._run_ledger(now)
 
     def _guarded(self, what: str, step: Callable[..., None], *args: Any) -> None:
@@ -455,6 +456,18 @@ class Supervisor:
         records.clean_stale_workers(self.settings.heartbeat_timeout, keep=set(self.children()))
         if self._pruner is not None:
             self._pruner.tick()  # returns at once: a due prune runs in a thread of its own
+
+    def _fold_producers(self) -> None:
+        """Fold the metric files of exited processes that were not ours (producers sharing metrics_dir)."""
+        if self._metrics_dir is None:
+            return
+        try:
+            folded = metrics.fold_dead_processes(self._metrics_dir.path, skip=set(self.children().values()))
+        except Exception:
+            logger.exception("supervisor %s cannot fold the metric files of exited processes", self.name)
+            return
+        if folded:
+            logger.debug("supervisor %s folded the metric files of %d exited processes", self.name, folded)
 
     def _start_metrics(self) -> None:
         """A multiprocess directory that starts empty for the workers, and /metrics served from it."""
