@@ -1,4 +1,4 @@
-"""A stream of demo jobs: ``python examples/demo_stream.py [--rate 4] [--duration S] [--metrics-port P]``.
+"""A stream of demo jobs: ``python examples/demo_stream.py [--rate 4] [--duration S] [--kinds K,...] [--metrics-port P]``.
 
 Sends the demo app's jobs (see ``demo_app.py``) at ``--rate`` jobs a second
 in a fixed cycle of twenty, so that every kind shows up within the first
@@ -55,12 +55,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Send a stream of demo jobs to the demo app's broker.")
     parser.add_argument("--rate", type=float, default=4.0, help="jobs a second (default 4)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run)")
+    parser.add_argument("--kinds", default=",".join(dict.fromkeys(CYCLE)),
+                        help="the kinds of jobs to send, comma-separated (default: all of them, %(default)s); "
+                             "fast,slow,delayed is a stream without failures")
     parser.add_argument("--metrics-host", default="127.0.0.1", help="address of this process's /metrics")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve this process's metrics (jobs enqueued) on this port; 0 picks a free one")
     args = parser.parse_args(argv)
     if args.rate <= 0:
         parser.error("--rate must be above 0")
+    args.kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+    unknown = sorted(set(args.kinds) - set(CYCLE))
+    if unknown or not args.kinds:
+        parser.error(f"--kinds: {', '.join(unknown) or 'none given'}; choose among {', '.join(dict.fromkeys(CYCLE))}")
     return args
 
 
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     interval = 1.0 / args.rate
     sent = 0
-    for n, kind in zip(itertools.count(), itertools.cycle(CYCLE)):
+    cycle = [kind for kind in CYCLE if kind in args.kinds]
+    for n, kind in zip(itertools.count(), itertools.cycle(cycle)):
         due = started + n * interval
         if args.duration is not None and due - started >= args.duration:
             break

@@ -8,7 +8,8 @@ ledger and its own Redis namespace, the demo job stream
 evaluating the pack's rule files (prometheus/rules, prometheus/alerts) every
 second.
 
-Then, as Grafana would: every panel of every dashboard has its variables
+On a fresh system whose jobs all succeed (a stack of its own, first), and
+then with every kind of job: as Grafana would, every panel of every dashboard has its variables
 expanded (grafana_support.py), is parsed, names only series that the real
 scrapes or the recording rules hold, and returns data from Prometheus's HTTP
 API; and killing the workers over and over makes the crash-loop alert go
@@ -142,9 +143,19 @@ def short_window_copies() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Every kind of demo job, failures included."""
+    yield from run_stack(tmp_path_factory.mktemp("pack-live"), kinds=None)
+
+
+@pytest.fixture
+def calm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A fresh system whose jobs all succeed: no failure, loss or restart."""
+    yield from run_stack(tmp_path_factory.mktemp("pack-calm"), kinds="fast,slow,delayed")
+
+
+def run_stack(tmp: Path, kinds: str | None) -> Iterator[Stack]:
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus is not installed: apt-get install prometheus (2.42 on Debian 12)"
-    tmp = tmp_path_factory.mktemp("pack-live")
     stack = Stack(tmp=tmp, namespace=unique("wt"), database_url=f"sqlite:///{tmp / 'ledger.db'}")
     config = write_config(
         tmp / "watchtower.toml",
@@ -164,7 +175,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.start("supervisor", [sys.executable, "-m", "watchtower", "supervise"], env)
         stack.supervisor_metrics = stack.line("supervisor", r"serving Prometheus metrics at (http://\S+/metrics)")
         stack.start("stream", [sys.executable, str(ROOT / "examples" / "demo_stream.py"), "--rate", "6",
-                               "--metrics-port", "0"], env)
+                               "--metrics-port", "0", *(["--kinds", kinds] if kinds else [])], env)
         stack.stream_metrics = stack.line("stream", r"demo stream metrics at (http://\S+/metrics)")
 
         (tmp / "test-alerts.yml").write_text(yaml.safe_dump(short_window_copies()))
@@ -311,6 +322,23 @@ def wait_for_a_lost_attempt(stack: Stack) -> None:
 # The tests ---------------------------------------------------------------------------------
 
 
+def test_on_a_fresh_system_every_panel_has_data_before_any_failure_loss_or_restart(calm: Stack) -> None:
+    """Zeros are data: "Lost attempts", "Restarts by reason", the failure panels read 0, not "No data"."""
+    every_panel_has_data(calm)
+    with urllib.request.urlopen(calm.supervisor_metrics, timeout=30) as response:
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(response.read().decode()) for s in family.samples}
+    # ... and nothing has failed, been lost or restarted: the panels had data from zeros alone.
+    for (name, _labels), value in samples.items():
+        if name in ("watchtower_jobs_failed_total", "watchtower_jobs_lost_total", "watchtower_jobs_retried_total",
+                    "watchtower_worker_restarts_total"):
+            assert value == 0, (name, _labels, value)
+    assert any(name == "watchtower_worker_restarts_total" for name, _ in samples)
+    assert any(name == "watchtower_jobs_lost_total" for name, _ in samples)
+    assert Job.select().where(Job.status == JobStatus.FAILED).count() == 0
+    assert Job.select().where(Job.lost_attempts > 0).count() == 0
+
+
 def test_the_rule_files_load_and_every_rule_evaluates(stack: Stack) -> None:
     def evaluated() -> list[dict[str, Any]]:
         groups = api(stack, "/api/v1/rules")["groups"]
@@ -327,6 +355,10 @@ def test_the_rule_files_load_and_every_rule_evaluates(stack: Stack) -> None:
 
 def test_every_panel_of_every_dashboard_gets_data_from_the_real_stack(stack: Stack) -> None:
     wait_for_a_lost_attempt(stack)
+    every_panel_has_data(stack)
+
+
+def every_panel_has_data(stack: Stack) -> None:
     known = series_names(stack)
     # The stream serves only what it counts: gauges read from the ledger and
     # the broker come from the supervisor alone, or sums would count them twice.
