@@ -71,8 +71,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import multiproc
 from .errors import MetricsServerError
-from .instruments import Counter, Gauge, Histogram, Values
 from .events import PHASE_FINISHED, JobEvent, Kind
+from .instruments import Counter, Gauge, Histogram, Values
 from .multiproc import (
     MULTIPROC_ENV,
     MultiprocessDir,
@@ -88,11 +88,15 @@ if TYPE_CHECKING:
     from .recorder import Recorder
 
 __all__ = [
+    "CONTENT_TYPE",
+    "RESTART_REASONS",
     "DURATION_BUCKETS",
     "FLUSH_BUCKETS",
     "JobMetrics",
     "MetricsServer",
     "MultiprocessDir",
+    "declare",
+    "declare_supervisor",
     "exposition",
     "fold_dead_processes",
     "install",
@@ -100,9 +104,6 @@ __all__ = [
     "open_multiprocess_dir",
     "prepare_multiprocess_dir",
     "record_lost",
-    "RESTART_REASONS",
-    "declare",
-    "declare_supervisor",
     "record_restart",
     "start_metrics_server",
 ]

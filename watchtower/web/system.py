@@ -83,8 +83,8 @@ class HealthResource:
         if directory:
             try:
                 refusing = max(refusing, _refusing_processes(directory))
-            except OSError as error:
-                logger.warning("/health cannot read the metrics directory %s: %s", directory, error)
+            except OSError as unreadable:
+                logger.warning("/health cannot read the metrics directory %s: %s", directory, unreadable)
         if not refusing:
             return {"ok": True}
         error = (f"the ledger database refuses the writes of {refusing} process(es) for a reason that retrying "
