@@ -97,6 +97,27 @@ def test_the_authorize_hook_lets_the_host_decide(settings: Any) -> None:
     assert seen == ["/jobs", "/jobs"]
 
 
+def test_a_state_change_that_only_the_hook_let_in_is_refused_from_another_site(settings: Any) -> None:
+    # The hook's yes is usually a session cookie, which the browser sends
+    # with requests that another site's page makes too.
+    app = falcon.testing.TestClient(create_app(settings, authorize=lambda req: req.cookies.get("host") == "ok"))
+    session = {"Cookie": "host=ok", "Host": "app.example"}
+    path = "/watchtower/workers/start"
+    for elsewhere in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                      {"Origin": "https://evil.example"}, {"Origin": "null"}):
+        answer = app.simulate_post(path, headers={**session, **elsewhere}, json={"queue": "default"})
+        assert answer.status_code == 403, elsewhere
+        assert answer.json["description"].startswith("a POST from another site is refused")
+    for here in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {"Origin": "https://app.example"},
+                 {}):
+        answer = app.simulate_post(path, headers={**session, **here}, json={"queue": "default", "threads": 0})
+        assert answer.status_code == 422, here  # past the check: the API refuses 0 threads itself
+    # Looking is harmless, and the token is no cookie.
+    assert app.simulate_get("/watchtower/jobs", headers={**session, "Sec-Fetch-Site": "cross-site"}).status_code == 200
+    token = {**AUTH, "Host": "app.example", "Origin": "https://evil.example"}
+    assert app.simulate_post(path, headers=token, json={"queue": "default", "threads": 0}).status_code == 422
+
+
 def test_a_hook_without_a_token_answers_403_when_it_refuses(sqlite_url: str, redis_namespace: str) -> None:
     store.connect(sqlite_url)
     settings = web_settings(sqlite_url, redis_namespace, **{"http.token": None})

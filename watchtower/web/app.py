@@ -2,9 +2,11 @@
 
 Where it answers.  The routes live under ``http.prefix`` (default
 ``/watchtower``): ``/watchtower/api/poll``, ``/watchtower/jobs``...  A host
-application mounts the app at a path of its own, with werkzeug's
-``DispatcherMiddleware`` (Flask, Django) or ``a2wsgi`` (Starlette and other
-ASGI apps); the mount point becomes the WSGI ``SCRIPT_NAME``.  Then:
+application mounts the app at a path of its own, with the helpers of
+:mod:`watchtower.web.hosts` (Flask, Django, Starlette and FastAPI: the
+``authorize`` hook then sees the host's request), werkzeug's
+``DispatcherMiddleware`` or ``a2wsgi``; the mount point becomes the WSGI
+``SCRIPT_NAME``.  Then:
 
 - a mount point that already ends with the prefix counts as the prefix:
   the default app mounted at ``/watchtower`` answers
@@ -86,6 +88,8 @@ def create_app(
 
     - ``authorize``: a host application's check, ``authorize(req) -> bool``;
       a request it accepts needs no token (see :mod:`watchtower.web.auth`);
+      mounted with :mod:`watchtower.web.hosts`, it finds the host's own
+      request (and session) in ``req.context.host_request``;
     - ``broker``: the Dramatiq broker that retries go to; by default the
       broker of ``settings.app``, imported on the first retry;
     - ``manager``: the :class:`~watchtower.manager.WorkerManager` for

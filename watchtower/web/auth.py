@@ -21,6 +21,17 @@ forwarding header that is not a trusted proxy, and that must be loopback.
 A request with no client address at all (a server on a Unix socket, which
 Falcon would report as 127.0.0.1) is not local either.
 
+The hook sees the host application's request as ``req.context.host_request``
+when the API is mounted with :mod:`watchtower.web.hosts` (None otherwise),
+and so the host's session.  A session cookie reaches the API with any
+request the browser sends, also one that another site makes it send: a
+state change (any method but GET, HEAD and OPTIONS) that only the hook let
+in is refused with a 403 when the browser says it comes from another site
+(``Sec-Fetch-Site`` other than ``same-origin`` or ``none``; without that
+header, an ``Origin`` whose host differs from ``Host``).  The API answers no
+CORS preflight, so no page of another site can use it anyway; a request
+with the right token is not checked.
+
 Whoever serves the API on a socket (``watchtower serve``, the supervisor)
 calls :func:`check_bind` first: the API is never served beyond loopback
 without a token.
@@ -38,6 +49,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import falcon
 
@@ -46,13 +58,20 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["Authorization", "FORWARDING_HEADERS", "PUBLIC_PATHS", "check_bind", "is_loopback_host"]
+__all__ = ["Authorization", "FORWARDING_HEADERS", "HOST_REQUEST", "PUBLIC_PATHS", "check_bind", "is_loopback_host"]
 
 logger = logging.getLogger(__name__)
 
 #: Routes (after the prefix) that need no credentials.
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})
 
+
+#: The WSGI environ key under which a host application puts its own request
+#: (see :mod:`watchtower.web.hosts`); the hook reads it as ``req.context.host_request``.
+HOST_REQUEST = "watchtower.host_request"
+
+#: Methods that change nothing: a cross-site request of these is harmless.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: Headers by which a proxy says for whom it forwards a request.
 FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
@@ -81,6 +100,18 @@ def _bare_address(value: str) -> str:
     if value.count(":") == 1:
         return value.split(":", 1)[0]
     return value
+
+
+def _cross_site(req: falcon.Request) -> str | None:
+    """What says a browser sent ``req`` from another site, or None."""
+    fetch_site = req.get_header("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return None if fetch_site.lower() in ("same-origin", "none") else f"Sec-Fetch-Site: {fetch_site}"
+    origin = req.get_header("Origin")
+    if origin is None:  # not a browser, or one too old to say
+        return None
+    host = (req.get_header("Host") or "").lower()
+    return None if urlsplit(origin).netloc.lower() == host else f"Origin {origin} on host {host}"
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -132,12 +163,20 @@ class Authorization:
         self._trusted = tuple(ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.host_request = req.env.get(HOST_REQUEST)
         if req.path in PUBLIC_PATHS:
             return
         if self._token is not None and self._bearer_matches(req):
             return
         if self.authorize is not None and self.authorize(req):
-            return
+            why = None if req.method in SAFE_METHODS else _cross_site(req)
+            if why is None:
+                return
+            raise falcon.HTTPForbidden(
+                title="Forbidden",
+                description=f"a {req.method} from another site is refused ({why}): the host's session "
+                "does not let other sites act; send the request from this site's pages or with the API token",
+            )
         if self._token is None and self.authorize is None:
             why = self._not_local(req)
             if why is None:
