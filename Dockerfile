@@ -23,5 +23,5 @@ ENV PYTHONPATH=/app/examples \
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin watchtower
 USER watchtower
 
-EXPOSE 9191
+EXPOSE 9192
 CMD ["watchtower", "supervise"]

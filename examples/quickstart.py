@@ -11,7 +11,7 @@ What it does, on a machine with Python 3.11+ and a Redis server:
 3. runs ``watchtower supervise`` on the embedded defaults (a SQLite ledger
    and the database command bus, in ``./.watchtower-demo/``) with the demo
    app (``examples/demo_app.py``, pools in ``examples/watchtower.toml``): the
-   control API and ``/metrics`` on 127.0.0.1:9191 (a free port if that one is
+   control API and ``/metrics`` on 127.0.0.1:9192 (a free port if that one is
    taken);
 4. runs a stream of demo jobs (``examples/demo_stream.py``): fast, slow,
    flaky (retried), failing, delayed and expired ones;
@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 VENV = ROOT / ".venv"
-DEFAULT_PORT = 9191
+DEFAULT_PORT = 9192
 STATUS_EVERY = 10.0
 #: Seconds the supervisor and its workers get to come up on a slow machine.
 START_TIMEOUT = 90.0
@@ -64,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
                         help="the Redis server of the demo's broker (default redis://127.0.0.1:6379/0)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help="port of the API and /metrics (default 9191; 0, or 9191 taken: a free one)")
+                        help="port of the API and /metrics (default 9192; 0, or 9192 taken: a free one)")
     parser.add_argument("--dir", default=".watchtower-demo",
                         help="where the ledger and the logs go (default ./.watchtower-demo)")
     parser.add_argument("--rate", type=float, default=4.0, help="demo jobs a second (default 4)")

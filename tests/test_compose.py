@@ -141,7 +141,7 @@ def test_every_reference_resolves_services_volumes_and_mounted_paths() -> None:
 
 
 def exposed(service: Any) -> set[int]:
-    """The container ports a service exposes to the others (compose-spec reads "9191" as a number)."""
+    """The container ports a service exposes to the others (compose-spec reads "9192" as a number)."""
     return {int(float(port)) for port in service.expose or ()}
 
 

@@ -26,7 +26,7 @@ def test_defaults_when_nothing_is_configured(tmp_path: Path) -> None:
     assert settings.database_url == "sqlite:///watchtower.db"
     assert settings.command_bus == "database"
     assert (settings.retention_completed_days, settings.retention_failed_days) == (7.0, 30.0)
-    assert (settings.http_host, settings.http_port, settings.http_prefix) == ("127.0.0.1", 9191, "/watchtower")
+    assert (settings.http_host, settings.http_port, settings.http_prefix) == ("127.0.0.1", 9192, "/watchtower")
     assert settings.http_token is None
     assert settings.supervisor("default") == SupervisorSettings()
     assert dict(settings.sources) == {}
@@ -157,7 +157,7 @@ def test_every_key_has_one_environment_spelling() -> None:
     [
         ('databse_url = "sqlite:///x.db"\n', ["'databse_url'", "watchtower.toml", "database_url"]),
         ("[http]\nport = \"nine\"\n", ["'http.port'", "watchtower.toml", "whole number", "'nine'"]),
-        ("[http]\nport = 9191.5\n", ["'http.port'", "whole number"]),
+        ("[http]\nport = 9192.5\n", ["'http.port'", "whole number"]),
         ("[http]\nport = 70000\n", ["'http.port'", "65535"]),
         ("[retention]\ncompleted_days = -1\n", ["'retention.completed_days'", "negative", "-1"]),
         ("[retention]\nauto = \"yes\"\n", ["'retention.auto'", "true or false"]),

@@ -5,7 +5,7 @@ this test); the command runs with this test's Python (which has the
 dependencies) and an environment without PYTHONPATH or WATCHTOWER_*
 variables.  ``--port 0`` is the only addition to the README's command: a
 test never takes a fixed port on a shared machine (the quickstart itself
-falls back to a free port when 9191 is taken).  Its Redis key prefix comes
+falls back to a free port when 9192 is taken).  Its Redis key prefix comes
 from its demo directory, so each run has its own; the test deletes it
 afterwards.
 """
@@ -219,7 +219,7 @@ def test_without_redis_but_with_redis_server_it_runs_a_private_one_and_a_taken_p
     checkout = fresh_clone(tmp_path)
     nowhere = f"redis://127.0.0.1:{closed_port()}/0"
     output = tmp_path / "quickstart.out"
-    with socket.socket() as taken:  # what 9191 is when another program has it
+    with socket.socket() as taken:  # what 9192 is when another program has it
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]

@@ -92,7 +92,9 @@ class Settings:
     retention_auto: bool = False
     retention_interval: float = 3600.0
     http_host: str = "127.0.0.1"
-    http_port: int = 9191
+    # 9192, not 9191: Dramatiq's own Prometheus exporter (dramatiq_prom_port)
+    # listens on 9191 on every address, and both often run on one host.
+    http_port: int = 9192
     http_prefix: str = "/watchtower"
     http_token: str | None = None
     # Reverse proxies (addresses or networks) whose forwarding headers name

@@ -29,7 +29,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 @cli.command("serve")
 @click.option("--host", default=None, help="Address to listen on (setting http.host, default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help="Port to listen on (setting http.port, default 9191; 0 picks a free one).")
+              help="Port to listen on (setting http.port, default 9192; 0 picks a free one).")
 @click.option("--prefix", default=None, help="Path prefix of the API (setting http.prefix, default /watchtower).")
 @click.option("--app", "app_module", default=None, help="Module that sets your broker (setting app); retries go to it.")
 @click.pass_context
