@@ -6,7 +6,7 @@ import itertools
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +122,12 @@ class ServedAPI:
         return int(self.process.returncode)
 
 
-def serve_api(env: dict[str, str], *args: str, timeout: float = 30.0) -> ServedAPI:
-    """Start ``python -m watchtower serve --port 0 ARGS`` and wait for its "listening on" line."""
+def serve_api(env: dict[str, str], *args: str, timeout: float = 30.0,
+              preexec_fn: Callable[[], None] | None = None) -> ServedAPI:
+    """Start ``python -m watchtower serve --port 0 ARGS`` and wait for its "listening on" line.
+
+    ``preexec_fn`` runs in the child before it starts (to lower a limit).
+    """
     import re
     import subprocess
     import sys
@@ -131,7 +135,7 @@ def serve_api(env: dict[str, str], *args: str, timeout: float = 30.0) -> ServedA
 
     process = subprocess.Popen(
         [sys.executable, "-m", "watchtower", "serve", "--port", "0", *args],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
     )
     lines: list[str] = []
     found = threading.Event()

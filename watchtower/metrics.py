@@ -60,18 +60,16 @@ What a supervisor does, in order:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import platform
-import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import multiproc
-from .errors import MetricsServerError
 from .events import PHASE_FINISHED, JobEvent, Kind
+from .http_server import HTTPServer, start_http_server
 from .instruments import Counter, Gauge, Histogram, Values
 from .multiproc import (
     MULTIPROC_ENV,
@@ -458,26 +456,8 @@ class _BuildInfo:
 
 # The /metrics server ------------------------------------------------------------
 
-
-class MetricsServer:
-    """A running /metrics server: its address, and :meth:`stop`."""
-
-    def __init__(self, server: Any, thread: threading.Thread) -> None:
-        self._server = server
-        self._thread = thread
-        self.host: str = server.server_address[0]
-        self.port: int = server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout)
+#: A running /metrics server: ``.host``, ``.port``, ``.url`` (ending in /metrics), ``.stop()``.
+MetricsServer = HTTPServer
 
 
 def metrics_app(settings: Settings, *, broker: Any = None, supervisor: str | None = None) -> Callable[..., Any]:
@@ -513,45 +493,17 @@ def start_metrics_server(
 ) -> MetricsServer:
     """Serve ``/metrics`` on ``host:port`` (default ``http.host:http.port``) from a thread.
 
-    ``port=0`` picks a free port (see ``.port``).  ``app`` serves another WSGI
+    The server is :func:`watchtower.http_server.start_http_server`'s, with its
+    connection limit and idle timeout.  ``port=0`` picks a free port (see ``.port``).  ``app`` serves another WSGI
     app instead (the API app, which answers /metrics too).  A port in use, or
     an address this host does not have, raises MetricsServerError naming the
     setting to change; the supervisor reports it, its workers never see it.
     """
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-    from socketserver import ThreadingMixIn
-
     bind: str = settings.http_host if host is None else host
     port = settings.http_port if port is None else port
-
-    class Handler(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("metrics server: " + format, *args)
-
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-
-    try:
-        server = Server((bind, port), Handler)
-    except OSError as error:
-        where = f"{bind}:{port}"
-        if error.errno == errno.EADDRINUSE:
-            reason = "the port is in use (another supervisor or program listens there)"
-        elif error.errno == errno.EADDRNOTAVAIL:
-            reason = "this host has no such address"
-        else:
-            reason = error.strerror or str(error)
-        raise MetricsServerError(
-            f"cannot serve /metrics on {where}: {reason}; set http.port (WATCHTOWER_HTTP_PORT) "
-            "to a free port, or 0 for any free port"
-        ) from error
-    server.set_app(app or metrics_app(settings, broker=broker, supervisor=supervisor))
+    server = start_http_server(app or metrics_app(settings, broker=broker, supervisor=supervisor),
+                               host=bind, port=port, path="/metrics", what="/metrics", name="watchtower-metrics")
     if bind not in ("127.0.0.1", "::1", "localhost"):
-        logger.warning("serving /metrics on %s:%s, reachable from other hosts", bind, server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                              name="watchtower-metrics", daemon=True)
-    thread.start()
-    handle = MetricsServer(server, thread)
-    logger.info("serving Prometheus metrics at %s", handle.url)
-    return handle
+        logger.warning("serving /metrics on %s:%s, reachable from other hosts", bind, server.port)
+    logger.info("serving Prometheus metrics at %s", server.url)
+    return server

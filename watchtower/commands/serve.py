@@ -3,27 +3,24 @@
 Binds to loopback by default.  Any other address is refused unless an API
 token is configured (``http.token`` / ``WATCHTOWER_API_TOKEN``): the API can
 retry jobs and stop workers, so it is never open to a network by accident.
+The server is the supervisors' own (:mod:`watchtower.http_server`): bounded
+connections, idle ones closed after a few seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import threading
 from types import FrameType
 
 import click
 
-from ..cli import cli, settings_from
+from ..cli import EXIT_FAILED, cli, settings_from
 
 __all__ = ["serve"]
 
 logger = logging.getLogger(__name__)
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    # SystemExit unwinds waitress's loop in the main thread; the finally
-    # below closes the listening socket.
-    raise SystemExit(0)
 
 
 @cli.command("serve")
@@ -34,9 +31,12 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 @click.option("--app", "app_module", default=None, help="Module that sets your broker (setting app); retries go to it.")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, prefix: str | None, app_module: str | None) -> None:
-    """Serve the control API (and /metrics at the root) until stopped."""
-    import waitress
+    """Serve the control API (and /metrics at the root) until stopped.
 
+    SIGTERM or SIGINT stops it (exit 0).  A port in use or an address this
+    host lacks is one line naming the setting to change (exit 1).
+    """
+    from ..http_server import start_http_server
     from ..web import create_app
     from ..web.app import normalize_prefix
     from ..web.auth import check_bind
@@ -44,20 +44,23 @@ def serve(ctx: click.Context, host: str | None, port: int | None, prefix: str | 
     settings = settings_from(ctx, **{"http.host": host, "http.port": port, "http.prefix": prefix, "app": app_module})
     check_bind(settings)
     base = normalize_prefix(settings.http_prefix)
-    # Waitress would strip Forwarded and X-Forwarded-* from every peer it does
-    # not trust (all of them, unconfigured), and a proxied request would then
-    # look like a direct loopback one: the API judges those headers itself
-    # (watchtower.web.auth, http.trusted_proxies).
-    server = waitress.create_server(create_app(settings), host=settings.http_host, port=settings.http_port,
-                                    clear_untrusted_proxy_headers=False)
-    listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
-    for address, bound_port in listening:
-        shown = f"[{address}]" if ":" in str(address) else address
-        click.echo(f"watchtower API listening on http://{shown}:{bound_port}{base}/ (metrics at /metrics)", err=True)
-    signal.signal(signal.SIGTERM, _stop)
+    server = start_http_server(create_app(settings), host=settings.http_host, port=settings.http_port,
+                               path=f"{base}/", what="the API", flags=True)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()  # only recorded: the loop below stops the server
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        for address, bound_port in server.listening:
+            shown = f"[{address}]" if ":" in address else address
+            click.echo(f"watchtower API listening on http://{shown}:{bound_port}{base}/ (metrics at /metrics)",
+                       err=True)
+        while server.running and not stopping.wait(1.0):
+            pass
     finally:
-        server.close()
+        server.stop()
+    if not stopping.is_set():  # the server's loop died: its log says why
+        ctx.exit(EXIT_FAILED)
