@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import peewee
 
 from .ledger import mark_lost
-from .models import Job, JobStatus, Worker, WorkerStatus, now_ms, to_ms
+from .models import Job, JobStatus, Worker, WorkerStatus, database, now_ms, to_ms
 
 __all__ = [
     "register_process",
@@ -146,14 +146,17 @@ def clean_stale_workers(threshold: float, *, keep: Collection[str] = (), now: in
     claimed = 0
     for worker_id in candidates:
         reason = f"worker {worker_id} sent no heartbeat for {threshold:g} s"
-        changed = (
-            Worker.update(status=WorkerStatus.LOST, stopped_at=now, exit_reason=f"stale: {reason}")
-            .where((Worker.worker_id == worker_id) & stale_condition(cutoff))
-            .execute()
-        )
+        # One transaction: a reader never sees the worker lost while its
+        # jobs still show "processing" under it.
+        with database.atomic():
+            changed = (
+                Worker.update(status=WorkerStatus.LOST, stopped_at=now, exit_reason=f"stale: {reason}")
+                .where((Worker.worker_id == worker_id) & stale_condition(cutoff))
+                .execute()
+            )
+            jobs = mark_lost(worker_id, reason, at_us=now * 1000) if changed else []
         if changed:
             claimed += 1
-            jobs = mark_lost(worker_id, reason, at_us=now * 1000)
             logger.warning("marked stale worker %s lost (%d jobs back to pending)", worker_id, len(jobs))
     _sweep_orphans(cutoff, now)
     return claimed
