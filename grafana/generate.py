@@ -331,7 +331,8 @@ def overview() -> dict[str, Any]:
         panel("Jobs in progress", "Attempts running now, per queue.", "short",
               [target(f"sum by (queue) (watchtower_jobs_in_progress{{{JOBS}}})", "{{queue}}")], stack=True),
         panel("Workers by status", "Worker processes by status, over every supervisor of the chosen jobs "
-              "(crashlooping: dying right after start; lost: died or went silent).", "short",
+              "(crashlooping: dying right after start; stopped and lost, in the last hour: lost died or went silent).",
+              "short",
               [target('sum by (status) (watchtower_workers{job=~"$job"})', "{{status}}")], stack=True),
         panel("Ledger events", "The job ledger's recorder in the workers and producers: events written and "
               "events dropped (the buffer was full while the ledger database was slow or away), per second.",
@@ -413,7 +414,7 @@ def workers() -> dict[str, Any]:
     sup = 'job=~"$job", supervisor=~"$supervisor"'
     panels = [
         panel("Workers by status", "Worker processes by status, over the chosen supervisors (the ledger's "
-              "workers table, each supervisor counting its own).", "short",
+              "workers table, each supervisor counting its own; stopped and lost: those of the last hour).", "short",
               [target(f"sum by (status) (watchtower_workers{{{sup}}})", "{{status}}")], stack=True),
         panel("Running workers by supervisor", "Worker processes in status running, per supervisor.", "short",
               [target(f'sum by (supervisor) (watchtower_workers{{{sup}, status="running"}})', "{{supervisor}}")]),
@@ -432,8 +433,8 @@ def workers() -> dict[str, Any]:
               "steady climb is a leak (the pool's memory limit recycles the worker).", "bytes",
               [target(f"sum by (supervisor) (watchtower_worker_resident_memory_bytes{{{sup}}})\n/\n"
                       f'sum by (supervisor) (watchtower_workers{{{sup}, status="running"}})', "{{supervisor}}")]),
-        panel("Lost and stopped workers", "Worker records that died or went silent (lost) and that stopped, per "
-              "supervisor (kept until pruned: retention.workers_days).", "short",
+        panel("Lost and stopped workers", "Worker processes that died or went silent (lost) and that stopped "
+              "in the last hour, per supervisor.", "short",
               [target(f'sum by (supervisor, status) (watchtower_workers{{{sup}, status=~"lost|stopped"}})',
                       "{{supervisor}} {{status}}")]),
         panel("Jobs in progress by queue", "Attempts running now, per queue, over every worker of the chosen "

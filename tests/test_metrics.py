@@ -456,3 +456,60 @@ def test_queue_depths_as_the_broker_counts_them(kind: str, redis_namespace: str,
         finally:
             sources.close()
         assert scraped == expected  # no "delayed" series at all on RabbitMQ
+
+
+def test_worker_gauges_count_live_rows_and_only_recent_exits(database_url: str):
+    """Old stopped and lost records (deploys ago) are not counted; those of the last hour are, and live rows always.
+
+    A supervisor whose rows are all old still has its zeros; scoped to a
+    supervisor and host, only those rows count.
+    """
+    import time
+
+    from watchtower import store
+    from watchtower.models import Worker, WorkerStatus
+    from watchtower.scrape import RECENT_EXITS_SECONDS, ScrapeSources
+
+    store.connect(database_url)
+    now = int(time.time() * 1000)
+    old = now - int(RECENT_EXITS_SECONDS * 1000) - 60_000
+    recent = now - 600_000
+    rows = [
+        ("a-run-1", "a", "h1", WorkerStatus.RUNNING, recent, None, 100),
+        ("a-run-2", "a", "h1", WorkerStatus.RUNNING, old, None, 50),  # running since long ago: counted
+        ("a-paused", "a", "h1", WorkerStatus.PAUSED, recent, None, 25),
+        ("a-loop", "a", "h1", WorkerStatus.CRASHLOOPING, old, None, 0),
+        ("a-stop-new", "a", "h1", WorkerStatus.STOPPED, old, recent, 7),
+        ("a-stop-old-1", "a", "h1", WorkerStatus.STOPPED, old, old, 7),
+        ("a-stop-old-2", "a", "h1", WorkerStatus.STOPPED, old, old, 7),
+        ("a-lost-new", "a", "h1", WorkerStatus.LOST, old, recent, 7),
+        ("a-lost-old", "a", "h1", WorkerStatus.LOST, old, old, 7),
+        ("a-stop-null", "a", "h1", WorkerStatus.STOPPED, old, None, 7),  # no stop time: its last sign counts
+        ("a-elsewhere", "a", "h2", WorkerStatus.STOPPED, recent, recent, 7),
+        ("b-stop-old", "b", "h1", WorkerStatus.STOPPED, old, old, 7),
+    ]
+    for worker_id, supervisor, hostname, status, started, stopped, rss in rows:
+        Worker.insert(worker_id=worker_id, supervisor=supervisor, hostname=hostname, status=status,
+                      started_at=started, last_heartbeat=stopped or started, stopped_at=stopped,
+                      memory_rss=rss).execute()
+
+    def gauges(**scope) -> dict[tuple[str, str], float]:
+        sources = ScrapeSources(database_url=database_url, ttl=0, **scope)
+        try:
+            return {
+                (sample.labels["supervisor"], sample.labels["status"]): sample.value
+                for family in sources.collect() if family.name == "watchtower_workers"
+                for sample in family.samples
+            }
+        finally:
+            sources.close()
+
+    everything = gauges()
+    assert {status: everything[("a", status)] for status in WorkerStatus.ALL} == {
+        "starting": 0, "running": 2, "paused": 1, "stopping": 0, "stopped": 2, "lost": 1, "crashlooping": 1,
+    }
+    assert {status: everything[("b", status)] for status in WorkerStatus.ALL} == dict.fromkeys(WorkerStatus.ALL, 0)
+
+    scoped = gauges(supervisor="a", hostname="h1")
+    assert {key[0] for key in scoped} == {"a"}
+    assert scoped[("a", "stopped")] == 1 and scoped[("a", "lost")] == 1 and scoped[("a", "running")] == 2

@@ -3,7 +3,9 @@
 - ``watchtower_workers{supervisor,status}`` and
   ``watchtower_worker_resident_memory_bytes{supervisor}`` (live workers'
   memory added up) come from the workers table: a handful of rows, never
-  the job table;
+  the job table.  The live states (and ``crashlooping``) count every row;
+  ``stopped`` and ``lost`` count the rows that ended in the last
+  ``RECENT_EXITS_SECONDS`` (an hour), not every old record;
 - ``watchtower_queue_messages{queue,state}`` comes from the broker.  Redis
   gives all three states exactly (``LLEN q``, ``HLEN q.DQ.msgs``,
   ``ZCARD q.XQ`` under the broker's namespace).  RabbitMQ gives ``ready`` and
@@ -46,6 +48,9 @@ CACHE_SECONDS = 5.0
 READ_TIMEOUT = 2.0
 #: Seconds between two log lines about the same failing source.
 ERROR_LOG_INTERVAL = 60.0
+#: Worker rows that stopped or were lost count in ``watchtower_workers``
+#: for this long after they ended (an hour).
+RECENT_EXITS_SECONDS = 3600.0
 
 
 class QueueDepths(Protocol):
@@ -186,7 +191,9 @@ class ScrapeSources:
         reading = self.reading()
         if reading.workers is not None:
             workers = GaugeMetricFamily(
-                "watchtower_workers", "Worker processes by supervisor and status (from the workers table).",
+                "watchtower_workers",
+                "Worker processes by supervisor and status (from the workers table; stopped and lost: "
+                "those that ended in the last hour).",
                 labels=("supervisor", "status"),
             )
             memory = GaugeMetricFamily(
@@ -288,11 +295,21 @@ class ScrapeSources:
 
             self._db = open_database(self.database_url)
         table = Worker._meta.table_name
-        sql = f"SELECT supervisor, status, COUNT(*), SUM(memory_rss) FROM {table}"
-        params: list[Any] = []
+        param = self._db.param
+        # Stopped and lost rows count only if they ended within the window: the
+        # table keeps every old record until a prune, and a gauge that grows
+        # with each deploy says nothing.  Old rows still give their supervisor
+        # its zeros.
+        ended = "COALESCE(stopped_at, last_heartbeat, started_at, 0)"
+        sql = (
+            f"SELECT supervisor, status, SUM(CASE WHEN status IN ({param}, {param}) AND {ended} < {param} "
+            f"THEN 0 ELSE 1 END), SUM(memory_rss) FROM {table}"
+        )
+        cutoff = int((time.time() - RECENT_EXITS_SECONDS) * 1000)
+        params: list[Any] = [WorkerStatus.STOPPED, WorkerStatus.LOST, cutoff]
         if self.supervisor is not None:
-            sql += f" WHERE supervisor = {self._db.param} AND hostname = {self._db.param}"
-            params = [self.supervisor, self.hostname]
+            sql += f" WHERE supervisor = {param} AND hostname = {param}"
+            params += [self.supervisor, self.hostname]
         sql += " GROUP BY supervisor, status"
         rows = self._db.execute_sql(sql, params).fetchall()
         return [(supervisor or "", status, int(count), int(rss or 0)) for supervisor, status, count, rss in rows]
