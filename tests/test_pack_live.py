@@ -444,6 +444,9 @@ def test_killing_the_workers_makes_the_crash_loop_alert_go_pending(stack: Stack)
             if name == "WatchtowerWorkersCrashLooping":
                 assert alert["labels"]["supervisor"] == "default"
                 assert alert["annotations"]["dashboard"] == "/d/watchtower-workers?var-supervisor=default"
+                # The rules' Grafana address (watchtower:grafana:info) joined to it.
+                assert alert["annotations"]["dashboard_url"] == \
+                    "http://localhost:3000/d/watchtower-workers?var-supervisor=default"
             elif name == "WatchtowerNoWorkersForQueue" and alert["labels"].get("copy") == "short-windows":
                 assert alert["labels"]["queue"] in ("demo", "demo-slow")
             else:

@@ -31,6 +31,12 @@ UNIT_TESTS = sorted((PACK / "tests").glob("*.yml"))
 METRIC_MODULES = (ROOT / "watchtower" / "metrics.py", ROOT / "watchtower" / "scrape.py")
 
 
+#: How the alerts' dashboard_url annotations begin: the Grafana address of watchtower:grafana:info, joined.
+GRAFANA_ADDRESS = (
+    '{{ with query "watchtower:grafana:info" }}{{ . | first | label "url" | reReplaceAll "/+$" "" }}{{ end }}'
+)
+
+
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     """Run promtool in the pack's directory; a missing promtool fails the test."""
     path = shutil.which("promtool")
@@ -121,6 +127,7 @@ def test_every_alert_has_severity_texts_and_a_dashboard_link() -> None:
         annotations = alert["annotations"]
         assert annotations["summary"].strip() and annotations["description"].strip(), alert["alert"]
         assert annotations["dashboard"].startswith("/d/watchtower-"), alert["alert"]
+        assert annotations["dashboard_url"] == GRAFANA_ADDRESS + annotations["dashboard"], alert["alert"]
 
 
 def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_is_silent() -> None:
@@ -139,7 +146,8 @@ def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_is_silent()
             for check in case.get("alert_rule_test", []):
                 for expected in check.get("exp_alerts") or []:
                     # Firing cases pin the whole texts, not just the labels.
-                    assert set(expected["exp_annotations"]) == {"summary", "description", "dashboard"}, case["name"]
+                    assert set(expected["exp_annotations"]) == {"summary", "description", "dashboard",
+                                                                "dashboard_url"}, case["name"]
 
 
 @pytest.mark.parametrize("window", ["5m", "30m", "1h", "2h", "6h", "1d"])
@@ -150,3 +158,55 @@ def test_the_queue_wait_threshold_is_one_bucket_boundary_used_everywhere(window:
     expr = by_name[f"watchtower:job_queue_wait_slow_ratio:rate{window}"]
     # prometheus-client writes bucket boundaries as Python floats: le="30.0".
     assert re.findall(r'le="([^"]+)"', expr) == [repr(float(threshold))]
+
+
+def test_the_grafana_address_is_one_setting_that_every_dashboard_link_follows(tmp_path: Path) -> None:
+    """Set watchtower:grafana:info's url (with a trailing slash) and a firing alert links there.
+
+    A copy of the pack with another address and a promtool unit test whose
+    alert must carry the whole link; then the same alert with the alerts
+    file loaded alone (no rules): the link is the bare path.
+    """
+    shutil.copytree(PACK, tmp_path / "pack")
+    rules_file = tmp_path / "pack" / "rules" / "watchtower.yml"
+    text = rules_file.read_text()
+    assert text.count('url: "http://localhost:3000"') == 1
+    rules_file.write_text(text.replace('url: "http://localhost:3000"', 'url: "https://grafana.example.com/ops/"'))
+    alert = next(rule for rule in alerts() if rule["alert"] == "WatchtowerWorkersCrashLooping")
+    description = alert["annotations"]["description"].replace("{{ $value }}", "1")
+
+    def case(rule_files: list[str], link: str) -> str:
+        annotations = {
+            "summary": "Workers of supervisor main are crash-looping",
+            "description": description.replace("{{ $labels.supervisor }}", "main"),
+            "dashboard": "/d/watchtower-workers?var-supervisor=main",
+            "dashboard_url": link,
+        }
+        return yaml.safe_dump({
+            "rule_files": rule_files,
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                "input_series": [{"series": 'watchtower_workers{supervisor="main",status="crashlooping"}',
+                                  "values": "1x10"}],
+                "alert_rule_test": [{"eval_time": "5m", "alertname": "WatchtowerWorkersCrashLooping",
+                                     "exp_alerts": [{"exp_labels": {"severity": "page", "supervisor": "main"},
+                                                     "exp_annotations": annotations}]}],
+            }],
+        })
+
+    tests_dir = tmp_path / "pack" / "tests"
+    path = shutil.which("promtool")
+    assert path, "promtool is not installed: apt-get install prometheus"
+    for name, files, link in [
+        ("set.yml", ["../rules/watchtower.yml", "../alerts/watchtower.yml"],
+         "https://grafana.example.com/ops/d/watchtower-workers?var-supervisor=main"),
+        ("alone.yml", ["../alerts/watchtower.yml"], "/d/watchtower-workers?var-supervisor=main"),
+        ("wrong.yml", ["../rules/watchtower.yml", "../alerts/watchtower.yml"],
+         "http://localhost:3000/d/watchtower-workers?var-supervisor=main"),
+    ]:
+        (tests_dir / name).write_text(case(files, link))
+        result = subprocess.run([path, "test", "rules", name], cwd=tests_dir, capture_output=True, text=True,
+                                timeout=120)
+        # The copy's address, not the shipped one: the last case must fail.
+        assert (result.returncode == 0) == (name != "wrong.yml"), (name, result.stdout, result.stderr)
