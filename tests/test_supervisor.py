@@ -212,23 +212,60 @@ def test_stop_pause_resume_and_start_through_the_manager(
         manager.resume_worker(pool.worker_id)
         wait_until(lambda: row_with(pool.worker_id, WorkerStatus.RUNNING), 30, message="the pool worker resumed")
 
-        # A requested worker that is stopped stays stopped...
+        # A requested worker that is stopped stays stopped.
         manager.stop_worker(requested)
         stopped = measure(lambda: row_with(requested, WorkerStatus.STOPPED) and pid_gone(row.pid), 30,
                           "the requested worker to stop")
         assert Worker.get(Worker.worker_id == requested).exit_code == 0
         assert stays(lambda: child_pids(sup) == {pool.pid}, 2.0)
-        # ... a pool worker is replaced: the pool keeps its min_processes.
-        manager.stop_worker(pool.worker_id)
-        wait_until(lambda: row_with(pool.worker_id, WorkerStatus.STOPPED), 30, message="the pool worker to stop")
-        fresh = wait_until(lambda: [w for w in rows("default", WorkerStatus.RUNNING) if w.worker_id != pool.worker_id],
-                           60, message="its replacement")
-        assert fresh[0].restarts == 1 and fresh[0].pid in child_pids(sup)
         print(f"\n[{bus} bus] pause applied in {paused:.2f} s, resume ran the held job in {resumed:.2f} s, "
               f"stop applied in {stopped:.2f} s")
 
         with pytest.raises(Exception, match=f"worker '{requested}' is stopped: it cannot stop"):
             manager.stop_worker(requested)
+        sup.send_signal(signal.SIGTERM)
+        assert wait_exit(sup, 90) == 0
+    manager.bus.close()
+
+
+@pytest.mark.parametrize("bus", ["redis", "database"])
+def test_restart_gives_a_pool_slot_a_fresh_process_and_stop_leaves_it_empty(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str, bus: str
+) -> None:
+    path = config(tmp_path, sqlite_url, redis_namespace, bus=bus, queues=[queue_name],
+                  min_processes=2, max_processes=2, threads=1)
+    store.connect(sqlite_url)
+    manager = WorkerManager(load_settings(path, env={}))
+    log = tmp_path / "supervisor.log"
+    with running(start_supervisor(path, "default", log, **app_env(redis_namespace, queue_name)), log) as sup:
+        first, second = wait_until(lambda: len(found := rows("default", WorkerStatus.RUNNING)) == 2 and found, 60,
+                                   message="the pool's two workers")
+
+        # restart: the worker exits gracefully and its slot gets a fresh process at once.
+        manager.restart_worker(first.worker_id)
+        fresh = wait_until(lambda: [w for w in rows("default", WorkerStatus.RUNNING)
+                                    if w.worker_id not in (first.worker_id, second.worker_id)], 60,
+                           message="the restarted slot's new process")[0]
+        old = Worker.get(Worker.worker_id == first.worker_id)
+        assert (old.status, old.exit_code, old.exit_reason) == (WorkerStatus.STOPPED, 65, "command: restart")
+        assert fresh.pid != first.pid and fresh.pid in child_pids(sup) and pid_gone(first.pid)
+        assert fresh.restarts == 1 and fresh.get_queues() == [queue_name]
+        assert child_pids(sup) == {fresh.pid, second.pid}
+
+        # stop: the worker exits for good; its slot stays empty, below min_processes, until asked for.
+        manager.stop_worker(second.worker_id)
+        wait_until(lambda: row_with(second.worker_id, WorkerStatus.STOPPED) and pid_gone(second.pid), 30,
+                   message="the stopped worker to exit")
+        gone = Worker.get(Worker.worker_id == second.worker_id)
+        assert (gone.exit_code, gone.exit_reason) == (0, "command: stop")
+        assert stays(lambda: child_pids(sup) == {fresh.pid}, 3.0)
+        assert [w.worker_id for w in rows("default", *WorkerStatus.ALIVE)] == [fresh.worker_id]
+        assert (f"worker {second.worker_id} stopped and is not replaced: 1 workers run, below min_processes 2"
+                in log.read_text(errors="replace"))
+        # A start request fills it again (max_processes allows 2).
+        added = manager.start_worker(queue_name)
+        refill = wait_until(lambda: row_with(added, WorkerStatus.RUNNING), 60, message="the requested worker")
+        assert child_pids(sup) == {fresh.pid, refill.pid}
         sup.send_signal(signal.SIGTERM)
         assert wait_exit(sup, 90) == 0
     manager.bus.close()

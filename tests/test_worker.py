@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,15 @@ import pytest
 import redis
 from conftest import REDIS_URL, subprocess_env, unique, wait_until
 from dramatiq.brokers.redis import RedisBroker
+from web_support import client, web_settings
 
-from watchtower import store
+from watchtower import WorkerManager, store
 from watchtower.bus import CommandBus, worker_command_key
 from watchtower.bus.database import DatabaseCommandBus
 from watchtower.bus.redis import RedisCommandBus
 from watchtower.models import Job, JobStatus, Worker, WorkerStatus
-from watchtower.worker import EXIT_MEMORY, EXIT_UNREACHABLE, EXIT_USAGE
+from watchtower.web import create_app
+from watchtower.worker import EXIT_MEMORY, EXIT_RESTART, EXIT_UNREACHABLE, EXIT_USAGE
 
 DEADLINE = 30.0
 
@@ -219,6 +221,70 @@ def test_stop_pause_and_resume_through_the_bus(lab: Lab, bus_kind: str) -> None:
     assert lab.row(worker_id).exit_reason == "command: stop"
     print(f"{bus_kind} bus: " + ", ".join(f"{name} applied in {seconds:.2f} s" for name, seconds in latencies.items()))
     bus.close()
+
+
+def steering(lab: Lab, via: str, bus_kind: str) -> tuple[Callable[[str, str], None], Callable[[], None]]:
+    """How to send a command to a worker through the manager or the API; and how to clean up."""
+    settings = web_settings(lab.database_url, lab.namespace, command_bus=bus_kind)
+    if via == "manager":
+        manager = WorkerManager(settings)
+        return (lambda worker_id, command: getattr(manager, f"{command}_worker")(worker_id)), manager.bus.close
+    api = client(create_app(settings))
+
+    def post(worker_id: str, command: str) -> None:
+        answer = api.simulate_post(f"/watchtower/workers/{worker_id}/{command}")
+        assert (answer.status_code, answer.json) == (202, {"id": worker_id, "command": command}), answer.text
+
+    return post, lambda: None
+
+
+_STEPS = re.compile(r"worker (\S+) (?:received the command (\w+)|(paused|resumed)\b|is stopping: ignores the command (\w+))")
+
+
+def steps(log: str, worker_id: str) -> tuple[list[str], list[str], list[str]]:
+    """From a worker's log: the commands it received, what it did (paused, resumed), and what it ignored."""
+    received, done, ignored = [], [], []
+    for match in _STEPS.finditer(log):
+        if match.group(1) != worker_id:
+            continue
+        if match.group(2):
+            received.append(match.group(2))
+        elif match.group(3):
+            done.append(match.group(3))
+        else:
+            ignored.append(match.group(4))
+    return received, done, ignored
+
+
+@pytest.mark.parametrize("bus_kind", ["redis", "database"])
+@pytest.mark.parametrize("via", ["manager", "api"])
+def test_commands_sent_in_quick_succession_are_all_applied_in_order(lab: Lab, via: str, bus_kind: str) -> None:
+    child, worker_id = lab.start("--threads", "2", bus=bus_kind)
+    send, close = steering(lab, via, bus_kind)
+    lab.wait_status(worker_id, WorkerStatus.RUNNING)
+    # A job that runs until the test lets it end: the pause waits for it, so
+    # the worker is busy with its first command while the others arrive.
+    held = lab.send("hold", "busy")
+    wait_until(lambda: lab.trace("started:busy"), timeout=DEADLINE, message="the held job to start")
+    send(worker_id, "pause")
+    wait_until(lambda: steps(lab.log_text(worker_id), worker_id)[0] == ["pause"], timeout=DEADLINE,
+               message="the worker to take the pause")
+    burst = ["resume", "pause", "resume", "pause", "resume", "restart", "pause"]
+    for command in burst:
+        send(worker_id, command)
+    assert steps(lab.log_text(worker_id), worker_id)[1] == []  # still pausing: the rest wait in its queue
+    lab.redis.set(f"{lab.namespace}:t:release:busy", 1)
+
+    assert finish(child) == EXIT_RESTART
+    received, done, ignored = steps(lab.log_text(worker_id), worker_id)
+    assert received == ["pause", *burst[:-1]]  # each one, in the order sent
+    assert done == ["paused", "resumed", "paused", "resumed", "paused", "resumed"]
+    assert ignored == ["pause"]  # sent after the restart: the worker was on its way out
+    row = lab.row(worker_id)
+    assert (row.status, row.exit_code, row.exit_reason) == (WorkerStatus.STOPPED, EXIT_RESTART, "command: restart")
+    assert lab.wait_job(held, JobStatus.COMPLETED).worker_id == worker_id
+    assert lab.bus(bus_kind).pop_all(worker_command_key(worker_id)) == []
+    close()
 
 
 def test_a_pause_past_the_broker_heartbeat_timeout_runs_no_job_twice(lab: Lab) -> None:

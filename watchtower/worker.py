@@ -5,9 +5,10 @@ is imported (it sets the broker and declares the actors), WatchtowerMiddleware
 is added if the app did not add it, ``process_boot`` is emitted (TimeLimit
 starts its watchdog there), and a :class:`~watchtower.pausable.PausableWorker`
 consumes the queues.  The main thread then loops every ``COMMAND_POLL``
-seconds: it reads the worker's command from the bus
-(``worker:<id>:command``: stop, pause, resume), checks the signals, the
-parent process and the memory limit, and acts.
+seconds: it takes the commands sent to it since its last look from its queue
+on the bus (``worker:<id>:commands``: stop, restart, pause, resume) and
+applies them one after the other in the order sent, and it checks the
+signals, the parent process and the memory limit.
 
 The worker keeps its own row in the workers table (the middleware's own
 registration is turned off): status ``running`` / ``paused`` / ``stopping`` /
@@ -29,17 +30,20 @@ Pause gives back every message the worker holds (see
 :mod:`watchtower.pausable`); resume takes up work again.  SIGTERM or SIGINT,
 a ``stop`` command, or the death of ``--parent-pid`` stop it gracefully: no
 new messages, the jobs in hand finish, the prefetched ones are requeued, the
-ledger is flushed, exit 0.  A second SIGTERM/SIGINT during that exits at once
-with :data:`EXIT_FAILED`.
+ledger is flushed, exit 0.  A ``restart`` command stops it the same way with
+:data:`EXIT_RESTART`, which asks whoever runs it (its supervisor) for a fresh
+process at once.  A second SIGTERM/SIGINT during that exits at once with
+:data:`EXIT_FAILED`.
 
 Exit codes:
 
 ==  =========================================================================
-0   graceful stop (signal, ``stop`` command, parent gone)
+0   graceful stop (signal, ``stop`` command, parent gone): stay stopped
 1   unexpected failure, or killed by a second signal
 2   bad arguments or settings, unknown supervisor, app module fails to import
 3   the command bus (or its database) cannot be reached at start
 64  memory limit exceeded: recycled, a fresh process should take over
+65  ``restart`` command: stopped gracefully, a fresh process should take over
 ==  =========================================================================
 
 On codes 2 and 3 the worker writes one ``Error: ...`` line to stderr and, if
@@ -85,6 +89,7 @@ __all__ = [
     "EXIT_USAGE",
     "EXIT_UNREACHABLE",
     "EXIT_MEMORY",
+    "EXIT_RESTART",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +99,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_MEMORY = 64
+EXIT_RESTART = 65
 
 #: Seconds between two looks at the bus, the signals and the parent.
 COMMAND_POLL = 0.2
@@ -382,6 +388,8 @@ class WorkerProcess:
         match command:
             case WorkerCommand.STOP:
                 self.request_stop(EXIT_OK, "command: stop")
+            case WorkerCommand.RESTART:
+                self.request_stop(EXIT_RESTART, "command: restart")
             case WorkerCommand.PAUSE:
                 self.pause()
             case WorkerCommand.RESUME:
@@ -392,6 +400,7 @@ class WorkerProcess:
     def pause(self) -> None:
         """Give back every message held (after the jobs in hand) and stop consuming."""
         if self.worker is None or self.status != WorkerStatus.RUNNING:
+            logger.info("worker %s is %s: nothing to pause", self.worker_id, self.status)
             return
         given_back = self.worker.release(timeout=self._stop_timeout_ms())
         self._set_status(WorkerStatus.PAUSED)
@@ -400,6 +409,7 @@ class WorkerProcess:
     def resume(self) -> None:
         """Take up work again after :meth:`pause`."""
         if self.worker is None or self.status != WorkerStatus.PAUSED:
+            logger.info("worker %s is %s: nothing to resume", self.worker_id, self.status)
             return
         self.worker.take_up()
         self._set_status(WorkerStatus.RUNNING)

@@ -6,6 +6,9 @@ actors' queue, default ``default``), ``WT_TEST_HEARTBEAT_MS`` (the broker's
 heartbeat timeout), ``WT_TEST_MAINTENANCE`` (the broker's maintenance chance
 per million commands), ``WT_TEST_COUNT_FETCHES`` (count fetches per queue).
 
+``hold(token)`` runs until the test sets ``release:<token>``;
+``grow(token, megabytes)`` keeps what it allocates, as a leak would.
+
 Trace keys, all under ``<namespace>:t:``: ``runs:<token>`` (executions),
 ``attempts:<token>``, ``started:<token>`` / ``finished:<token>`` (epoch
 seconds), ``fetches:<queue>``.
@@ -76,6 +79,17 @@ def work(token: str, seconds: float = 0.0) -> None:
 def work_with_own_limit(token: str, seconds: float = 0.0) -> None:
     """Like ``work``, with a time limit of its own (30 s)."""
     _run(token, seconds)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def hold(token: str) -> None:
+    """Runs until the test sets ``release:<token>`` (at most 120 s), leaving the traces of ``work``."""
+    traces.set(trace(f"started:{token}"), repr(time.time()))
+    deadline = time.monotonic() + 120
+    while not traces.exists(trace(f"release:{token}")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    traces.incr(trace(f"runs:{token}"))
+    traces.set(trace(f"finished:{token}"), repr(time.time()))
 
 
 @dramatiq.actor(queue_name=QUEUE, **_FAST_RETRY)
