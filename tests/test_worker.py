@@ -169,7 +169,10 @@ def test_jobs_run_and_land_in_the_ledger_with_the_worker_id(lab: Lab, app: str) 
     assert row is not None and row.status == WorkerStatus.RUNNING
     assert (row.hostname, row.pid, row.supervisor) == ("fake-host-1", child.pid, None)
     assert row.get_queues() == [lab.queue]
-    assert json.loads(row.options) == {"threads": 2, "tries": 5, "timeout": 60.0, "memory": 128, "sleep": 0.2, "rest": 0.0}
+    options = json.loads(row.options)
+    assert 10 < options.pop("memory_at_boot") < 128  # MB, measured after boot (this app is small)
+    assert options == {"threads": 2, "tries": 5, "timeout": 60.0, "memory": 128, "sleep": 0.2, "rest": 0.0,
+                       "memory_recycle_at": 128}
     first = row.last_heartbeat
     row = wait_until(lambda: (r := lab.row(worker_id)).last_heartbeat > first and r.jobs_processed == 5 and r,
                      timeout=DEADLINE, message="a later heartbeat with the job count")
@@ -329,13 +332,54 @@ def test_a_pause_past_the_broker_heartbeat_timeout_runs_no_job_twice(lab: Lab) -
 # Limits ---------------------------------------------------------------------------
 
 
-def test_memory_above_the_limit_recycles_the_worker(lab: Lab) -> None:
-    child, worker_id = lab.start("--memory", "1")
+def test_growth_past_the_memory_limit_recycles_the_worker(lab: Lab) -> None:
+    child, worker_id = lab.start("--memory", "128")
+    lab.wait_status(worker_id, WorkerStatus.RUNNING)
+    leak = lab.send("grow", "leak", 200)
     assert finish(child) == EXIT_MEMORY
+    assert lab.job(leak).status == JobStatus.COMPLETED  # the job in hand finished first
     row = lab.row(worker_id)
     assert row.status == WorkerStatus.STOPPED and row.exit_code == EXIT_MEMORY
-    match = re.fullmatch(r"memory: RSS (\d+) MB > limit 1 MB", row.exit_reason)
-    assert match and int(match.group(1)) > 1
+    match = re.fullmatch(r"memory: RSS (\d+) MB > limit 128 MB", row.exit_reason)
+    assert match and int(match.group(1)) > 200
+    assert "more than its memory limit" not in lab.log_text(worker_id)
+
+
+_OVER = re.compile(
+    r"worker (\S+) takes (\d+) MB right after boot, before any job: more than its memory limit of 128 MB, "
+    r"so recycling cannot help; it keeps working and recycles only past (\d+) MB \(128 MB more\)"
+)
+
+
+def test_an_app_bigger_than_the_memory_limit_keeps_working_and_says_so_once(lab: Lab) -> None:
+    # apps.big keeps 200 MB from its import on: over the limit before any job.
+    child, worker_id = lab.start("--memory", "128", "--threads", "2", app="apps.big")
+    row = lab.wait_status(worker_id, WorkerStatus.RUNNING)
+    options = json.loads(row.options)
+    assert options["memory"] == 128 and options["memory_at_boot"] > 200
+    assert options["memory_recycle_at"] == options["memory_at_boot"] + 128
+    ids = [lab.send("work", f"big{n}", 0.2) for n in range(8)]
+    for message_id in ids:
+        assert lab.wait_job(message_id, JobStatus.COMPLETED).worker_id == worker_id
+    # Several heartbeats (every 0.5 s) have measured it over 128 MB since it booted.
+    booted = row.started_at
+    row = wait_until(lambda: (r := lab.row(worker_id)).last_heartbeat.timestamp() - booted.timestamp() > 3 and r,
+                     timeout=DEADLINE, message="heartbeats 3 s after boot")
+    assert row.status == WorkerStatus.RUNNING and row.memory_rss > 200 * 1024 * 1024 and child.poll() is None
+    said = [m for m in _OVER.finditer(lab.log_text(worker_id))]
+    assert len(said) == 1  # once, not at every heartbeat
+    assert said[0].group(1) == worker_id and int(said[0].group(2)) == options["memory_at_boot"]
+    assert int(said[0].group(3)) == options["memory_recycle_at"]
+
+    # Growth past its footprint plus the limit still recycles it.
+    lab.send("grow", "leak", 200)
+    assert finish(child) == EXIT_MEMORY
+    row = lab.row(worker_id)
+    match = re.fullmatch(r"memory: RSS (\d+) MB > (\d+) MB \(limit 128 MB past the (\d+) MB it took to boot\)",
+                         row.exit_reason)
+    assert match, row.exit_reason
+    assert int(match.group(1)) > int(match.group(2)) == options["memory_recycle_at"]
+    assert int(match.group(3)) == options["memory_at_boot"]
 
 
 def test_tries_caps_the_attempts_unless_the_actor_sets_its_own(lab: Lab) -> None:

@@ -104,3 +104,14 @@ def fail_without_retries(token: str) -> None:
     """Counts an attempt and raises; its own max_retries is 0."""
     traces.incr(trace(f"attempts:{token}"))
     raise ValueError(f"failing on purpose ({token})")
+
+
+#: What ``grow`` allocated: kept for the life of the process.
+_grown: list[bytes] = []
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def grow(token: str, megabytes: int) -> None:
+    """Allocates ``megabytes`` MB that stay resident until the process exits (a leak)."""
+    _grown.append(b"\x01" * (megabytes * 1024 * 1024))  # written bytes: resident, unlike calloc's zeros
+    traces.incr(trace(f"runs:{token}"))
