@@ -33,7 +33,7 @@ from watchtower.bus.database import DatabaseCommandBus
 from watchtower.bus.redis import RedisCommandBus
 from watchtower.models import Job, JobStatus, Worker, WorkerStatus
 from watchtower.web import create_app
-from watchtower.worker import EXIT_MEMORY, EXIT_RESTART, EXIT_UNREACHABLE, EXIT_USAGE
+from watchtower.worker import EXIT_MEMORY, EXIT_RESTART, EXIT_UNREACHABLE, EXIT_USAGE, recycle_threshold
 
 DEADLINE = 30.0
 
@@ -330,6 +330,15 @@ def test_a_pause_past_the_broker_heartbeat_timeout_runs_no_job_twice(lab: Lab) -
 
 
 # Limits ---------------------------------------------------------------------------
+
+
+def test_the_recycle_threshold_is_the_limit_unless_the_boot_footprint_is_over_it() -> None:
+    mb = 1024 * 1024
+    assert recycle_threshold(128, 60 * mb) == 128 * mb
+    assert recycle_threshold(128, 128 * mb) == 128 * mb
+    assert recycle_threshold(128, 200 * mb) == 328 * mb  # 128 MB of growth past the footprint
+    assert recycle_threshold(128, None) == 128 * mb  # not measured: the limit as set
+    assert recycle_threshold(0, 200 * mb) is None  # no limit
 
 
 def test_growth_past_the_memory_limit_recycles_the_worker(lab: Lab) -> None:
