@@ -10,7 +10,7 @@ is given a realistic payload (about 250 bytes of JSON with two arguments and
 a keyword argument).  Requests go through the real WSGI app in this process
 (falcon.testing), token and all; each is made ``--runs`` times, in 5 blocks in which
 the two ledgers take turns (each block after two warm-up calls).  The table gives p50 / p95 in milliseconds and the ratio of the
-large to the small p50.  Budget (DESIGN.md): poll and the job list under
+large to the small p50.  Budget: poll and the job list under
 50 ms at one million rows, their cost not growing with the table.
 
 Deep pages: "page 100 x 100" (with the default sizes) is an OFFSET of 9,900

@@ -21,7 +21,7 @@ lock: the stall a live worker sees).  Each round checks that exactly the
 expired rows went and that every recorded job landed.  The machine's load
 average is printed too: on a shared machine it explains most of the spread.
 
-Budget (DESIGN.md): a million rows in under 10 s, no recorder write over 0.5 s.
+Budget: a million rows in under 10 s, no recorder write over 0.5 s.
 
 Results: benchmarks/RESULTS.md (part 3 and its notes).  PostgreSQL meets
 both budgets (2-5 s).  SQLite misses the 10 s: on the second pass's machine

@@ -8,8 +8,8 @@
 Each part is one or two of the scripts beside this file, run as child
 processes (one process tree, one after the other); their Markdown output is
 copied into the report under a heading.  The report starts with the date, the
-machine and the versions it ran with, then a table of every budget of
-DESIGN.md against what this run measured (read from the parts' tables).
+machine and the versions it ran with, then a table of every budget
+against what this run measured (read from the parts' tables).
 When both ``api`` and ``collector`` run, one fill of each ledger serves both
 (api.py ``--collector-runs``).  ``--write`` keeps what RESULTS.md says below
 its notes line (what was changed and what it bought).
@@ -215,7 +215,7 @@ def main() -> None:
         section = f"## {title}\n\n({took:.0f} s, load average after {load()})\n\n" + "\n\n".join(bodies) + "\n"
         sections.append(section)
         print(section, flush=True)
-    summary = ("## Budgets (DESIGN.md) against this run\n\n| budget | measured | met |\n|---|---|---|\n"
+    summary = ("## Budgets against this run\n\n| budget | measured | met |\n|---|---|---|\n"
                + "".join(f"| {b} | {m} | {ok} |\n" for b, m, ok in measured))
     print(summary, flush=True)
     report = "\n".join([sections[0], summary, *sections[1:]])

@@ -10,7 +10,7 @@ worker runs and completed jobs show in /metrics, the supervisor's /metrics is
 fetched ``--runs`` times over HTTP: p50 / p95 in milliseconds, with the size
 of the answer and the resident memory of the supervisor and its workers.
 (benchmarks/scrape.py measures the same scrape with synthetic writers and 100
-dead processes folded in.)  Budget (DESIGN.md): under 100 ms with 16 processes.
+dead processes folded in.)  Budget: under 100 ms with 16 processes.
 Every process it started is killed by PID when it ends.
 """
 

@@ -19,7 +19,7 @@ def test_the_runner_prints_a_filled_table_for_a_part() -> None:
     rows = [line for line in result.stdout.splitlines() if line.startswith("| get_stats |")]
     assert rows, result.stdout
     assert re.search(r"\d+\.\d+ / \d+\.\d+", rows[0]), rows[0]
-    # The budgets of DESIGN.md are set against what the part measured (numbers, not judged here).
+    # The budgets are set against what the part measured (numbers, not judged here).
     assert "| budget | measured | met |" in result.stdout
     assert re.search(r"^\| 2b collector: every p50 under 50 ms at 5,000 rows \| slowest \d+\.\d+ ms .*\| (yes|\*\*no\*\*) \|$",
                      result.stdout, re.M), result.stdout

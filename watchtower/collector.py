@@ -1,4 +1,4 @@
-"""MetricsCollector: the seed's dashboard numbers, at a cost that does not grow with the job table.
+"""MetricsCollector: Horizon's dashboard numbers, at a cost that does not grow with the job table.
 
 Every answer comes from a small table, never from a scan of
 ``watchtower_jobs``:

@@ -47,7 +47,7 @@ _GONE = (WorkerStatus.STOPPED, WorkerStatus.LOST, WorkerStatus.CRASHLOOPING)
 
 
 class WorkerManager:
-    """Start, stop, restart, pause, resume and list workers (the seed's WorkerManager).
+    """Start, stop, restart, pause, resume and list workers (as Horizon's WorkerManager does).
 
     ``settings`` names the database, the bus and the supervisors.  ``bus``
     and ``database`` may be given ready-made (the web app shares its own);

@@ -5,7 +5,7 @@ hooks build a :class:`~watchtower.events.JobEvent` and hand it to the
 recorder (an append to a deque) and to any listeners (the metrics); they
 never touch the database and never raise into Dramatiq.
 
-Where the outcome of an attempt is decided (see shared notes on hook order):
+Where the outcome of an attempt is decided:
 
 - ``after_process_message`` runs before Retries has looked at the exception
   when this middleware is added after it (the usual case: ``after_*`` hooks

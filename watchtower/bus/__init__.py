@@ -2,7 +2,7 @@
 
 Two kinds of entries live on it:
 
-- a **value** per key, with a time to live (the seed's ``put`` / ``get`` /
+- a **value** per key, with a time to live (Horizon's ``put`` / ``get`` /
   ``forget``);
 - a **list** per key (``push`` / ``pop_all``), drained atomically so that
   of two takers racing for it each entry goes to exactly one, and an entry
@@ -41,7 +41,7 @@ __all__ = [
     "COMMAND_TTL",
 ]
 
-#: Seconds an entry lives when no ``ttl`` is given (the seed's default).
+#: Seconds an entry lives when no ``ttl`` is given (Horizon's default).
 DEFAULT_TTL = 300
 #: Seconds a worker command waits for its worker.  Longer than the worker
 #: can be busy applying the previous one (a pause waits for the jobs in hand

@@ -4,7 +4,7 @@ Lists are newest first (by row id, which follows the first enqueue) and
 paginated without a total: counting a million rows costs more than the page
 itself, so a page says ``has_more`` instead.  Two ways to page:
 
-- ``page`` (as the seed has it): an OFFSET, which costs as much as the rows
+- ``page`` (as Horizon has it): an OFFSET, which costs as much as the rows
   it skips, so pages stop at ``MAX_PAGE``;
 - ``before``: the ``next_cursor`` of the previous page; the list goes on
   below that row, found through the index, so the thousandth page costs
