@@ -7,7 +7,7 @@ import os
 import click
 
 from ..cli import State, cli, settings_from
-from ..config import KEYS, Settings, env_name
+from ..config import Settings, as_text, env_name, value_of
 
 __all__ = ["supervise"]
 
@@ -43,14 +43,6 @@ def worker_environment(settings: Settings, config: str | None) -> dict[str, str]
     if config is not None:
         env["WATCHTOWER_CONFIG"] = os.path.abspath(config)
     for key, source in settings.sources.items():
-        if not source.startswith("command line") or key not in KEYS:
-            continue
-        value = getattr(settings, KEYS[key][0])
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            text = ",".join(value)
-        else:
-            text = str(value)
-        env[env_name(key)] = text
+        if source.startswith("command line"):
+            env[env_name(key)] = as_text(value_of(settings, key))
     return env
