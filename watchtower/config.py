@@ -189,17 +189,17 @@ _NON_NEGATIVE = {
 _POOL_ENV_PREFIX = "WATCHTOWER_SUPERVISORS_"
 
 
-def pool_key(name: str, field: str) -> str:
-    """The dotted key of a pool's setting: ``supervisors.NAME.FIELD``."""
-    return f"supervisors.{name}.{field}"
+def pool_key(name: str, setting: str) -> str:
+    """The dotted key of a pool's setting: ``supervisors.NAME.SETTING``."""
+    return f"supervisors.{name}.{setting}"
 
 
 def _split_pool_key(key: str) -> tuple[str, str] | None:
     """``(name, field)`` of a ``supervisors.NAME.FIELD`` key, or None for any other key."""
     if not key.startswith("supervisors."):
         return None
-    name, _, field = key[len("supervisors."):].rpartition(".")
-    return (name, field) if name else None
+    name, _, setting = key[len("supervisors."):].rpartition(".")
+    return (name, setting) if name else None
 
 
 def _env_part(name: str) -> str:
@@ -225,14 +225,14 @@ def _pool_from_env(variable: str, declared: Mapping[str, Any]) -> tuple[str, str
     split is never ambiguous.
     """
     rest = variable[len(_POOL_ENV_PREFIX):]
-    for field in SUPERVISOR_KEYS:
-        suffix = "_" + field.upper()
+    for setting in SUPERVISOR_KEYS:
+        suffix = "_" + setting.upper()
         if rest.endswith(suffix) and len(rest) > len(suffix):
             part = rest[: -len(suffix)]
             for name in declared:
                 if _env_part(name) == part:
-                    return name, field
-            return part.lower(), field
+                    return name, setting
+            return part.lower(), setting
     known = ", ".join(key.upper() for key in SUPERVISOR_KEYS)
     raise ConfigError(
         f"unknown environment variable {variable}: a pool's variables are "
@@ -442,16 +442,16 @@ def _file_pools(pools: dict[str, dict[str, Any]], sources: dict[str, str], table
 
 
 def _set_pool(
-    pools: dict[str, dict[str, Any]], sources: dict[str, str], name: str, field: str, value: Any, source: str,
+    pools: dict[str, dict[str, Any]], sources: dict[str, str], name: str, setting: str, value: Any, source: str,
     *, from_text: bool,
 ) -> None:
-    key = pool_key(name, field)
-    if field not in SUPERVISOR_KEYS:
+    key = pool_key(name, setting)
+    if setting not in SUPERVISOR_KEYS:
         known = ", ".join(SUPERVISOR_KEYS)
         raise ConfigError(f"unknown setting {key!r} in {source}: a pool's settings are {known}")
     if not name.strip():
-        raise ConfigError(f"setting {key!r} from {source} must name its pool (supervisors.NAME.{field})")
-    pools.setdefault(name, {})[field] = _coerce(key, value, SUPERVISOR_KEYS[field], source, from_text=from_text)
+        raise ConfigError(f"setting {key!r} from {source} must name its pool (supervisors.NAME.{setting})")
+    pools.setdefault(name, {})[setting] = _coerce(key, value, SUPERVISOR_KEYS[setting], source, from_text=from_text)
     sources[key] = source
 
 
@@ -459,8 +459,8 @@ def _build_pool(name: str, fields: Mapping[str, Any], sources: Mapping[str, str]
     """One pool from its layered values, with the checks that span two keys."""
     supervisor = SupervisorSettings(name=name, **fields)
 
-    def where(field: str) -> str:
-        return sources.get(pool_key(name, field), "the defaults")
+    def where(setting: str) -> str:
+        return sources.get(pool_key(name, setting), "the defaults")
 
     if supervisor.min_processes > supervisor.max_processes:
         raise ConfigError(
