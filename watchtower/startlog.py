@@ -39,8 +39,9 @@ def _number(value: float) -> str:
 def pool_lines(pool: SupervisorSettings) -> list[str]:
     """The lines that describe one pool, with Dramatiq's value beside each limit that differs."""
     cpus = os.cpu_count() or 1
-    processes = (f"{pool.min_processes} processes" if pool.min_processes == pool.max_processes
-                 else f"{pool.min_processes} processes (up to {pool.max_processes} on request)")
+    processes = f"{pool.min_processes} process" + ("" if pool.min_processes == 1 else "es")
+    if pool.min_processes != pool.max_processes:
+        processes += f" (up to {pool.max_processes} with those started on request)"
     if pool.min_processes != cpus:
         processes += f" [dramatiq: {cpus}, the CPU count]"
     threads = f"{pool.threads} threads each"
