@@ -23,7 +23,7 @@ supervisor whose worker ran its last attempt.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import peewee
 
@@ -51,23 +51,23 @@ def status_report(db: peewee.Database, *, depths: dict[str, dict[str, int]] | No
 
 def _supervisors(since: int) -> list[dict[str, Any]]:
     recent = Worker.stopped_at >= since
-    rows = (
-        Worker.select(Worker.hostname, Worker.supervisor, Worker.status, peewee.fn.COUNT(Worker.worker_id).alias("n"))
+    rows = cast(list[tuple[str | None, str | None, str, int]], list(
+        Worker.select(Worker.hostname, Worker.supervisor, Worker.status, peewee.fn.COUNT(Worker.worker_id))
         .where(Worker.status.not_in((WorkerStatus.STOPPED, WorkerStatus.LOST)) | recent)
         .group_by(Worker.hostname, Worker.supervisor, Worker.status)
         .tuples()
-    )
+    ))
     pools: dict[tuple[str, str | None], dict[str, Any]] = {}
     for hostname, supervisor, status, count in rows:
         pool = pools.setdefault((hostname or "", supervisor), _pool(hostname or "", supervisor))
         pool["workers"][status] = int(count)
-    failed = (
+    failed = cast(list[tuple[str | None, str | None, int]], list(
         Job.select(Worker.hostname, Worker.supervisor, peewee.fn.COUNT(Job.id))
         .join(Worker, on=(Job.worker_id == Worker.worker_id))
         .where((Job.status == JobStatus.FAILED) & (Job.completed_at >= since))
         .group_by(Worker.hostname, Worker.supervisor)
         .tuples()
-    )
+    ))
     for hostname, supervisor, count in failed:
         pool = pools.setdefault((hostname or "", supervisor), _pool(hostname or "", supervisor))
         pool["failed_last_hour"] = int(count)
@@ -94,13 +94,13 @@ def _queues(db: peewee.Database, depths: dict[str, dict[str, int]] | None) -> li
 
     for row in MetricsCollector(db).get_queue_depths():  # the ledger's pending and processing
         entry(row["queue"]).update(pending=row["pending"], processing=row["processing"])
-    finished = (
+    finished = cast(list[tuple[str, str, int | None]], list(
         Rollup.select(Rollup.queue, Rollup.kind, peewee.fn.SUM(Rollup.count))
         # The collector's last hour: this minute and the 59 before it.
         .where((Rollup.minute >= now_ms() // 60_000 - 59) & Rollup.kind.in_(("completed", "failed")))
         .group_by(Rollup.queue, Rollup.kind)
         .tuples()
-    )
+    ))
     for queue, kind, count in finished:
         entry(queue)[f"{kind}_last_hour"] = int(count or 0)
     for queue, counts in (depths or {}).items():
