@@ -11,7 +11,9 @@ sending short jobs, then measures:
   replacement's first completed job in the ledger (each victim the oldest
   worker, once it has lived ``RestartPolicy.quick`` seconds: younger deaths
   count towards the crash-loop backoff, by design);
-- pause / resume / stop through ``WorkerManager`` -> the worker's row says so;
+- pause / resume / stop through ``WorkerManager`` -> the worker's row says so
+  (a stopped worker is not replaced: a start request refills the pool);
+- restart through ``WorkerManager`` -> the fresh process's row running;
 - resident memory: the supervisor, a pool worker (with Watchtower), and a
   plain ``dramatiq.Worker`` process of the same app without Watchtower.
 
@@ -113,7 +115,7 @@ def main() -> None:
         producer = threading.Thread(target=produce, daemon=True)
         kills: list[float] = []
         first_jobs: list[float] = []
-        commands: dict[str, list[float]] = {"pause": [], "resume": [], "stop": []}
+        commands: dict[str, list[float]] = {"pause": [], "resume": [], "stop": [], "restart": []}
         memory: dict[str, float] = {}
         try:
             def running() -> list[Any]:
@@ -162,6 +164,13 @@ def main() -> None:
                 manager.stop_worker(target)
                 wait_for(lambda: status() in (WorkerStatus.STOPPED, WorkerStatus.STOPPING))
                 commands["stop"].append(time.perf_counter() - started)
+                manager.start_worker(queue)  # a stopped worker's slot stays empty until asked for
+                wait_for(lambda: len(running()) == 2)
+                before = {w.worker_id for w in Worker.select()}
+                started = time.perf_counter()
+                manager.restart_worker(running()[0].worker_id)
+                wait_for(lambda: [w for w in running() if w.worker_id not in before])
+                commands["restart"].append(time.perf_counter() - started)
                 wait_for(lambda: len(running()) == 2)
         finally:
             stop_producer.set()
@@ -200,7 +209,8 @@ def main() -> None:
     print(row("kill -9 of a worker -> replacement's row running", kills))
     print(row("kill -9 of a worker -> replacement's first job completed", first_jobs))
     for command, values in commands.items():
-        print(row(f"WorkerManager.{command}_worker -> row says so", values))
+        what = "the fresh process's row running" if command == "restart" else "row says so"
+        print(row(f"WorkerManager.{command}_worker -> {what}", values))
     print("\n| process | resident memory (MiB) |")
     print("|---|---|")
     for name, rss in memory.items():

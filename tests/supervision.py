@@ -124,7 +124,7 @@ def measure(predicate: Any, timeout: float, message: str) -> float:
 
 
 __all__ = [
-    "REDIS_URL", "app_env", "children", "config", "enqueue", "measure", "metrics_url", "pid_gone", "rows", "running",
+    "REDIS_URL", "app_env", "children", "config", "enqueue", "enqueue_grow", "measure", "metrics_url", "pid_gone", "rows", "running",
     "settings_for", "start_supervisor", "wait_exit", "write_config",
 ]
 
@@ -165,6 +165,17 @@ def enqueue(namespace: str, queue: str, token: str, seconds: float) -> str:
     try:
         broker.declare_queue(queue)
         message = dramatiq.Message(queue_name=queue, actor_name="nap", args=(token, seconds), kwargs={}, options={})
+        return broker.enqueue(message).message_id
+    finally:
+        broker.close()
+
+
+def enqueue_grow(namespace: str, queue: str, token: str, megabytes: int) -> str:
+    """Send ``grow(token, megabytes)``: the worker keeps that much more memory; returns the message id."""
+    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    try:
+        broker.declare_queue(queue)
+        message = dramatiq.Message(queue_name=queue, actor_name="grow", args=(token, megabytes), kwargs={}, options={})
         return broker.enqueue(message).message_id
     finally:
         broker.close()

@@ -124,6 +124,27 @@ def test_database_bus_purges_expired_rows(sqlite_url: str) -> None:
     bus.close()
 
 
+def test_a_drain_that_fails_midway_keeps_what_it_took_and_leaves_the_rest(sqlite_url: str) -> None:
+    # The database refuses to delete one entry (a trigger, as a lock timeout
+    # or a dropped connection would): the entries taken before it are the
+    # caller's, not lost with an exception; the rest wait for the next drain.
+    bus = DatabaseCommandBus(database=sqlite_url)
+    key = worker_command_key(unique("w"))
+    for value in ("pause", "resume", "refused", "stop"):
+        bus.push(key, value)
+    db = models.database.obj
+    db.execute_sql(
+        "CREATE TRIGGER refuse BEFORE DELETE ON watchtower_command_entries WHEN old.value = 'refused' "
+        "BEGIN SELECT RAISE(ABORT, 'refused on purpose'); END"
+    )
+    assert bus.pop_all(key) == ["pause", "resume"]
+    with pytest.raises(BusError, match="refused on purpose"):
+        bus.pop_all(key)  # nothing taken yet: the failure is the caller's to see
+    db.execute_sql("DROP TRIGGER refuse")
+    assert bus.pop_all(key) == ["refused", "stop"]
+    bus.close()
+
+
 def test_pop_all_from_many_threads_takes_each_entry_once(bus_spec: dict[str, str]) -> None:
     key = supervisor_inbox_key(unique("sup"))
     pushed = [f"entry {n:04d}" for n in range(150)]

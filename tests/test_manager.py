@@ -11,16 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import REDIS_URL
 from supervision import write_config
 
 from watchtower import WorkerManager, store
-from watchtower.bus import supervisor_inbox_key, worker_command_key
+from watchtower.bus import COMMAND_TTL, supervisor_inbox_key, worker_command_key
+from watchtower.bus.redis import RedisCommandBus
 from watchtower.config import Settings, load_settings
 from watchtower.errors import UnknownWorker, WorkerError, WorkerGone
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import write_batch
-from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
+from watchtower.models import CommandEntry, Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms, to_ms
 
 
 def make_settings(tmp_path: Path, database_url: str, bus: str, prefix: str, **supervisors: dict) -> Settings:
@@ -87,13 +89,28 @@ def test_the_default_supervisor_is_the_only_one_or_default(tmp_path: Path, sqlit
     manager.bus.close()
 
 
-def test_stop_pause_resume_queue_the_commands_on_the_workers_list_in_order(manager: WorkerManager) -> None:
+def test_the_commands_queue_on_the_workers_list_in_order(manager: WorkerManager) -> None:
     add_worker("w1")
     manager.pause_worker("w1")
     manager.resume_worker("w1")
+    manager.restart_worker("w1")
     manager.stop_worker("w1")
-    assert manager.bus.pop_all(worker_command_key("w1")) == ["pause", "resume", "stop"]
+    assert manager.bus.pop_all(worker_command_key("w1")) == ["pause", "resume", "restart", "stop"]
     assert manager.bus.pop_all(worker_command_key("w1")) == []
+
+
+def test_a_command_waits_a_day_for_its_worker(manager: WorkerManager) -> None:
+    # A command outlives any wait of a busy worker (a pause waits for the jobs
+    # in hand), and lapses if its worker never comes.
+    add_worker("w1")
+    manager.pause_worker("w1")
+    if isinstance(manager.bus, RedisCommandBus):
+        client = redis.Redis.from_url(REDIS_URL)
+        left = client.pttl(f"{manager.bus.prefix}:{worker_command_key('w1')}") / 1000
+        client.close()
+    else:
+        left = (to_ms(CommandEntry.get(CommandEntry.key == worker_command_key("w1")).expires_at) - now_ms()) / 1000
+    assert COMMAND_TTL - 60 < left <= COMMAND_TTL == 24 * 3600
 
 
 def test_commands_to_unknown_or_gone_workers_are_refused_distinctly(manager: WorkerManager) -> None:
@@ -130,13 +147,13 @@ def test_running_all_and_is_running(manager: WorkerManager) -> None:
         sleeper.wait()
 
 
-def test_terminate_all_workers_stops_every_live_one(manager: WorkerManager) -> None:
+def test_terminate_all_workers_restarts_every_live_one(manager: WorkerManager) -> None:
     add_worker("a")
     add_worker("b", WorkerStatus.PAUSED, hostname="elsewhere")
     add_worker("c", WorkerStatus.STOPPED)
     assert manager.terminate_all_workers() == 2
-    assert manager.bus.pop_all(worker_command_key("a")) == ["stop"]
-    assert manager.bus.pop_all(worker_command_key("b")) == ["stop"]
+    assert manager.bus.pop_all(worker_command_key("a")) == ["restart"]
+    assert manager.bus.pop_all(worker_command_key("b")) == ["restart"]
     assert manager.bus.pop_all(worker_command_key("c")) == []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -112,11 +113,22 @@ def test_every_series_is_there_at_zero_and_the_counters_match_the_ledger(
     if dramatiq_prometheus:
         env.update(WT_TEST_DRAMATIQ_PROMETHEUS="1", dramatiq_prom_db=str(dramatiq_dir))
     job = {"queue": queue_name, "actor": "nap"}
+    # Records of earlier deploys: one stopped and one lost two hours ago, one stopped ten minutes ago.
+    now = int(time.time() * 1000)
+    for worker_id, status, ended in [("old-stopped", WorkerStatus.STOPPED, now - 7_200_000),
+                                     ("old-lost", WorkerStatus.LOST, now - 7_200_000),
+                                     ("recent-stopped", WorkerStatus.STOPPED, now - 600_000)]:
+        Worker.insert(worker_id=worker_id, supervisor="default", hostname="host-a", status=status,
+                      started_at=ended - 60_000, last_heartbeat=ended, stopped_at=ended).execute()
     with running(start_supervisor(path, "default", log, **env), log) as sup:
         url = wait_until(lambda: metrics_url(log), 60, message="the supervisor's /metrics")
         wait_until(lambda: len(rows("default", WorkerStatus.RUNNING)) == 2, 60, message="2 running workers")
 
         samples = scrape(url)[1]
+        # Live workers as they are; stopped and lost of the last hour only.
+        assert value(samples, "watchtower_workers", supervisor="default", status="running") == 2
+        assert value(samples, "watchtower_workers", supervisor="default", status="stopped") == 1
+        assert value(samples, "watchtower_workers", supervisor="default", status="lost") == 0
         for name in ("enqueued", "started", "completed", "failed", "retried", "skipped", "lost"):
             # The producer here is the test, not a worker: enqueued is 0 in the workers' files.
             assert value(samples, f"watchtower_jobs_{name}_total", **job) == 0, name

@@ -8,6 +8,7 @@ never asserted (see benchmarks/ for budgets).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,8 @@ import pytest
 import redis
 from conftest import REDIS_URL, subprocess_env, wait_until
 from supervision import (
-    app_env, children, config, enqueue, measure, pid_gone, rows, running, start_supervisor, wait_exit, write_config,
+    app_env, children, config, enqueue, enqueue_grow, measure, pid_gone, rows, running, start_supervisor, wait_exit,
+    write_config,
 )
 
 from watchtower import WorkerManager, store
@@ -212,23 +214,60 @@ def test_stop_pause_resume_and_start_through_the_manager(
         manager.resume_worker(pool.worker_id)
         wait_until(lambda: row_with(pool.worker_id, WorkerStatus.RUNNING), 30, message="the pool worker resumed")
 
-        # A requested worker that is stopped stays stopped...
+        # A requested worker that is stopped stays stopped.
         manager.stop_worker(requested)
         stopped = measure(lambda: row_with(requested, WorkerStatus.STOPPED) and pid_gone(row.pid), 30,
                           "the requested worker to stop")
         assert Worker.get(Worker.worker_id == requested).exit_code == 0
         assert stays(lambda: child_pids(sup) == {pool.pid}, 2.0)
-        # ... a pool worker is replaced: the pool keeps its min_processes.
-        manager.stop_worker(pool.worker_id)
-        wait_until(lambda: row_with(pool.worker_id, WorkerStatus.STOPPED), 30, message="the pool worker to stop")
-        fresh = wait_until(lambda: [w for w in rows("default", WorkerStatus.RUNNING) if w.worker_id != pool.worker_id],
-                           60, message="its replacement")
-        assert fresh[0].restarts == 1 and fresh[0].pid in child_pids(sup)
         print(f"\n[{bus} bus] pause applied in {paused:.2f} s, resume ran the held job in {resumed:.2f} s, "
               f"stop applied in {stopped:.2f} s")
 
         with pytest.raises(Exception, match=f"worker '{requested}' is stopped: it cannot stop"):
             manager.stop_worker(requested)
+        sup.send_signal(signal.SIGTERM)
+        assert wait_exit(sup, 90) == 0
+    manager.bus.close()
+
+
+@pytest.mark.parametrize("bus", ["redis", "database"])
+def test_restart_gives_a_pool_slot_a_fresh_process_and_stop_leaves_it_empty(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str, bus: str
+) -> None:
+    path = config(tmp_path, sqlite_url, redis_namespace, bus=bus, queues=[queue_name],
+                  min_processes=2, max_processes=2, threads=1)
+    store.connect(sqlite_url)
+    manager = WorkerManager(load_settings(path, env={}))
+    log = tmp_path / "supervisor.log"
+    with running(start_supervisor(path, "default", log, **app_env(redis_namespace, queue_name)), log) as sup:
+        first, second = wait_until(lambda: len(found := rows("default", WorkerStatus.RUNNING)) == 2 and found, 60,
+                                   message="the pool's two workers")
+
+        # restart: the worker exits gracefully and its slot gets a fresh process at once.
+        manager.restart_worker(first.worker_id)
+        fresh = wait_until(lambda: [w for w in rows("default", WorkerStatus.RUNNING)
+                                    if w.worker_id not in (first.worker_id, second.worker_id)], 60,
+                           message="the restarted slot's new process")[0]
+        old = Worker.get(Worker.worker_id == first.worker_id)
+        assert (old.status, old.exit_code, old.exit_reason) == (WorkerStatus.STOPPED, 65, "command: restart")
+        assert fresh.pid != first.pid and fresh.pid in child_pids(sup) and pid_gone(first.pid)
+        assert fresh.restarts == 1 and fresh.get_queues() == [queue_name]
+        assert child_pids(sup) == {fresh.pid, second.pid}
+
+        # stop: the worker exits for good; its slot stays empty, below min_processes, until asked for.
+        manager.stop_worker(second.worker_id)
+        wait_until(lambda: row_with(second.worker_id, WorkerStatus.STOPPED) and pid_gone(second.pid), 30,
+                   message="the stopped worker to exit")
+        gone = Worker.get(Worker.worker_id == second.worker_id)
+        assert (gone.exit_code, gone.exit_reason) == (0, "command: stop")
+        assert stays(lambda: child_pids(sup) == {fresh.pid}, 3.0)
+        assert [w.worker_id for w in rows("default", *WorkerStatus.ALIVE)] == [fresh.worker_id]
+        assert (f"worker {second.worker_id} stopped and is not replaced: 1 workers run, below min_processes 2"
+                in log.read_text(errors="replace"))
+        # A start request fills it again (max_processes allows 2).
+        added = manager.start_worker(queue_name)
+        refill = wait_until(lambda: row_with(added, WorkerStatus.RUNNING), 60, message="the requested worker")
+        assert child_pids(sup) == {fresh.pid, refill.pid}
         sup.send_signal(signal.SIGTERM)
         assert wait_exit(sup, 90) == 0
     manager.bus.close()
@@ -374,22 +413,44 @@ def test_workers_get_the_supervisors_config_file_and_flags(tmp_path: Path, sqlit
     assert load_settings(env=env) == settings
 
 
-def test_a_worker_past_its_memory_limit_is_replaced_and_its_reason_kept(
-    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str
+@pytest.mark.parametrize("app", ["apps.sup_app", "apps.sup_big"])
+def test_a_worker_that_grows_past_its_memory_limit_is_replaced_and_its_reason_kept(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str, app: str
 ) -> None:
-    path = config(tmp_path, sqlite_url, redis_namespace, queues=[queue_name], min_processes=1, memory=1)
+    # apps.sup_big is over the limit from its import on (200 MB under 128):
+    # it runs jobs, says so once, and recycles only when it grows 128 MB more.
+    path = config(tmp_path, sqlite_url, redis_namespace, app=app, queues=[queue_name], min_processes=1, memory=128)
     store.connect(sqlite_url)
     log = tmp_path / "supervisor.log"
     with running(start_supervisor(path, "default", log, **app_env(redis_namespace, queue_name)), log) as sup:
-        recycled = wait_until(lambda: [w for w in rows("default") if w.exit_code == 64], 60, message="a recycle")[0]
-        assert recycled.status == WorkerStatus.STOPPED
-        assert recycled.exit_reason.startswith("memory: RSS ") and recycled.exit_reason.endswith("> limit 1 MB")
-        wait_until(lambda: len(rows("default")) >= 2, 30, message="a fresh process")
-        # 1 MB is below any Python process: every fresh one recycles at once, which is a crash loop.
-        looping = wait_until(lambda: rows("default", WorkerStatus.CRASHLOOPING), 60, message="a crash loop")[0]
-        assert "memory: RSS " in looping.exit_reason
+        worker = wait_until(lambda: rows("default", WorkerStatus.RUNNING), 60, message="the pool's worker")[0]
+        tokens = [uuid.uuid4().hex for _ in range(6)]
+        for token in tokens:
+            enqueue(redis_namespace, queue_name, token, seconds=0.3)
+        wait_until(lambda: all(runs(redis_namespace, t) == 1 for t in tokens), 60, message="every job")
+        # Its heartbeats (every second) have measured it for 3 s since it booted: no recycle, no crash loop.
+        wait_until(lambda: (r := Worker.get(Worker.worker_id == worker.worker_id)).last_heartbeat.timestamp()
+                   - r.started_at.timestamp() > 3, 30, message="heartbeats 3 s after boot")
+        assert [(w.worker_id, w.status, w.pid) for w in rows("default")] == [
+            (worker.worker_id, WorkerStatus.RUNNING, worker.pid)]
+        options = json.loads(Worker.get(Worker.worker_id == worker.worker_id).options)
+        said = log.read_text(errors="replace").count(f"worker {worker.worker_id} takes {options['memory_at_boot']} "
+                                                      "MB right after boot, before any job: more than its memory "
+                                                      "limit of 128 MB")
+        big = app == "apps.sup_big"
+        assert (options["memory_at_boot"] > 200, said) == ((True, 1) if big else (False, 0))
+        assert options["memory_recycle_at"] == (options["memory_at_boot"] + 128 if big else 128)
+
+        enqueue_grow(redis_namespace, queue_name, "leak", 200)
+        recycled = wait_until(lambda: row_with(worker.worker_id, WorkerStatus.STOPPED), 60, message="a recycle")
+        assert recycled.exit_code == 64 and recycled.exit_reason.startswith("memory: RSS ")
+        assert f"{options['memory_recycle_at']} MB" in recycled.exit_reason
+        fresh = wait_until(lambda: rows("default", WorkerStatus.RUNNING), 60, message="a fresh process")[0]
+        assert fresh.restarts == 1 and fresh.pid != worker.pid
         sup.send_signal(signal.SIGTERM)
         assert wait_exit(sup, 90) == 0
+        assert rows("default", WorkerStatus.CRASHLOOPING) == []
+
 
 
 def test_the_pool_keeps_healing_while_the_ledger_is_down_and_records_it_afterwards(

@@ -119,7 +119,7 @@ def api_app(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     print("status codes per operation:", {label: sorted(codes) for label, codes in sorted(SEEN.items())})
     assert 202 in SEEN["POST /failed/{job_id}/retry"] and 200 in SEEN["DELETE /failed/{job_id}"]
     assert 200 in SEEN["GET /jobs/{job_id}"] and 202 in SEEN["POST /workers/start"]
-    assert all(202 in SEEN[f"POST /workers/{{worker_id}}/{command}"] for command in ("stop", "pause", "resume"))
+    assert all(202 in SEEN[f"POST /workers/{{worker_id}}/{command}"] for command in ("stop", "restart", "pause", "resume"))
 
 
 @schema.parametrize()
@@ -134,6 +134,7 @@ def test_the_document_names_every_route_of_the_app() -> None:
     paths = set(openapi_document()["paths"])
     assert paths == {
         "/api/poll", "/jobs", "/jobs/{job_id}", "/failed", "/failed/{job_id}", "/failed/{job_id}/retry",
-        "/workers", "/workers/start", "/workers/{worker_id}/stop", "/workers/{worker_id}/pause",
+        "/workers", "/workers/start", "/workers/{worker_id}/stop", "/workers/{worker_id}/restart",
+        "/workers/{worker_id}/pause",
         "/workers/{worker_id}/resume", "/metrics", "/health", "/openapi.json",
     }

@@ -1,5 +1,5 @@
 """The API served by a supervisor beside its /metrics: a worker asked for over HTTP is
-spawned by that supervisor, and stops when told to."""
+spawned by that supervisor, and stops when told to; a pool worker told to restart is replaced."""
 
 from __future__ import annotations
 
@@ -47,3 +47,11 @@ def test_a_worker_started_through_the_supervisors_api_is_spawned_and_stopped(
             assert http.post(f"/watchtower/workers/{worker_id}/resume").status_code == 409
             poll = http.get("/watchtower/api/poll").json()
             assert poll["stats"]["active_workers"] == 1  # the pool's own worker is still there
+
+            # A restart gives the pool's slot a fresh process.
+            pool = listed[0]
+            assert http.post(f"/watchtower/workers/{pool['id']}/restart").json() == {"id": pool["id"], "command": "restart"}
+            fresh = wait_until(lambda: [w for w in rows("default", WorkerStatus.RUNNING) if w.worker_id != pool["id"]], 60,
+                               message="the restarted worker's new process")[0]
+            assert fresh.pid != pool["pid"] and fresh.restarts == 1
+            assert Worker.get(Worker.worker_id == pool["id"]).exit_reason == "command: restart"

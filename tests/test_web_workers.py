@@ -129,7 +129,7 @@ def test_a_bad_start_request_says_what_is_wrong(world: World, body: Any, status:
 
 def test_commands_to_unknown_workers_are_404(world: World) -> None:
     api = client(create_app(web_settings(world.database_url, world.namespace)))
-    for command in ("stop", "pause", "resume"):
+    for command in ("stop", "restart", "pause", "resume"):
         answer = api.simulate_post(f"/watchtower/workers/nobody-1/{command}")
         assert answer.status_code == 404 and "nobody-1" in answer.json["description"]
     assert api.simulate_post("/watchtower/workers/nobody-1/explode").status_code == 404

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,15 @@ import pytest
 import redis
 from conftest import REDIS_URL, subprocess_env, unique, wait_until
 from dramatiq.brokers.redis import RedisBroker
+from web_support import client, web_settings
 
-from watchtower import store
+from watchtower import WorkerManager, store
 from watchtower.bus import CommandBus, worker_command_key
 from watchtower.bus.database import DatabaseCommandBus
 from watchtower.bus.redis import RedisCommandBus
 from watchtower.models import Job, JobStatus, Worker, WorkerStatus
-from watchtower.worker import EXIT_MEMORY, EXIT_UNREACHABLE, EXIT_USAGE
+from watchtower.web import create_app
+from watchtower.worker import EXIT_MEMORY, EXIT_RESTART, EXIT_UNREACHABLE, EXIT_USAGE, recycle_threshold
 
 DEADLINE = 30.0
 
@@ -167,7 +169,10 @@ def test_jobs_run_and_land_in_the_ledger_with_the_worker_id(lab: Lab, app: str) 
     assert row is not None and row.status == WorkerStatus.RUNNING
     assert (row.hostname, row.pid, row.supervisor) == ("fake-host-1", child.pid, None)
     assert row.get_queues() == [lab.queue]
-    assert json.loads(row.options) == {"threads": 2, "tries": 5, "timeout": 60.0, "memory": 128, "sleep": 0.2, "rest": 0.0}
+    options = json.loads(row.options)
+    assert 10 < options.pop("memory_at_boot") < 128  # MB, measured after boot (this app is small)
+    assert options == {"threads": 2, "tries": 5, "timeout": 60.0, "memory": 128, "sleep": 0.2, "rest": 0.0,
+                       "memory_recycle_at": 128}
     first = row.last_heartbeat
     row = wait_until(lambda: (r := lab.row(worker_id)).last_heartbeat > first and r.jobs_processed == 5 and r,
                      timeout=DEADLINE, message="a later heartbeat with the job count")
@@ -221,6 +226,70 @@ def test_stop_pause_and_resume_through_the_bus(lab: Lab, bus_kind: str) -> None:
     bus.close()
 
 
+def steering(lab: Lab, via: str, bus_kind: str) -> tuple[Callable[[str, str], None], Callable[[], None]]:
+    """How to send a command to a worker through the manager or the API; and how to clean up."""
+    settings = web_settings(lab.database_url, lab.namespace, command_bus=bus_kind)
+    if via == "manager":
+        manager = WorkerManager(settings)
+        return (lambda worker_id, command: getattr(manager, f"{command}_worker")(worker_id)), manager.bus.close
+    api = client(create_app(settings))
+
+    def post(worker_id: str, command: str) -> None:
+        answer = api.simulate_post(f"/watchtower/workers/{worker_id}/{command}")
+        assert (answer.status_code, answer.json) == (202, {"id": worker_id, "command": command}), answer.text
+
+    return post, lambda: None
+
+
+_STEPS = re.compile(r"worker (\S+) (?:received the command (\w+)|(paused|resumed)\b|is stopping: ignores the command (\w+))")
+
+
+def steps(log: str, worker_id: str) -> tuple[list[str], list[str], list[str]]:
+    """From a worker's log: the commands it received, what it did (paused, resumed), and what it ignored."""
+    received, done, ignored = [], [], []
+    for match in _STEPS.finditer(log):
+        if match.group(1) != worker_id:
+            continue
+        if match.group(2):
+            received.append(match.group(2))
+        elif match.group(3):
+            done.append(match.group(3))
+        else:
+            ignored.append(match.group(4))
+    return received, done, ignored
+
+
+@pytest.mark.parametrize("bus_kind", ["redis", "database"])
+@pytest.mark.parametrize("via", ["manager", "api"])
+def test_commands_sent_in_quick_succession_are_all_applied_in_order(lab: Lab, via: str, bus_kind: str) -> None:
+    child, worker_id = lab.start("--threads", "2", bus=bus_kind)
+    send, close = steering(lab, via, bus_kind)
+    lab.wait_status(worker_id, WorkerStatus.RUNNING)
+    # A job that runs until the test lets it end: the pause waits for it, so
+    # the worker is busy with its first command while the others arrive.
+    held = lab.send("hold", "busy")
+    wait_until(lambda: lab.trace("started:busy"), timeout=DEADLINE, message="the held job to start")
+    send(worker_id, "pause")
+    wait_until(lambda: steps(lab.log_text(worker_id), worker_id)[0] == ["pause"], timeout=DEADLINE,
+               message="the worker to take the pause")
+    burst = ["resume", "pause", "resume", "pause", "resume", "restart", "pause"]
+    for command in burst:
+        send(worker_id, command)
+    assert steps(lab.log_text(worker_id), worker_id)[1] == []  # still pausing: the rest wait in its queue
+    lab.redis.set(f"{lab.namespace}:t:release:busy", 1)
+
+    assert finish(child) == EXIT_RESTART
+    received, done, ignored = steps(lab.log_text(worker_id), worker_id)
+    assert received == ["pause", *burst[:-1]]  # each one, in the order sent
+    assert done == ["paused", "resumed", "paused", "resumed", "paused", "resumed"]
+    assert ignored == ["pause"]  # sent after the restart: the worker was on its way out
+    row = lab.row(worker_id)
+    assert (row.status, row.exit_code, row.exit_reason) == (WorkerStatus.STOPPED, EXIT_RESTART, "command: restart")
+    assert lab.wait_job(held, JobStatus.COMPLETED).worker_id == worker_id
+    assert lab.bus(bus_kind).pop_all(worker_command_key(worker_id)) == []
+    close()
+
+
 def test_a_pause_past_the_broker_heartbeat_timeout_runs_no_job_twice(lab: Lab) -> None:
     # Heartbeat timeout 2 s and maintenance on every broker command: a worker
     # that keeps prefetched messages while paused has them redelivered.
@@ -263,13 +332,63 @@ def test_a_pause_past_the_broker_heartbeat_timeout_runs_no_job_twice(lab: Lab) -
 # Limits ---------------------------------------------------------------------------
 
 
-def test_memory_above_the_limit_recycles_the_worker(lab: Lab) -> None:
-    child, worker_id = lab.start("--memory", "1")
+def test_the_recycle_threshold_is_the_limit_unless_the_boot_footprint_is_over_it() -> None:
+    mb = 1024 * 1024
+    assert recycle_threshold(128, 60 * mb) == 128 * mb
+    assert recycle_threshold(128, 128 * mb) == 128 * mb
+    assert recycle_threshold(128, 200 * mb) == 328 * mb  # 128 MB of growth past the footprint
+    assert recycle_threshold(128, None) == 128 * mb  # not measured: the limit as set
+    assert recycle_threshold(0, 200 * mb) is None  # no limit
+
+
+def test_growth_past_the_memory_limit_recycles_the_worker(lab: Lab) -> None:
+    child, worker_id = lab.start("--memory", "128")
+    lab.wait_status(worker_id, WorkerStatus.RUNNING)
+    leak = lab.send("grow", "leak", 200)
     assert finish(child) == EXIT_MEMORY
+    assert lab.job(leak).status == JobStatus.COMPLETED  # the job in hand finished first
     row = lab.row(worker_id)
     assert row.status == WorkerStatus.STOPPED and row.exit_code == EXIT_MEMORY
-    match = re.fullmatch(r"memory: RSS (\d+) MB > limit 1 MB", row.exit_reason)
-    assert match and int(match.group(1)) > 1
+    match = re.fullmatch(r"memory: RSS (\d+) MB > limit 128 MB", row.exit_reason)
+    assert match and int(match.group(1)) > 200
+    assert "more than its memory limit" not in lab.log_text(worker_id)
+
+
+_OVER = re.compile(
+    r"worker (\S+) takes (\d+) MB right after boot, before any job: more than its memory limit of 128 MB, "
+    r"so recycling cannot help; it keeps working and recycles only past (\d+) MB \(128 MB more\)"
+)
+
+
+def test_an_app_bigger_than_the_memory_limit_keeps_working_and_says_so_once(lab: Lab) -> None:
+    # apps.big keeps 200 MB from its import on: over the limit before any job.
+    child, worker_id = lab.start("--memory", "128", "--threads", "2", app="apps.big")
+    row = lab.wait_status(worker_id, WorkerStatus.RUNNING)
+    options = json.loads(row.options)
+    assert options["memory"] == 128 and options["memory_at_boot"] > 200
+    assert options["memory_recycle_at"] == options["memory_at_boot"] + 128
+    ids = [lab.send("work", f"big{n}", 0.2) for n in range(8)]
+    for message_id in ids:
+        assert lab.wait_job(message_id, JobStatus.COMPLETED).worker_id == worker_id
+    # Several heartbeats (every 0.5 s) have measured it over 128 MB since it booted.
+    booted = row.started_at
+    row = wait_until(lambda: (r := lab.row(worker_id)).last_heartbeat.timestamp() - booted.timestamp() > 3 and r,
+                     timeout=DEADLINE, message="heartbeats 3 s after boot")
+    assert row.status == WorkerStatus.RUNNING and row.memory_rss > 200 * 1024 * 1024 and child.poll() is None
+    said = [m for m in _OVER.finditer(lab.log_text(worker_id))]
+    assert len(said) == 1  # once, not at every heartbeat
+    assert said[0].group(1) == worker_id and int(said[0].group(2)) == options["memory_at_boot"]
+    assert int(said[0].group(3)) == options["memory_recycle_at"]
+
+    # Growth past its footprint plus the limit still recycles it.
+    lab.send("grow", "leak", 200)
+    assert finish(child) == EXIT_MEMORY
+    row = lab.row(worker_id)
+    match = re.fullmatch(r"memory: RSS (\d+) MB > (\d+) MB \(limit 128 MB past the (\d+) MB it took to boot\)",
+                         row.exit_reason)
+    assert match, row.exit_reason
+    assert int(match.group(1)) > int(match.group(2)) == options["memory_recycle_at"]
+    assert int(match.group(3)) == options["memory_at_boot"]
 
 
 def test_tries_caps_the_attempts_unless_the_actor_sets_its_own(lab: Lab) -> None:

@@ -1,9 +1,10 @@
 """WorkerManager: the public API for steering workers, wherever they run.
 
 Nothing here spawns or signals a process.  Commands travel over the command
-bus: stop, pause and resume go to the worker itself (it polls its key), and
-a start request goes to the inbox of the supervisor that is to run the new
-worker (it spawns it on its own host).  What the manager reports comes from
+bus: stop, restart, pause and resume go to the worker itself (a queue per
+worker, which it drains and applies in the order sent), and a start request
+goes to the inbox of the supervisor that is to run the new worker (it spawns
+it on its own host).  What the manager reports comes from
 the ledger's workers table, where workers keep their rows and heartbeats.
 
 Example::
@@ -12,7 +13,8 @@ Example::
     worker_id = manager.start_worker("emails", {"tries": 5, "timeout": 120})
     manager.pause_worker(worker_id)
     manager.resume_worker(worker_id)
-    manager.stop_worker(worker_id)
+    manager.restart_worker(worker_id)  # a fresh process takes its place
+    manager.stop_worker(worker_id)     # gone for good
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import peewee
 import psutil
 
 from . import store
-from .bus import CommandBus, WorkerCommand, open_bus, supervisor_inbox_key, worker_command_key
+from .bus import COMMAND_TTL, CommandBus, WorkerCommand, open_bus, supervisor_inbox_key, worker_command_key
 from .config import Settings
 from .errors import UnknownWorker, WorkerError, WorkerGone
 from .models import Worker, WorkerStatus, now_ms, to_ms
@@ -45,7 +47,7 @@ _GONE = (WorkerStatus.STOPPED, WorkerStatus.LOST, WorkerStatus.CRASHLOOPING)
 
 
 class WorkerManager:
-    """Start, stop, pause, resume and list workers (the seed's WorkerManager).
+    """Start, stop, restart, pause, resume and list workers (the seed's WorkerManager).
 
     ``settings`` names the database, the bus and the supervisors.  ``bus``
     and ``database`` may be given ready-made (the web app shares its own);
@@ -126,8 +128,22 @@ class WorkerManager:
     # Steering -------------------------------------------------------------
 
     def stop_worker(self, worker_id: str) -> None:
-        """Ask the worker to finish its jobs in hand and exit."""
+        """Ask the worker to finish its jobs in hand and exit for good.
+
+        Its supervisor does not replace it: a pool runs one worker fewer,
+        below ``min_processes`` if need be, until :meth:`start_worker` asks
+        for one (or the supervisor is restarted).
+        """
         self._command(worker_id, WorkerCommand.STOP)
+
+    def restart_worker(self, worker_id: str) -> None:
+        """Ask the worker to finish its jobs in hand and exit, for its supervisor to start a fresh process at once.
+
+        The new process has the same queues and limits, a new id and pid,
+        and the app's code loaded anew; it starts running (not paused).
+        A worker without a supervisor exits with code 65, for whatever runs it.
+        """
+        self._command(worker_id, WorkerCommand.RESTART)
 
     def pause_worker(self, worker_id: str) -> None:
         """Ask the worker to stop taking messages and give back those it holds."""
@@ -144,21 +160,21 @@ class WorkerManager:
             raise UnknownWorker(f"unknown worker {worker_id!r}: no worker with that id is recorded")
         if row.status in _GONE:
             raise WorkerGone(f"worker {worker_id!r} is {row.status}: it cannot {command.value}")
-        self.bus.push(worker_command_key(worker_id), command.value)
+        self.bus.push(worker_command_key(worker_id), command.value, ttl=COMMAND_TTL)
         logger.info("sent %s to worker %s", command.value, worker_id)
 
     def terminate_all_workers(self) -> int:
-        """Ask every live worker, on every host, to finish its jobs and exit.
+        """Ask every live worker, on every host, to finish its jobs and exit for a fresh process.
 
-        Supervisors refill their pools with fresh processes (which load the
-        app's code anew: a rolling restart); workers started by request stay
-        stopped.  Returns how many workers were asked.
+        Each gets the ``restart`` command: supervisors replace every one of
+        them with a process that loads the app's code anew (a rolling
+        restart, after a deploy).  Returns how many workers were asked.
         """
         self._database()
         ids = [row.worker_id for row in Worker.select(Worker.worker_id).where(Worker.status.in_(WorkerStatus.ALIVE))]
         for worker_id in ids:
-            self.bus.push(worker_command_key(worker_id), WorkerCommand.STOP.value)
-        logger.info("asked %d workers to stop", len(ids))
+            self.bus.push(worker_command_key(worker_id), WorkerCommand.RESTART.value, ttl=COMMAND_TTL)
+        logger.info("asked %d workers to restart", len(ids))
         return len(ids)
 
     # Looking --------------------------------------------------------------

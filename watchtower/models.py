@@ -423,7 +423,7 @@ class Command(BaseModel):
 
 
 class CommandEntry(BaseModel):
-    """One entry of a list on the database command bus (a supervisor's inbox).
+    """One entry of a list on the database command bus (a worker's commands, a supervisor's inbox).
 
     One row per entry, so that taking an entry is deleting its row: of two
     readers that race for it, exactly one deletes it (see

@@ -4,7 +4,9 @@ A supervisor keeps one :class:`Slot` per worker it is responsible for: the
 ``min_processes`` slots of its pool, plus one per start request it accepted.
 A slot outlives its processes: when its process dies the slot waits out a
 backoff and spawns a new process, under a new worker id (each process has a
-row of its own, so the history of a crash stays readable).
+row of its own, so the history of a crash stays readable).  A process that
+stops gracefully by itself (exit 0: the ``stop`` command) takes its slot
+with it.
 
 How long a slot waits is :class:`RestartPolicy`'s decision.  A process that
 dies soon after it started counts as a failure in a row; a slot with a few

@@ -10,7 +10,10 @@ that only *record* a pending signal for the loop to act on.  Each pass
    it kills what is left;
 2. reaps exited workers: records the exit code and reason on their rows,
    returns the jobs they held to pending as lost, and schedules a restart
-   with :class:`~watchtower.pool.RestartPolicy`'s backoff;
+   with :class:`~watchtower.pool.RestartPolicy`'s backoff, except for a
+   worker that stopped gracefully by itself (exit 0: the ``stop`` command,
+   a signal someone else sent it), whose slot goes; one that exits for a
+   ``restart`` command is replaced at once, as no failure;
 3. every second, reads its workers' heartbeats and kills a worker that is
    alive but silent past ``heartbeat_timeout`` (it is then replaced);
 4. drains its inbox on the command bus for start requests;
@@ -66,7 +69,7 @@ from .pool import (
 )
 from .prune import AutoPruner
 from .startlog import start_block
-from .worker import EXIT_MEMORY, EXIT_OK
+from .worker import EXIT_MEMORY, EXIT_OK, EXIT_RESTART
 
 __all__ = ["Supervisor", "check_app", "TICK"]
 
@@ -368,7 +371,9 @@ class Supervisor:
         lifetime = now - child.started
         if self._metrics_dir is not None:
             metrics.mark_process_dead(child.pid, self._metrics_dir.path)
-        slot.failures = self.policy.failures_after(slot.failures, lifetime)
+        # A worker that chose to exit (stop or restart) did not fail, however young.
+        chosen = code in (EXIT_OK, EXIT_RESTART) and child.kill_reason is None
+        slot.failures = 0 if chosen else self.policy.failures_after(slot.failures, lifetime)
         crashlooping = not self._stopping and self.policy.is_crashlooping(slot.failures)
         delay = self.policy.delay(slot.failures)
         reason = child.kill_reason or _describe_exit(code, child.last_line())
@@ -381,14 +386,16 @@ class Supervisor:
             )
         else:
             status = WorkerStatus.LOST if code < 0 else WorkerStatus.STOPPED
-        log = logger.warning if code != 0 and not child.terminated else logger.info
+        log = logger.info if chosen or child.terminated else logger.warning
         log("worker %s (pid %d) exited after %.1f s: %s%s", child.worker_id, child.pid, lifetime, prefix, reason)
         own_words = code >= 0 and child.kill_reason is None  # it exited by itself: it may have said why
         self._ledger("exit", partial(
             self._record_exit, child.worker_id, code=code, status=status, reason=reason, prefix=prefix,
             own_words=own_words,
         ))
-        retire = self._stopping or (slot.kind is SlotKind.REQUEST and code == 0 and not crashlooping)
+        # Exit 0 means "stopped, stay stopped": its slot goes, even a pool slot
+        # (then the pool runs below min_processes until asked for a worker).
+        retire = self._stopping or code == EXIT_OK
         if crashlooping:
             if slot.crashloop_row not in (None, child.worker_id):
                 self._ledger("retire", partial(records.retire_crashloop, slot.crashloop_row))
@@ -397,6 +404,12 @@ class Supervisor:
             self._slots.remove(slot)
             if slot.crashloop_row is not None:
                 self._ledger("retire", partial(records.retire_crashloop, slot.crashloop_row))
+            if not self._stopping and len(self._slots) < self.config.min_processes:
+                logger.warning(
+                    "supervisor %s: worker %s stopped and is not replaced: %d workers run, below min_processes %d, "
+                    "until a start request or a restart of the supervisor",
+                    self.name, child.worker_id, len(self._slots), self.config.min_processes,
+                )
         else:
             slot.not_before = now + delay
             metrics.record_restart(self.name, _restart_reason(code, child))
@@ -606,7 +619,7 @@ def _restart_reason(code: int, child: Child) -> str:
         return "hung"
     if code < 0:
         return "killed"
-    return {EXIT_OK: "exit", EXIT_MEMORY: "memory"}.get(code, "crash")
+    return {EXIT_RESTART: "exit", EXIT_MEMORY: "memory"}.get(code, "crash")
 
 
 def _describe_exit(code: int, last_line: str | None) -> str:
@@ -615,6 +628,8 @@ def _describe_exit(code: int, last_line: str | None) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
-    if code == 0:
+    if code == EXIT_OK:
         return "exited with code 0"
+    if code == EXIT_RESTART:
+        return f"exited with code {code} to be restarted"
     return f"exited with code {code}: {last_line}" if last_line else f"exited with code {code}"

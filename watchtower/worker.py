@@ -5,9 +5,10 @@ is imported (it sets the broker and declares the actors), WatchtowerMiddleware
 is added if the app did not add it, ``process_boot`` is emitted (TimeLimit
 starts its watchdog there), and a :class:`~watchtower.pausable.PausableWorker`
 consumes the queues.  The main thread then loops every ``COMMAND_POLL``
-seconds: it reads the worker's command from the bus
-(``worker:<id>:command``: stop, pause, resume), checks the signals, the
-parent process and the memory limit, and acts.
+seconds: it takes the commands sent to it since its last look from its queue
+on the bus (``worker:<id>:commands``: stop, restart, pause, resume) and
+applies them one after the other in the order sent, and it checks the
+signals, the parent process and the memory limit.
 
 The worker keeps its own row in the workers table (the middleware's own
 registration is turned off): status ``running`` / ``paused`` / ``stopping`` /
@@ -21,7 +22,11 @@ Limits (flags of ``watchtower worker``, defaults from ``[supervisors.NAME]``):
 - ``--timeout S``: TimeLimit's default limit, S seconds (0: none; an actor's
   own ``time_limit`` wins);
 - ``--memory MB``: past this RSS the worker finishes the jobs in hand, gives
-  back the rest and exits with :data:`EXIT_MEMORY` (0: no limit);
+  back the rest and exits with :data:`EXIT_MEMORY` (0: no limit).  The
+  limit cannot be below what the worker needs to exist: when the RSS
+  measured right after boot (the app imported, no job run yet) is already
+  above it, the worker says so once and keeps working, and recycles only
+  when it grows by ``MB`` more (see :func:`recycle_threshold`);
 - ``--sleep S``: the longest wait between two fetches of an empty queue;
 - ``--rest S``: each thread rests S seconds after each job.
 
@@ -29,17 +34,20 @@ Pause gives back every message the worker holds (see
 :mod:`watchtower.pausable`); resume takes up work again.  SIGTERM or SIGINT,
 a ``stop`` command, or the death of ``--parent-pid`` stop it gracefully: no
 new messages, the jobs in hand finish, the prefetched ones are requeued, the
-ledger is flushed, exit 0.  A second SIGTERM/SIGINT during that exits at once
-with :data:`EXIT_FAILED`.
+ledger is flushed, exit 0.  A ``restart`` command stops it the same way with
+:data:`EXIT_RESTART`, which asks whoever runs it (its supervisor) for a fresh
+process at once.  A second SIGTERM/SIGINT during that exits at once with
+:data:`EXIT_FAILED`.
 
 Exit codes:
 
 ==  =========================================================================
-0   graceful stop (signal, ``stop`` command, parent gone)
+0   graceful stop (signal, ``stop`` command, parent gone): stay stopped
 1   unexpected failure, or killed by a second signal
 2   bad arguments or settings, unknown supervisor, app module fails to import
 3   the command bus (or its database) cannot be reached at start
 64  memory limit exceeded: recycled, a fresh process should take over
+65  ``restart`` command: stopped gracefully, a fresh process should take over
 ==  =========================================================================
 
 On codes 2 and 3 the worker writes one ``Error: ...`` line to stderr and, if
@@ -80,11 +88,13 @@ __all__ = [
     "attach_middleware",
     "apply_limits",
     "record_failed_start",
+    "recycle_threshold",
     "EXIT_OK",
     "EXIT_FAILED",
     "EXIT_USAGE",
     "EXIT_UNREACHABLE",
     "EXIT_MEMORY",
+    "EXIT_RESTART",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +104,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_MEMORY = 64
+EXIT_RESTART = 65
 
 #: Seconds between two looks at the bus, the signals and the parent.
 COMMAND_POLL = 0.2
@@ -170,6 +181,25 @@ def apply_limits(broker: dramatiq.Broker, options: WorkerOptions) -> None:
         logger.warning("the broker has no TimeLimit middleware: --timeout %s cannot apply", options.timeout)
 
 
+def recycle_threshold(memory: int, boot_rss: int | None) -> int | None:
+    """The RSS in bytes past which a worker recycles, or None for no limit.
+
+    ``memory`` is the ``--memory`` limit in MB (0: none) and ``boot_rss`` the
+    resident memory measured right after boot, before any job.  A worker
+    that boots within the limit recycles past it.  One that is already over
+    it (the app's import alone is bigger) would gain nothing by recycling:
+    every fresh process would be as big, and the pool would crash-loop.  Its
+    limit then counts from its footprint: it recycles once it has grown by
+    ``memory`` MB past what it took to boot.
+    """
+    if not memory:
+        return None
+    limit = memory * _MB
+    if boot_rss is None or boot_rss <= limit:
+        return limit
+    return boot_rss + limit
+
+
 def record_failed_start(
     settings: Settings, worker_id: str, supervisor: str | None, code: int, reason: str
 ) -> None:
@@ -226,6 +256,8 @@ class WorkerProcess:
         self.status = WorkerStatus.STARTING
         self.worker: PausableWorker | None = None
         self.rss: int | None = None
+        self.boot_rss: int | None = None
+        self._recycle_at: int | None = None  # bytes; None: no memory limit
         self._process = psutil.Process()
         self._parent = self._watch_parent(parent_pid)
         self._wake = threading.Event()
@@ -262,13 +294,15 @@ class WorkerProcess:
             worker_threads=self.options.threads,
             rest=self.options.rest,
         )
+        options = self.options.as_row()
+        options.update(self._measure_footprint())
         started = now_ms()
         self.recorder.record_worker(WorkerEvent(self.worker_id, {
             "supervisor": self.supervisor,
             "hostname": self.settings.hostname,
             "pid": os.getpid(),
             "queues": json.dumps(sorted(queues or declared)),
-            "options": json.dumps(self.options.as_row()),
+            "options": json.dumps(options),
             "status": WorkerStatus.RUNNING,
             "started_at": started,
             "last_heartbeat": started,
@@ -285,6 +319,29 @@ class WorkerProcess:
             "worker %s consuming %s with %d threads",
             self.worker_id, ", ".join(sorted(queues or declared)) or "nothing", self.options.threads,
         )
+
+    def _measure_footprint(self) -> dict[str, int]:
+        """Measure the RSS after boot and set the recycle threshold; what the row shows of it (MB)."""
+        self.boot_rss = self.rss = self._measure_rss()
+        self._recycle_at = recycle_threshold(self.options.memory, self.boot_rss)
+        limit = self.options.memory
+        if self.boot_rss is None:
+            return {}
+        boot_mb = round(self.boot_rss / _MB)
+        if self._recycle_at is not None and self._recycle_at > limit * _MB:
+            logger.warning(
+                "worker %s takes %d MB right after boot, before any job: more than its memory limit of %d MB, "
+                "so recycling cannot help; it keeps working and recycles only past %d MB (%d MB more)",
+                self.worker_id, boot_mb, limit, round(self._recycle_at / _MB), limit,
+            )
+        recycle_mb = round(self._recycle_at / _MB) if self._recycle_at is not None else 0
+        return {"memory_at_boot": boot_mb, "memory_recycle_at": recycle_mb}
+
+    def _measure_rss(self) -> int | None:
+        try:
+            return int(self._process.memory_info().rss)
+        except psutil.Error:
+            return None
 
     # The loop -------------------------------------------------------------
 
@@ -382,6 +439,8 @@ class WorkerProcess:
         match command:
             case WorkerCommand.STOP:
                 self.request_stop(EXIT_OK, "command: stop")
+            case WorkerCommand.RESTART:
+                self.request_stop(EXIT_RESTART, "command: restart")
             case WorkerCommand.PAUSE:
                 self.pause()
             case WorkerCommand.RESUME:
@@ -392,6 +451,7 @@ class WorkerProcess:
     def pause(self) -> None:
         """Give back every message held (after the jobs in hand) and stop consuming."""
         if self.worker is None or self.status != WorkerStatus.RUNNING:
+            logger.info("worker %s is %s: nothing to pause", self.worker_id, self.status)
             return
         given_back = self.worker.release(timeout=self._stop_timeout_ms())
         self._set_status(WorkerStatus.PAUSED)
@@ -400,6 +460,7 @@ class WorkerProcess:
     def resume(self) -> None:
         """Take up work again after :meth:`pause`."""
         if self.worker is None or self.status != WorkerStatus.PAUSED:
+            logger.info("worker %s is %s: nothing to resume", self.worker_id, self.status)
             return
         self.worker.take_up()
         self._set_status(WorkerStatus.RUNNING)
@@ -415,16 +476,19 @@ class WorkerProcess:
 
     def _heartbeat(self) -> None:
         """Runs on the recorder's thread: heartbeat, counts, memory (and its limit)."""
-        try:
-            self.rss = self._process.memory_info().rss
-        except psutil.Error:
-            self.rss = None
+        self.rss = self._measure_rss()
         fields: dict[str, object] = self.middleware.worker_counts()
         fields["memory_rss"] = self.rss
         self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
-        limit = self.options.memory
-        if limit and self.rss is not None and self.rss > limit * _MB and self._memory_reason is None:
-            self._memory_reason = f"memory: RSS {self.rss / _MB:.0f} MB > limit {limit} MB"
+        threshold, limit = self._recycle_at, self.options.memory
+        if threshold is not None and self.rss is not None and self.rss > threshold and self._memory_reason is None:
+            if threshold == limit * _MB:
+                self._memory_reason = f"memory: RSS {self.rss / _MB:.0f} MB > limit {limit} MB"
+            else:
+                self._memory_reason = (
+                    f"memory: RSS {self.rss / _MB:.0f} MB > {threshold / _MB:.0f} MB "
+                    f"(limit {limit} MB past the {(self.boot_rss or 0) / _MB:.0f} MB it took to boot)"
+                )
             self._wake.set()
 
     def _shutdown(self) -> int:

@@ -6,6 +6,9 @@ actors' queue, default ``default``), ``WT_TEST_HEARTBEAT_MS`` (the broker's
 heartbeat timeout), ``WT_TEST_MAINTENANCE`` (the broker's maintenance chance
 per million commands), ``WT_TEST_COUNT_FETCHES`` (count fetches per queue).
 
+``hold(token)`` runs until the test sets ``release:<token>``;
+``grow(token, megabytes)`` keeps what it allocates, as a leak would.
+
 Trace keys, all under ``<namespace>:t:``: ``runs:<token>`` (executions),
 ``attempts:<token>``, ``started:<token>`` / ``finished:<token>`` (epoch
 seconds), ``fetches:<queue>``.
@@ -78,6 +81,17 @@ def work_with_own_limit(token: str, seconds: float = 0.0) -> None:
     _run(token, seconds)
 
 
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def hold(token: str) -> None:
+    """Runs until the test sets ``release:<token>`` (at most 120 s), leaving the traces of ``work``."""
+    traces.set(trace(f"started:{token}"), repr(time.time()))
+    deadline = time.monotonic() + 120
+    while not traces.exists(trace(f"release:{token}")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    traces.incr(trace(f"runs:{token}"))
+    traces.set(trace(f"finished:{token}"), repr(time.time()))
+
+
 @dramatiq.actor(queue_name=QUEUE, **_FAST_RETRY)
 def fail(token: str) -> None:
     """Counts an attempt and raises."""
@@ -90,3 +104,14 @@ def fail_without_retries(token: str) -> None:
     """Counts an attempt and raises; its own max_retries is 0."""
     traces.incr(trace(f"attempts:{token}"))
     raise ValueError(f"failing on purpose ({token})")
+
+
+#: What ``grow`` allocated: kept for the life of the process.
+_grown: list[bytes] = []
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def grow(token: str, megabytes: int) -> None:
+    """Allocates ``megabytes`` MB that stay resident until the process exits (a leak)."""
+    _grown.append(b"\x01" * (megabytes * 1024 * 1024))  # written bytes: resident, unlike calloc's zeros
+    traces.incr(trace(f"runs:{token}"))

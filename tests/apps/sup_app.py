@@ -10,6 +10,8 @@ messages of a dead worker are redelivered) and ``WT_TEST_MAINTENANCE``
 Prometheus middleware, as many apps do (set ``dramatiq_prom_db`` too, or it
 writes under the system's temporary directory).
 
+``grow(token, megabytes)`` keeps what it allocates, as a leak would.
+
 Traces under ``<namespace>:t:``: ``runs:<token>`` (finished executions),
 ``starts:<token>`` (a list of the pids that started it).
 """
@@ -52,4 +54,15 @@ def nap(token: str, seconds: float = 0.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.02)  # short sleeps, so that a time limit can interrupt
+    traces.incr(trace(f"runs:{token}"))
+
+
+#: What ``grow`` allocated: kept for the life of the process.
+_grown: list[bytes] = []
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def grow(token: str, megabytes: int) -> None:
+    """Allocates ``megabytes`` MB that stay resident until the process exits (a leak)."""
+    _grown.append(b"\x01" * (megabytes * 1024 * 1024))  # written bytes: resident, unlike calloc's zeros
     traces.incr(trace(f"runs:{token}"))

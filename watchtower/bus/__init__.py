@@ -3,11 +3,13 @@
 Two kinds of entries live on it:
 
 - a **value** per key, with a time to live (the seed's ``put`` / ``get`` /
-  ``forget``): a worker's pending command at ``worker:<id>:command``, one of
-  the plain strings ``"stop"``, ``"pause"``, ``"resume"``;
-- a **list** per key (``push`` / ``pop_all``): a supervisor's inbox at
-  ``supervisor:<name>:inbox``, drained atomically so that of two supervisors
-  racing for it each entry goes to exactly one.
+  ``forget``);
+- a **list** per key (``push`` / ``pop_all``), drained atomically so that
+  of two takers racing for it each entry goes to exactly one, and an entry
+  pushed during a drain waits for the next one.  Two kinds of lists: a
+  worker's commands at ``worker:<id>:commands`` (the plain strings of
+  :class:`WorkerCommand`, applied in the order sent), and a supervisor's
+  inbox at ``supervisor:<name>:inbox`` (start requests).
 
 Each entry of a list has its own time to live: an entry nobody took within
 ``ttl`` seconds is gone, like a value.
@@ -36,16 +38,28 @@ __all__ = [
     "worker_command_key",
     "supervisor_inbox_key",
     "DEFAULT_TTL",
+    "COMMAND_TTL",
 ]
 
 #: Seconds an entry lives when no ``ttl`` is given (the seed's default).
 DEFAULT_TTL = 300
+#: Seconds a worker command waits for its worker.  Longer than the worker
+#: can be busy applying the previous one (a pause waits for the jobs in hand
+#: to finish, up to their time limit), so that none expires in the queue;
+#: short enough that commands to a worker that never came do not pile up.
+COMMAND_TTL = 24 * 3600
 
 
 class WorkerCommand(str, Enum):
-    """The commands a worker obeys; the bus carries their values (``"stop"``...)."""
+    """The commands a worker obeys; the bus carries their values (``"stop"``...).
+
+    ``stop``: finish the jobs in hand and exit for good (a supervisor does
+    not replace it); ``restart``: the same graceful exit, and its supervisor
+    starts a fresh process in its place at once; ``pause`` / ``resume``.
+    """
 
     STOP = "stop"
+    RESTART = "restart"
     PAUSE = "pause"
     RESUME = "resume"
 

@@ -17,7 +17,7 @@ from ..errors import AppImportError, BusError, ConfigError, DatabaseUnavailable,
 @click.option("--supervisor", default=None, help="The supervisor this worker belongs to; its [supervisors.NAME] gives the defaults.")
 @click.option("--tries", type=int, default=None, help="Attempts per job (default 3; an actor's own max_retries wins).")
 @click.option("--timeout", type=float, default=None, help="A job's time limit in seconds, 0 for none (default 60; an actor's own time_limit wins).")
-@click.option("--memory", type=int, default=None, help="Recycle past this resident memory in MB, 0 for no limit (default 128).")
+@click.option("--memory", type=int, default=None, help="Recycle past this resident memory in MB, 0 for no limit (default 128); counted from the footprint after boot when that is already bigger.")
 @click.option("--sleep", type=float, default=None, help="Longest wait in seconds between two looks at an empty queue (default 3).")
 @click.option("--rest", type=float, default=None, help="Seconds each thread rests after a job (default 0).")
 @click.option("--threads", type=int, default=None, help="Worker threads (default 8).")
@@ -44,7 +44,8 @@ def worker(
     """Run one Dramatiq worker process for QUEUES (default: the app's or the supervisor's queues).
 
     Exit codes: 0 stopped gracefully, 1 failed, 2 bad arguments or app import
-    failure, 3 command bus unreachable, 64 recycled past --memory.
+    failure, 3 command bus unreachable, 64 recycled past --memory, 65 stopped
+    gracefully by the restart command (start it again).
     """
     from ..app import add_import_paths, load_app
     from ..bus import open_bus

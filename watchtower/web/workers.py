@@ -1,10 +1,10 @@
-"""The worker routes: list workers, ask for a new one, stop, pause or resume one.
+"""The worker routes: list workers, ask for a new one, stop, restart, pause or resume one.
 
 The API never runs a process itself: a start request goes to a
 supervisor's inbox on the command bus (the API answers at once, 202, with
-the new worker's id; the supervisor spawns it), and stop / pause / resume
-are commands the worker reads from the bus.  Both go through the
-WorkerManager.
+the new worker's id; the supervisor spawns it), and stop / restart / pause /
+resume are commands queued for the worker on the bus, which it applies in
+the order sent.  Both go through the WorkerManager.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ START_OPTIONS: dict[str, tuple[type, float, float]] = {
 
 _SUPERVISOR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
-COMMANDS = ("stop", "pause", "resume")
+COMMANDS = ("stop", "restart", "pause", "resume")
 
 
 class WorkersResource:
@@ -113,7 +113,7 @@ class StartWorkerResource:
 
 
 class WorkerCommandResource:
-    """``POST /workers/{id}/stop|pause|resume``."""
+    """``POST /workers/{id}/stop|restart|pause|resume``."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
