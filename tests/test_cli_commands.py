@@ -1,4 +1,4 @@
-"""``watchtower jobs``, ``failed``, ``show``, ``status``, ``pause``, ``resume`` and ``stop`` as a user runs them.
+"""``watchtower jobs``, ``failed``, ``show``, ``status``, ``pause``, ``resume``, ``restart`` and ``stop`` as a user runs them.
 
 One user's directory per test (tests/cli_support.py), one real supervisor
 started from flags, real jobs through a real Redis broker into a SQLite
@@ -130,7 +130,7 @@ def test_jobs_failed_show_and_status_and_their_json(project: Project, pool: Any)
     assert "5 completed, 1 failed" in text
 
 
-def test_pause_resume_and_stop_one_worker_and_all_of_them(project: Project, pool: Any) -> None:
+def test_pause_resume_restart_and_stop_one_worker_and_all_of_them(project: Project, pool: Any) -> None:
     one, other = (row.worker_id for row in running())
 
     out = project.ok("pause", one, "--wait")
@@ -150,16 +150,30 @@ def test_pause_resume_and_stop_one_worker_and_all_of_them(project: Project, pool
     assert "resumed 2 workers on every host" in resumed
     wait_until(lambda: project.traces("after-resume"), 60, message="the job sent while paused")
 
-    out = project.ok("stop", one, "--wait")
-    assert out.strip().endswith(": stopped") and statuses()[one] == WorkerStatus.STOPPED
-    # The pool replaces a stopped worker with a fresh process.
-    wait_until(lambda: len(running()) == 2 and one not in {row.worker_id for row in running()}, 90,
-               message="a fresh worker in the stopped one's place")
-    live = [row.worker_id for row in running()]
+    # restart: the old record ends stopped (exit 65), a fresh process takes its place at once.
+    out = project.ok("restart", one, "--wait")
+    assert out.splitlines()[0].endswith(": stopped") and "a fresh process" in out
+    assert Worker.get_by_id(one).exit_code == 65
+    fresh = wait_until(lambda: len(running()) == 2 and one not in {r.worker_id for r in running()} and running(), 90,
+                       message="a fresh worker in the restarted one's place")
+    restarted = project.json("restart", "--all", "--wait")
+    assert sorted(restarted["workers"]) == sorted(r.worker_id for r in fresh)
+    assert set(restarted["statuses"].values()) == {"stopped"}
+    after = wait_until(lambda: len(running()) == 2 and not {r.worker_id for r in fresh} & {r.worker_id for r in running()}
+                       and running(), 90, message="two fresh workers after restart --all")
+    assert {r.pid for r in after}.isdisjoint({r.pid for r in fresh})
+    project.send("greet", "after-restart")
+    wait_until(lambda: project.traces("after-restart"), 60, message="a job run by the restarted pool")
+
+    # stop: for good; the pool runs one worker fewer, then none, while the supervisor lives on.
+    first, second = (row.worker_id for row in after)
+    out = project.ok("stop", first, "--wait")
+    assert out.strip().endswith(": stopped") and statuses()[first] == WorkerStatus.STOPPED
+    assert [row.worker_id for row in running()] == [second]
     stopped = project.json("stop", "--all", "--wait")
-    assert sorted(stopped["workers"]) == sorted(live) and set(stopped["statuses"].values()) == {"stopped"}
-    wait_until(lambda: len(running()) == 2 and not set(live) & {row.worker_id for row in running()}, 90,
-               message="two fresh workers after stop --all")
+    assert stopped["workers"] == [second] and stopped["statuses"] == {second: "stopped"}
+    assert running() == [] and pool.poll() is None
+    assert "no live workers on every host: nothing to stop" in project.ok("stop", "--all")
 
     gone = project.run("pause", one)
     assert gone.returncode == 1 and one_error_line(gone) == f"Error: worker {one!r} is stopped: it cannot pause"
@@ -173,7 +187,7 @@ def test_the_commands_import_neither_falcon_nor_jinja(project: Project) -> None:
     blocked = project.env(PYTHONPATH=str(ROOT / "tests" / "blockers"), WT_TEST_BLOCK="falcon,jinja2")
     assert project.run("serve", "--port", "0", env=blocked, timeout=30).returncode != 0  # the blockers work
     for args in (["jobs", "--json"], ["failed"], ["status", "--app", "tasks", "--json"], ["workers", "--json"],
-                 ["pause", "--all"], ["resume", "--all", "--json"], ["stop", "--all"]):
+                 ["pause", "--all"], ["resume", "--all", "--json"], ["restart", "--all"], ["stop", "--all"]):
         result = project.run(*args, env=blocked)
         assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr)
     result = project.run("show", "nothing", env=blocked)

@@ -1,4 +1,4 @@
-"""Steering at a terminal: ``watchtower pause|resume|stop ID``, ``--supervisor NAME`` or ``--all``.
+"""Steering at a terminal: ``watchtower pause|resume|stop|restart ID``, ``--supervisor NAME`` or ``--all``.
 
 Horizon's ``pause``, ``continue`` and ``terminate``, through the
 WorkerManager: each command goes over the command bus to the worker, which
@@ -10,8 +10,11 @@ result.  ``--json`` prints the same as one document::
     {"command": "pause", "workers": [ids sent], "skipped": [{"id", "status", "reason"}],
      "statuses": {id: status} (with --wait: each worker's status at the end)}
 
-A stopped pool worker is replaced by its supervisor with a fresh process
-(a rolling restart); a worker started by request stays stopped.
+``stop`` is for good: the worker finishes its jobs in hand and exits, and
+its supervisor does not replace it.  ``restart`` is the same exit with a
+fresh process (new id and pid, the app's code loaded anew) started in its
+place at once: its old record ends ``stopped``, which is what ``--wait``
+waits for.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..errors import WatchtowerError, WorkerGone
 from ..models import Worker, WorkerStatus
 from .output import echo_json
 
-__all__ = ["pause", "resume", "stop"]
+__all__ = ["pause", "resume", "stop", "restart"]
 
 #: Seconds --wait waits for every worker at most.
 WAIT_SECONDS = 30.0
@@ -39,6 +42,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "resume": ((WorkerStatus.PAUSED,), (WorkerStatus.RUNNING,), "resumed"),
     "stop": ((WorkerStatus.STARTING, WorkerStatus.RUNNING, WorkerStatus.PAUSED),
              (WorkerStatus.STOPPED, WorkerStatus.LOST, WorkerStatus.CRASHLOOPING), "stopped"),
+    "restart": ((WorkerStatus.STARTING, WorkerStatus.RUNNING, WorkerStatus.PAUSED),
+                (WorkerStatus.STOPPED, WorkerStatus.LOST, WorkerStatus.CRASHLOOPING), "restarted"),
 }
 
 
@@ -122,14 +127,15 @@ def _report(command: str, done: str, sent: list[Worker], skipped: list[dict[str,
             click.echo(f"{command} sent to worker {row.worker_id} ({where})")
     for entry in skipped:
         click.echo(f"skipped worker {entry['id']}: {entry['reason']}")
-    if single:
-        return
-    scope = f"of supervisor {supervisor}" if supervisor is not None else "on every host"
-    if not sent and not skipped:
-        click.echo(f"no live workers {scope}: nothing to {command}")
-        return
-    verb = done if wait else f"sent {command} to"
-    click.echo(f"{verb} {len(sent)} workers {scope}" + (f", skipped {len(skipped)}" if skipped else ""))
+    if not single:
+        scope = f"of supervisor {supervisor}" if supervisor is not None else "on every host"
+        if not sent and not skipped:
+            click.echo(f"no live workers {scope}: nothing to {command}")
+            return
+        verb = done if wait else f"sent {command} to"
+        click.echo(f"{verb} {len(sent)} workers {scope}" + (f", skipped {len(skipped)}" if skipped else ""))
+    if command == "restart" and sent:
+        click.echo("a supervisor starts a fresh process in the place of each (a new id and pid)")
 
 
 @cli.command("pause")
@@ -155,9 +161,22 @@ def resume(ctx: click.Context, worker_id: str | None, supervisor: str | None, ev
 @click.pass_context
 def stop(ctx: click.Context, worker_id: str | None, supervisor: str | None, every: bool, wait: bool,
          as_json: bool) -> None:
-    """Stop workers: each finishes its jobs in hand and exits (Horizon's terminate).
+    """Stop workers for good: each finishes its jobs in hand and exits; nothing replaces it.
 
-    A supervisor replaces a stopped pool worker with a fresh process; a
-    worker started by request stays stopped.
+    Its pool runs one worker fewer (below min_processes, if need be) until
+    a start request or a restart of the supervisor.
     """
     _steer(ctx, "stop", worker_id, supervisor, every, wait, as_json)
+
+
+@cli.command("restart")
+@_targets
+@click.pass_context
+def restart(ctx: click.Context, worker_id: str | None, supervisor: str | None, every: bool, wait: bool,
+            as_json: bool) -> None:
+    """Restart workers: each finishes its jobs in hand and exits, and its supervisor starts a fresh one at once.
+
+    The fresh process has a new id and pid and loads the app's code anew
+    (Horizon's terminate, after a deploy).
+    """
+    _steer(ctx, "restart", worker_id, supervisor, every, wait, as_json)
