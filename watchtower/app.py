@@ -74,8 +74,8 @@ def import_error(module_name: str, error: BaseException) -> AppImportError:
 
 def _no_app() -> AppImportError:
     return AppImportError(
-        "no app module given: name the module that declares your actors "
-        "(watchtower supervise tasks, --app, setting 'app' or WATCHTOWER_APP)"
+        "no app module given: set 'app' (WATCHTOWER_APP, --app, or APP as in watchtower supervise tasks) "
+        "to the module that declares your actors"
     )
 
 
