@@ -236,8 +236,11 @@ class Supervisor:
         """Stop every worker gracefully and return from :meth:`run` to be started afresh (as SIGHUP does).
 
         Safe to call from any thread (``--watch`` calls it from its watcher).
+        Once the supervisor is stopping it does nothing: a second SIGHUP
+        would kill the workers, as a second SIGTERM does.
         """
-        self._signals.append(signal.SIGHUP)
+        if not self._stopping:
+            self._signals.append(signal.SIGHUP)
 
     def _pass(self) -> None:
         now = self.clock()
