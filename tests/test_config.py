@@ -152,6 +152,61 @@ def test_every_key_has_one_environment_spelling() -> None:
     assert env_name("http.token") == "WATCHTOWER_API_TOKEN"
 
 
+def test_a_pools_keys_come_from_the_file_the_environment_and_the_flags_in_that_order(tmp_path: Path) -> None:
+    write(tmp_path / "watchtower.toml", """
+[supervisors.default]
+queues = ["default"]
+min_processes = 1
+max_processes = 4
+threads = 2
+
+[supervisors.high-prio]
+queues = ["urgent"]
+""")
+    env = {
+        "WATCHTOWER_SUPERVISORS_DEFAULT_MAX_PROCESSES": "8",
+        "WATCHTOWER_SUPERVISORS_DEFAULT_QUEUES": "default, emails",
+        "WATCHTOWER_SUPERVISORS_DEFAULT_TIMEOUT": "600",
+        # A name with characters a variable cannot hold is spelt with underscores.
+        "WATCHTOWER_SUPERVISORS_HIGH_PRIO_THREADS": "16",
+        # A pool the file does not declare is made from the defaults and these values.
+        "WATCHTOWER_SUPERVISORS_REPORTS_MIN_PROCESSES": "2",
+    }
+    settings = load_settings(env=env, cwd=tmp_path)
+    default = settings.supervisor("default")
+    assert default.queues == ("default", "emails") and default.max_processes == 8 and default.timeout == 600.0
+    assert default.threads == 2  # from the file: the environment did not set it
+    assert settings.supervisor("high-prio").threads == 16
+    reports = settings.supervisor("reports")
+    assert (reports.min_processes, reports.max_processes, reports.queues) == (2, 4, ("default",))
+    assert settings.sources["supervisors.default.max_processes"] == "environment variable WATCHTOWER_SUPERVISORS_DEFAULT_MAX_PROCESSES"
+    assert settings.sources["supervisors.default.threads"] == str(tmp_path / "watchtower.toml")
+
+    flags = {"supervisors.default.min_processes": 3, "supervisors.default.max_processes": 3,
+             "supervisors.default.threads": None}
+    settings = load_settings(env=env, cwd=tmp_path, overrides=flags)
+    assert (settings.supervisor("default").min_processes, settings.supervisor("default").max_processes) == (3, 3)
+    assert settings.supervisor("default").threads == 2  # a flag left out (None) changes nothing
+    assert settings.sources["supervisors.default.min_processes"] == "command line option --min-processes"
+
+
+def test_without_a_file_the_environment_alone_shapes_the_default_pool(tmp_path: Path) -> None:
+    settings = load_settings(env={"WATCHTOWER_SUPERVISORS_DEFAULT_THREADS": "3"}, cwd=tmp_path)
+    assert set(settings.supervisors) == {"default"}
+    assert settings.supervisor("default") == SupervisorSettings(threads=3)
+
+
+def test_every_pool_key_has_one_environment_spelling(tmp_path: Path) -> None:
+    from watchtower.config import SUPERVISOR_KEYS, pool_key
+
+    assert env_name(pool_key("default", "max_processes")) == "WATCHTOWER_SUPERVISORS_DEFAULT_MAX_PROCESSES"
+    assert env_name(pool_key("high-prio", "queues")) == "WATCHTOWER_SUPERVISORS_HIGH_PRIO_QUEUES"
+    for field in SUPERVISOR_KEYS:  # every variable reads back as the key it was made from
+        name = env_name(pool_key("a_min", field))
+        settings = load_settings(env={name: "ok" if field == "queues" else "1"}, cwd=tmp_path)
+        assert "supervisors.a_min." + field in settings.sources, name
+
+
 @pytest.mark.parametrize(
     ("toml", "words"),
     [
@@ -175,6 +230,8 @@ def test_every_key_has_one_environment_spelling() -> None:
         ("[supervisors.mail]\nqueue = [\"a\"]\n", ["'queue'", "[supervisors.mail]", "queues"]),
         ("[supervisors.mail]\nthreads = -2\n", ["'supervisors.mail.threads'", "at least 1"]),
         ("[supervisors.mail]\nmin_processes = 5\nmax_processes = 2\n", ["[supervisors.mail]", "min_processes (5)"]),
+        ("[supervisors.mail]\nmin_processes = 5\n", ["min_processes (5) from", "watchtower.toml",
+                                                       "max_processes (4) from the defaults"]),
         ("[supervisors.mail]\nqueues = []\n", ["[supervisors.mail]", "at least one queue"]),
         ("this is not toml\n", ["watchtower.toml", "not valid TOML"]),
     ],
@@ -204,6 +261,14 @@ def test_a_bad_file_value_names_the_key_and_the_file(tmp_path: Path, toml: str, 
         ({"WATCHTOWER_RECORDER_NICE": "20"}, ["'recorder.nice'", "WATCHTOWER_RECORDER_NICE", "0 to 19"]),
         ({"WATCHTOWER_RECORDER_NICE": "-5"}, ["'recorder.nice'", "0 to 19", "-5"]),
         ({"WATCHTOWER_CONFIG": "/nonexistent/watchtower.toml"}, ["/nonexistent/watchtower.toml", "does not exist"]),
+        ({"WATCHTOWER_SUPERVISORS_DEFAULT_PROCESSES": "2"},
+         ["WATCHTOWER_SUPERVISORS_DEFAULT_PROCESSES", "WATCHTOWER_SUPERVISORS_<NAME>_<KEY>", "MIN_PROCESSES"]),
+        ({"WATCHTOWER_SUPERVISORS_THREADS": "2"}, ["WATCHTOWER_SUPERVISORS_THREADS", "<NAME>"]),
+        ({"WATCHTOWER_SUPERVISORS_DEFAULT_THREADS": "0"},
+         ["'supervisors.default.threads'", "WATCHTOWER_SUPERVISORS_DEFAULT_THREADS", "at least 1"]),
+        ({"WATCHTOWER_SUPERVISORS_DEFAULT_MIN_PROCESSES": "9"},
+         ["min_processes (9) from environment variable WATCHTOWER_SUPERVISORS_DEFAULT_MIN_PROCESSES"]),
+        ({"WATCHTOWER_SUPERVISORS_DEFAULT_QUEUES": " , "}, ["[supervisors.default]", "at least one queue"]),
     ],
 )
 def test_a_bad_environment_value_names_the_key_and_the_variable(tmp_path: Path, env: dict[str, str], words: list[str]) -> None:

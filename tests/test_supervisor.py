@@ -370,7 +370,8 @@ def run_supervise(path: Path, *args: str, **env: str) -> subprocess.CompletedPro
     ("change", "args", "code", "message"),
     [
         ({}, ("--supervisor", "nope"), 2, "Error: unknown supervisor 'nope': the configuration declares default"),
-        ({"app": "apps.sup_missing"}, (), 1, "Error: cannot find app module 'apps.sup_missing' (setting 'app')"),
+        ({"app": "apps.sup_missing"}, (), 2,
+         "Error: cannot import app module 'apps.sup_missing' (setting 'app'): ModuleNotFoundError: "),
         ({"timeout": -5}, (), 2, "Error: setting 'supervisors.default.timeout' from"),
         ({"min_processes": -1}, (), 2, "must not be negative, not -1"),
         ({"redis_url": "redis://127.0.0.1:1/0"}, (), 1, "Error: "),

@@ -19,6 +19,7 @@ from web_support import client, seed_job, seed_many, table_fingerprint, web_sett
 from watchtower import store
 from watchtower.models import Job, JobStatus
 from watchtower.web import create_app
+from watchtower import views
 from watchtower.web import jobs as jobs_module
 
 
@@ -178,7 +179,7 @@ def test_search_does_not_find_a_job_by_a_redacted_value(api: Any) -> None:
 
 
 def test_search_looks_through_a_bounded_window_and_says_so(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs_module, "SEARCH_WINDOW", 5)
+    monkeypatch.setattr(views, "SEARCH_WINDOW", 5)  # the search the API and the CLI share
     oldest = seed_job(actor="needle_job")
     seed_many(5, actor="hay")
     newest = seed_job(actor="needle_job")

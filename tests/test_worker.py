@@ -515,9 +515,12 @@ def _alive(pid: int) -> bool:
     [
         (["--memory", "-5"], {}, EXIT_USAGE, r"Error: --memory must not be negative, not -5"),
         (["--tries", "0"], {}, EXIT_USAGE, r"Error: --tries must be at least 1, not 0"),
-        (["--app", "apps.nowhere"], {}, EXIT_USAGE, r"Error: cannot import app module 'apps.nowhere': ModuleNotFoundError.*"),
+        (["--app", "apps.nowhere"], {}, EXIT_USAGE,
+         r"Error: cannot import app module 'apps.nowhere' \(setting 'app'\): ModuleNotFoundError: .*"
+         r"; added to sys.path: /\S+ \(--path changes it\)$"),
         (["--app", "apps.broken"], {}, EXIT_USAGE,
-         r"Error: cannot import app module 'apps.broken': RuntimeError: this app is broken on purpose .*broken.py:3\)"),
+         r"Error: cannot import app module 'apps.broken' \(setting 'app'\): RuntimeError: this app is broken on purpose "
+         r"at \S+broken.py:3; added to sys.path: .*"),
         (["--supervisor", "nosuch"], {}, EXIT_USAGE, r"Error: unknown supervisor 'nosuch': the configuration declares default"),
         ([], {"WATCHTOWER_REDIS_URL": "redis://127.0.0.1:1/0"}, EXIT_UNREACHABLE,
          r"Error: the Redis command bus at redis://127\.0\.0\.1:1/0 cannot be reached: .*"),

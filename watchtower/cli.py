@@ -2,8 +2,9 @@
 
 Settings are loaded here, once, from the file, the environment and the
 flags, and passed down on the context object.  Every WatchtowerError becomes
-one line on stderr and exit code 2 (bad settings or input) or 1 (anything
-else Watchtower refused); a traceback means a bug.
+one line on stderr and exit code 2 (bad settings or input, an app that
+cannot be imported) or 1 (anything else Watchtower refused); a bad flag is
+one line and exit code 2 too; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 import click
 
 from .config import Settings, load_settings
-from .errors import ConfigError, WatchtowerError
+from .errors import AppImportError, ConfigError, WatchtowerError
 
-__all__ = ["main", "cli", "pass_settings", "settings_from"]
+__all__ = ["main", "cli", "pass_settings", "settings_from", "import_path_option"]
 
 #: Exit codes: 0 ok, 1 refused or failed, 2 bad configuration or input.
 EXIT_FAILED = 1
@@ -52,6 +53,14 @@ def settings_from(ctx: click.Context, **more: Any) -> Settings:
 pass_settings = pass_state
 
 
+def import_path_option(command: Any) -> Any:
+    """``--path DIR`` / ``-P DIR`` (repeatable), as Dramatiq's: where the app is imported from."""
+    return click.option(
+        "--path", "-P", "paths", multiple=True, metavar="DIR", type=click.Path(file_okay=False),
+        help="Put DIR first on sys.path to import the app (repeatable; default: the current directory).",
+    )(command)
+
+
 @click.group()
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="Settings file (default: WATCHTOWER_CONFIG, ./watchtower.toml or [tool.watchtower] in ./pyproject.toml).")
@@ -79,10 +88,15 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_FAILED)
+    except click.UsageError as error:
+        # One line, as every other error: the usage text is one --help away.
+        command = error.ctx.command_path if error.ctx is not None else "watchtower"
+        click.echo(f"Error: {error.format_message()} (see {command} --help)", err=True)
+        sys.exit(error.exit_code)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except ConfigError as error:
+    except (ConfigError, AppImportError) as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_USAGE)
     except WatchtowerError as error:

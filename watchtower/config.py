@@ -12,11 +12,18 @@ The file is, in order of preference: the path given to :func:`load_settings`,
 the file named by ``WATCHTOWER_CONFIG``, ``watchtower.toml`` in the working
 directory, or the ``[tool.watchtower]`` table of ``pyproject.toml`` there.
 
-Supervisors are declared only in the file, one table each::
+Supervisors (pools of worker processes) are tables of the file, one each::
 
     [supervisors.default]
     queues = ["default", "emails"]
     min_processes = 2
+
+and their keys follow the same rule: ``supervisors.default.min_processes``
+is ``WATCHTOWER_SUPERVISORS_DEFAULT_MIN_PROCESSES`` in the environment (the
+pool's name upper-cased, any character other than a letter or a digit as
+``_``) and ``--min-processes`` on ``watchtower supervise``.  A pool named in
+the environment or on the command line but not in the file is made from
+the defaults and those values.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "SupervisorSettings", "load_settings", "KEYS"]
+__all__ = ["Settings", "SupervisorSettings", "load_settings", "KEYS", "SUPERVISOR_KEYS", "pool_key", "env_name", "value_of",
+           "as_text"]
 
 COMMAND_BUSES = ("database", "redis")
 
@@ -178,11 +186,58 @@ _NON_NEGATIVE = {
 }
 
 
+_POOL_ENV_PREFIX = "WATCHTOWER_SUPERVISORS_"
+
+
+def pool_key(name: str, setting: str) -> str:
+    """The dotted key of a pool's setting: ``supervisors.NAME.SETTING``."""
+    return f"supervisors.{name}.{setting}"
+
+
+def _split_pool_key(key: str) -> tuple[str, str] | None:
+    """``(name, field)`` of a ``supervisors.NAME.FIELD`` key, or None for any other key."""
+    if not key.startswith("supervisors."):
+        return None
+    name, _, setting = key[len("supervisors."):].rpartition(".")
+    return (name, setting) if name else None
+
+
+def _env_part(name: str) -> str:
+    """A pool's name as its environment variables spell it."""
+    return "".join(c if c.isalnum() else "_" for c in name).upper()
+
+
 def env_name(key: str) -> str:
-    """The environment variable that sets dotted ``key``."""
+    """The environment variable that sets dotted ``key`` (a pool's keys too)."""
     if key == "http.token":
         return "WATCHTOWER_API_TOKEN"
+    pool = _split_pool_key(key)
+    if pool is not None:
+        return f"{_POOL_ENV_PREFIX}{_env_part(pool[0])}_{pool[1].upper()}"
     return "WATCHTOWER_" + key.replace(".", "_").upper()
+
+
+def _pool_from_env(variable: str, declared: Mapping[str, Any]) -> tuple[str, str]:
+    """The pool and key a ``WATCHTOWER_SUPERVISORS_<NAME>_<KEY>`` variable sets.
+
+    The name is the declared pool's whose spelling matches, else the
+    variable's part lower-cased.  No key is a suffix of another, so the
+    split is never ambiguous.
+    """
+    rest = variable[len(_POOL_ENV_PREFIX):]
+    for setting in SUPERVISOR_KEYS:
+        suffix = "_" + setting.upper()
+        if rest.endswith(suffix) and len(rest) > len(suffix):
+            part = rest[: -len(suffix)]
+            for name in declared:
+                if _env_part(name) == part:
+                    return name, setting
+            return part.lower(), setting
+    known = ", ".join(key.upper() for key in SUPERVISOR_KEYS)
+    raise ConfigError(
+        f"unknown environment variable {variable}: a pool's variables are "
+        f"{_POOL_ENV_PREFIX}<NAME>_<KEY> with KEY one of {known}"
+    )
 
 
 _ENV_TO_KEY = {env_name(key): key for key in KEYS}
@@ -205,34 +260,46 @@ def load_settings(
     workdir = Path(cwd) if cwd is not None else Path.cwd()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    supervisors: dict[str, SupervisorSettings] | None = None
+    # Pool name -> its keys' values, layered like every other key.
+    pools: dict[str, dict[str, Any]] = {}
 
     file_data, file_label = _read_file(path, env, workdir)
-    if file_data:
-        supervisors_table = file_data.pop("supervisors", None)
-        for key, value in _flatten(file_data):
-            _set(values, sources, key, value, file_label, from_text=False)
-        if supervisors_table is not None:
-            supervisors = _supervisors(supervisors_table, file_label)
+    supervisors_table = file_data.pop("supervisors", None) if file_data else None
+    for key, value in _flatten(file_data):
+        _set(values, sources, key, value, file_label, from_text=False)
+    if supervisors_table is not None:
+        _file_pools(pools, sources, supervisors_table, file_label)
+    else:
+        pools["default"] = {}
 
-    for name, text in env.items():
+    for name, text in sorted(env.items()):
         if not name.startswith("WATCHTOWER_") or name in _ENV_OTHER:
+            continue
+        source = f"environment variable {name}"
+        if name.startswith(_POOL_ENV_PREFIX):
+            pool, field = _pool_from_env(name, pools)
+            _set_pool(pools, sources, pool, field, text, source, from_text=True)
             continue
         env_key = _ENV_TO_KEY.get(name)
         if env_key is None:
             known = ", ".join(sorted(_ENV_TO_KEY))
             raise ConfigError(
-                f"unknown environment variable {name}: Watchtower reads {known} and WATCHTOWER_CONFIG"
+                f"unknown environment variable {name}: Watchtower reads {known}, "
+                f"{_POOL_ENV_PREFIX}<NAME>_<KEY> and WATCHTOWER_CONFIG"
             )
-        _set(values, sources, env_key, text, f"environment variable {name}", from_text=True)
+        _set(values, sources, env_key, text, source, from_text=True)
 
     for key, value in (overrides or {}).items():
         if value is None:
             continue
+        pool_field = _split_pool_key(key)
+        if pool_field is not None:
+            source = f"command line option --{pool_field[1].replace('_', '-')}"
+            _set_pool(pools, sources, *pool_field, value, source, from_text=False)
+            continue
         _set(values, sources, key, value, f"command line option --{key.replace('_', '-')}", from_text=False)
 
-    if supervisors is not None:
-        values["supervisors"] = supervisors
+    values["supervisors"] = {name: _build_pool(name, fields, sources) for name, fields in pools.items()}
     settings = Settings(**values, sources=sources)
     _check(settings)
     return settings
@@ -357,31 +424,52 @@ def _check_range(key: str, value: float, source: str) -> None:
         raise ConfigError(f"setting {key!r} from {source} must be a TCP port (0 to 65535), not {value!r}")
 
 
-def _supervisors(table: Any, source: str) -> dict[str, SupervisorSettings]:
+def _file_pools(pools: dict[str, dict[str, Any]], sources: dict[str, str], table: Any, source: str) -> None:
+    """The file's ``[supervisors.NAME]`` tables, checked key by key."""
     if not isinstance(table, dict):
         raise ConfigError(f"[supervisors] in {source} must be a table of [supervisors.NAME] tables")
-    result: dict[str, SupervisorSettings] = {}
     for name, body in table.items():
         if not isinstance(body, dict):
             raise ConfigError(f"[supervisors.{name}] in {source} must be a table")
-        fields: dict[str, Any] = {"name": name}
+        pools[name] = {}
         for key, value in body.items():
             if key not in SUPERVISOR_KEYS:
                 known = ", ".join(SUPERVISOR_KEYS)
                 raise ConfigError(
                     f"unknown setting {key!r} in [supervisors.{name}] of {source}: the known ones are {known}"
                 )
-            fields[key] = _coerce(f"supervisors.{name}.{key}", value, SUPERVISOR_KEYS[key], source, from_text=False)
-        supervisor = SupervisorSettings(**fields)
-        if supervisor.min_processes > supervisor.max_processes:
-            raise ConfigError(
-                f"[supervisors.{name}] in {source}: min_processes ({supervisor.min_processes}) "
-                f"is larger than max_processes ({supervisor.max_processes})"
-            )
-        if not supervisor.queues:
-            raise ConfigError(f"[supervisors.{name}] in {source}: queues must name at least one queue")
-        result[name] = supervisor
-    return result
+            _set_pool(pools, sources, name, key, value, source, from_text=False)
+
+
+def _set_pool(
+    pools: dict[str, dict[str, Any]], sources: dict[str, str], name: str, setting: str, value: Any, source: str,
+    *, from_text: bool,
+) -> None:
+    key = pool_key(name, setting)
+    if setting not in SUPERVISOR_KEYS:
+        known = ", ".join(SUPERVISOR_KEYS)
+        raise ConfigError(f"unknown setting {key!r} in {source}: a pool's settings are {known}")
+    if not name.strip():
+        raise ConfigError(f"setting {key!r} from {source} must name its pool (supervisors.NAME.{setting})")
+    pools.setdefault(name, {})[setting] = _coerce(key, value, SUPERVISOR_KEYS[setting], source, from_text=from_text)
+    sources[key] = source
+
+
+def _build_pool(name: str, fields: Mapping[str, Any], sources: Mapping[str, str]) -> SupervisorSettings:
+    """One pool from its layered values, with the checks that span two keys."""
+    supervisor = SupervisorSettings(name=name, **fields)
+
+    def where(setting: str) -> str:
+        return sources.get(pool_key(name, setting), "the defaults")
+
+    if supervisor.min_processes > supervisor.max_processes:
+        raise ConfigError(
+            f"[supervisors.{name}]: min_processes ({supervisor.min_processes}) from {where('min_processes')} "
+            f"is larger than max_processes ({supervisor.max_processes}) from {where('max_processes')}"
+        )
+    if not supervisor.queues:
+        raise ConfigError(f"[supervisors.{name}] from {where('queues')}: queues must name at least one queue")
+    return supervisor
 
 
 def _check(settings: Settings) -> None:
@@ -425,6 +513,23 @@ def _check(settings: Settings) -> None:
             f"setting 'http.prefix' from {settings.sources.get('http.prefix', 'the defaults')} must start "
             f"with '/' and not end with one (or be empty), not {prefix!r}"
         )
+
+
+def value_of(settings: Settings, key: str) -> Any:
+    """The value of dotted ``key`` (a pool's ``supervisors.NAME.FIELD`` too) in ``settings``."""
+    pool = _split_pool_key(key)
+    if pool is not None:
+        return getattr(settings.supervisor(pool[0]), pool[1])
+    return getattr(settings, KEYS[key][0])
+
+
+def as_text(value: Any) -> str:
+    """A value as an environment variable spells it (lists comma-separated, booleans true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(value)
+    return str(value)
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:

@@ -158,6 +158,14 @@ class Worker(BaseModel):
 
     # Instance methods -----------------------------------------------------
 
+    def __str__(self) -> str:
+        where = f"on {self.hostname or '?'}" + (f" ({self.supervisor})" if self.supervisor else "")
+        return f"Worker {self.worker_id} {where}: {self.status}"
+
+    def __repr__(self) -> str:
+        return (f"<Worker {self.worker_id} host={self.hostname!r} supervisor={self.supervisor!r} "
+                f"pid={self.pid} status={self.status}>")
+
     def is_running(self) -> bool:
         return self.status == WorkerStatus.RUNNING
 
@@ -297,6 +305,13 @@ class Job(BaseModel):
         return cls.with_status(JobStatus.PROCESSING)
 
     # Instance methods -----------------------------------------------------
+
+    def __str__(self) -> str:
+        return f"Job {self.message_id} {self.actor} (queue {self.queue}): {self.status}"
+
+    def __repr__(self) -> str:
+        return (f"<Job {self.message_id} actor={self.actor!r} queue={self.queue!r} status={self.status} "
+                f"attempts={self.attempts}>")
 
     @property
     def job_id(self) -> str:

@@ -35,7 +35,6 @@ gone (after a ``kill -9`` of the supervisor).
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import logging
 import os
@@ -45,16 +44,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import IO, Any
 
 import peewee
 
 from . import metrics, records, store
+from .app import find_app
 from .bus import CommandBus, open_bus, supervisor_inbox_key
 from .config import Settings, replace
-from .errors import AppImportError, ConfigError, DatabaseUnavailable, WatchtowerError, WorkerError
+from .errors import ConfigError, DatabaseUnavailable, WatchtowerError, WorkerError
 from .models import WorkerStatus, now_ms
 from .pool import (
     WORKER_OPTIONS,
@@ -68,6 +68,7 @@ from .pool import (
     worker_options,
 )
 from .prune import AutoPruner
+from .startlog import start_block
 from .worker import EXIT_MEMORY, EXIT_OK, EXIT_RESTART
 
 __all__ = ["Supervisor", "check_app", "TICK"]
@@ -100,21 +101,7 @@ def check_app(spec: str | None) -> str:
     Whether it imports cleanly is the workers' business: an app that raises
     on import makes them crash-loop, which the supervisor shows.
     """
-    if not spec:
-        raise AppImportError("no app module given: set 'app' (WATCHTOWER_APP, or --app) to the module of your actors")
-    module = spec.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(module)
-    except ModuleNotFoundError:
-        found = None
-    except Exception:  # a parent package that raises: the workers will say so
-        return module
-    if found is None:
-        raise AppImportError(
-            f"cannot find app module {module!r} (setting 'app'): check its name and that it is "
-            f"importable from {os.getcwd()} (PYTHONPATH)"
-        )
-    return module
+    return find_app(spec)
 
 
 class Supervisor:
@@ -125,7 +112,14 @@ class Supervisor:
     environment for the workers (the CLI passes the config file and its
     flags down this way; default: this process's); ``policy``, the restart
     backoff; ``clock``, monotonic seconds; ``output``, where the workers'
-    output is copied (this process's stderr by default).
+    output is copied (this process's stderr by default); ``import_paths``,
+    the directories the workers put first on ``sys.path`` for the app
+    (``watchtower worker --path``; default: their working directory, which
+    is this process's).
+
+    SIGHUP, or :meth:`request_reload`, stops every worker as SIGTERM does and
+    sets :attr:`reload_requested`: ``watchtower supervise`` then starts
+    itself afresh, in the same process, as ``dramatiq`` does on SIGHUP.
     """
 
     def __init__(
@@ -140,6 +134,7 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         output: IO[bytes] | None = None,
         tick: float = TICK,
+        import_paths: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.name = name
@@ -152,6 +147,10 @@ class Supervisor:
         self._db = database
         self._env = dict(os.environ if env is None else env)
         self._output = output
+        self._import_paths = tuple(import_paths)
+        self.reload_requested = False
+        self._api_url: str | None = None
+        self._api_refusal: str | None = None
         self._slots: list[Slot] = []
         self._signals: list[int] = []
         self._stopping = False
@@ -193,7 +192,10 @@ class Supervisor:
         self.check()
         assert self._db is not None
         self._start_metrics()
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        handled = [signal.SIGTERM, signal.SIGINT]
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup a hangup stays ignored
+            handled.append(signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
             self._run_dir = tempfile.mkdtemp(prefix=f"watchtower-{self.name}-")
             self._pruner = AutoPruner(self.settings, owner=f"{self.hostname}/{self.name}/{os.getpid()}", db=self._db)
@@ -202,11 +204,10 @@ class Supervisor:
                 Slot(kind=SlotKind.POOL, queues=self.config.queues, options=worker_options(self.config))
                 for _ in range(self.config.min_processes)
             ]
-            logger.info(
-                "supervisor %s on %s: %d to %d workers for %s (pid %d)",
-                self.name, self.hostname, self.config.min_processes, self.config.max_processes,
-                ", ".join(self.config.queues), os.getpid(),
-            )
+            logger.info("%s", start_block(
+                self.settings, self.config, pid=os.getpid(), metrics_url=self.metrics_url,
+                api_url=self._api_url, api_refusal=self._api_refusal,
+            ))
             while not (self._stopping and not self.children()):
                 self._pass()
                 time.sleep(self.tick)
@@ -230,6 +231,16 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only recorded: the loop acts on it between two passes.
         self._signals.append(signum)
+
+    def request_reload(self) -> None:
+        """Stop every worker gracefully and return from :meth:`run` to be started afresh (as SIGHUP does).
+
+        Safe to call from any thread (``--watch`` calls it from its watcher).
+        Once the supervisor is stopping it does nothing: a second SIGHUP
+        would kill the workers, as a second SIGTERM does.
+        """
+        if not self._stopping:
+            self._signals.append(signal.SIGHUP)
 
     def _pass(self) -> None:
         now = self.clock()
@@ -325,6 +336,8 @@ class Supervisor:
             "--hostname", self.hostname,
             "--parent-pid", str(os.getpid()),
         ]
+        for path in self._import_paths:
+            command += ["--path", path]
         for option in WORKER_OPTIONS:
             command += [f"--{option}", str(slot.options[option])]
         return command
@@ -502,7 +515,12 @@ class Supervisor:
                 api = create_app(served, database=self._db, supervisor=self.name)
             except ConfigError as refusal:
                 logger.warning("supervisor %s serves /metrics only: %s", self.name, refusal)
+                self._api_refusal = str(refusal)
             self._metrics_server = metrics.start_metrics_server(served, supervisor=self.name, app=api)
+            if api is not None:
+                from .web.app import normalize_prefix
+
+                self._api_url = f"{self._metrics_server.base_url}{normalize_prefix(self.settings.http_prefix)}/"
         except BaseException:
             self._metrics_dir.release()
             raise
@@ -560,9 +578,11 @@ class Supervisor:
         name = signal.Signals(signum).name
         if self._stopping:
             logger.warning("supervisor %s: %s again, killing the workers now", self.name, name)
+            self.reload_requested = self.reload_requested and signum == signal.SIGHUP
             self._deadline = now
             return
         self._stopping = True
+        self.reload_requested = signum == signal.SIGHUP
         self._deadline = now + self._grace()
         logger.info("supervisor %s: %s, stopping %d workers (waiting up to %g s)",
                     self.name, name, len(self.children()), self._grace())

@@ -6,3 +6,4 @@ from . import worker  # noqa: F401
 from . import prune  # noqa: F401
 from . import supervise  # noqa: F401
 from . import jobs, serve  # noqa: F401
+from . import look, steer  # noqa: F401

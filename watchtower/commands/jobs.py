@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import click
 
-from ..cli import cli, settings_from
+from ..cli import cli, import_path_option, settings_from
 from ..errors import JobConflict
 
 __all__ = ["retry", "workers"]
@@ -18,10 +18,14 @@ __all__ = ["retry", "workers"]
 @click.option("--all-failed", is_flag=True, help="Retry every failed job not retried yet (oldest first).")
 @click.option("--queue", default=None, help="With --all-failed: only the failed jobs of this queue.")
 @click.option("--app", "app_module", default=None, help="Module that sets your broker (setting app).")
+@import_path_option
 @click.pass_context
-def retry(ctx: click.Context, job_id: str | None, all_failed: bool, queue: str | None, app_module: str | None) -> None:
+def retry(
+    ctx: click.Context, job_id: str | None, all_failed: bool, queue: str | None, app_module: str | None,
+    paths: tuple[str, ...],
+) -> None:
     """Enqueue failed job JOB_ID again (or every failed job) as a new job linked to it."""
-    from ..app import load_app
+    from ..app import add_import_paths, load_app
     from ..retry import retry_failed, retryable_failed_ids
     from ..store import connect
 
@@ -31,6 +35,7 @@ def retry(ctx: click.Context, job_id: str | None, all_failed: bool, queue: str |
         raise click.UsageError("--queue goes with --all-failed")
     settings = settings_from(ctx, app=app_module)
     connect(settings.database_url)
+    add_import_paths(paths)
     broker = load_app(settings.app)
     if job_id:
         result = retry_failed(job_id, broker=broker)
@@ -65,7 +70,7 @@ def _age(value: datetime | None) -> str:
 def workers(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """List the workers: id, supervisor, host, pid, status, queues, heartbeat, jobs."""
     from ..manager import WorkerManager
-    from ..web.workers import worker_record
+    from ..views import worker_record
 
     manager = WorkerManager(settings_from(ctx))
     rows = manager.get_all_workers() if show_all else manager.get_running_workers()

@@ -16,7 +16,7 @@ from types import FrameType
 
 import click
 
-from ..cli import EXIT_FAILED, cli, settings_from
+from ..cli import EXIT_FAILED, cli, import_path_option, settings_from
 
 __all__ = ["serve"]
 
@@ -29,13 +29,18 @@ logger = logging.getLogger(__name__)
               help="Port to listen on (setting http.port, default 9192; 0 picks a free one).")
 @click.option("--prefix", default=None, help="Path prefix of the API (setting http.prefix, default /watchtower).")
 @click.option("--app", "app_module", default=None, help="Module that sets your broker (setting app); retries go to it.")
+@import_path_option
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, prefix: str | None, app_module: str | None) -> None:
+def serve(
+    ctx: click.Context, host: str | None, port: int | None, prefix: str | None, app_module: str | None,
+    paths: tuple[str, ...],
+) -> None:
     """Serve the control API (and /metrics at the root) until stopped.
 
     SIGTERM or SIGINT stops it (exit 0).  A port in use or an address this
     host lacks is one line naming the setting to change (exit 1).
     """
+    from ..app import add_import_paths
     from ..http_server import start_http_server
     from ..web import create_app
     from ..web.app import normalize_prefix
@@ -43,6 +48,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, prefix: str | 
 
     settings = settings_from(ctx, **{"http.host": host, "http.port": port, "http.prefix": prefix, "app": app_module})
     check_bind(settings)
+    add_import_paths(paths)  # the app is imported on the first retry
     base = normalize_prefix(settings.http_prefix)
     server = start_http_server(create_app(settings), host=settings.http_host, port=settings.http_port,
                                path=f"{base}/", what="the API", flags=True)

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ..cli import cli, settings_from
+from ..cli import cli, import_path_option, settings_from
 from ..errors import AppImportError, BusError, ConfigError, DatabaseUnavailable, WatchtowerError
 
 
@@ -23,6 +23,7 @@ from ..errors import AppImportError, BusError, ConfigError, DatabaseUnavailable,
 @click.option("--threads", type=int, default=None, help="Worker threads (default 8).")
 @click.option("--parent-pid", type=int, default=None, help="Stop when this process is gone (the supervisor).")
 @click.option("--hostname", default=None, help="The host name to record (setting hostname).")
+@import_path_option
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -38,6 +39,7 @@ def worker(
     threads: int | None,
     parent_pid: int | None,
     hostname: str | None,
+    paths: tuple[str, ...],
 ) -> None:
     """Run one Dramatiq worker process for QUEUES (default: the app's or the supervisor's queues).
 
@@ -45,7 +47,7 @@ def worker(
     failure, 3 command bus unreachable, 64 recycled past --memory, 65 stopped
     gracefully by the restart command (start it again).
     """
-    from ..app import load_app
+    from ..app import add_import_paths, load_app
     from ..bus import open_bus
     from ..worker import (
         EXIT_FAILED,
@@ -65,6 +67,7 @@ def worker(
             tries=tries, timeout=timeout, memory=memory, sleep=sleep, rest=rest, threads=threads,
         )
         _share_settings(ctx)
+        add_import_paths(paths)
         broker = load_app(settings.app)
         process = WorkerProcess(
             broker=broker,

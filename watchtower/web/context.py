@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import store
 from ..models import database
-from .redact import Redactor
+from ..redact import Redactor
 
 if TYPE_CHECKING:
     import dramatiq

@@ -16,10 +16,10 @@ from typing import Any
 
 import falcon
 
-from ..models import Worker, WorkerStatus
+from ..models import WorkerStatus
+from ..views import list_workers, worker_record, worker_rows
 from . import params
 from .context import Services
-from .jobs import iso
 
 __all__ = [
     "worker_rows",
@@ -30,9 +30,6 @@ __all__ = [
     "WorkerCommandResource",
     "START_OPTIONS",
 ]
-
-#: Workers listed at most (newest first); stale records are removed by the supervisors.
-MAX_WORKERS = 500
 
 #: The options a start request may carry: name -> (type, smallest, largest).
 #: A timeout or memory of 0 means no limit (as for ``watchtower worker``).
@@ -48,55 +45,6 @@ START_OPTIONS: dict[str, tuple[type, float, float]] = {
 _SUPERVISOR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 COMMANDS = ("stop", "restart", "pause", "resume")
-
-
-def _json(text: str | None, default: Any) -> Any:
-    try:
-        value = json.loads(text) if text else default
-    except ValueError:
-        return default
-    return value if isinstance(value, type(default)) else default
-
-
-def worker_record(worker: Worker) -> dict[str, Any]:
-    """A worker as the API shows it."""
-    return {
-        "id": worker.worker_id,
-        "supervisor": worker.supervisor,
-        "hostname": worker.hostname,
-        "pid": worker.pid,
-        "queues": _json(worker.queues, []),
-        "options": _json(worker.options, {}),
-        "status": worker.status,
-        "healthy": worker.is_healthy(),
-        "started_at": iso(worker.started_at),
-        "last_heartbeat": iso(worker.last_heartbeat),
-        "stopped_at": iso(worker.stopped_at),
-        "uptime": worker.get_uptime(),
-        "exit_code": worker.exit_code,
-        "exit_reason": worker.exit_reason,
-        "restarts": worker.restarts,
-        "jobs_processed": worker.get_jobs_processed_count(),
-        "jobs_failed": worker.get_jobs_failed_count(),
-        "memory_rss": worker.memory_rss,
-    }
-
-
-def worker_rows(*, status: str | None = None, supervisor: str | None = None, alive: bool = False) -> list[Worker]:
-    """Worker rows, newest first, at most MAX_WORKERS."""
-    query = Worker.select()
-    if status is not None:
-        query = query.where(Worker.status == status)
-    if alive:
-        query = query.where(Worker.status.in_(WorkerStatus.ALIVE))
-    if supervisor is not None:
-        query = query.where(Worker.supervisor == supervisor)
-    return list(query.order_by(Worker.started_at.desc(nulls="LAST"), Worker.worker_id).limit(MAX_WORKERS))
-
-
-def list_workers(*, status: str | None = None, supervisor: str | None = None, alive: bool = False) -> list[dict[str, Any]]:
-    """Worker records as the API shows them, newest first."""
-    return [worker_record(worker) for worker in worker_rows(status=status, supervisor=supervisor, alive=alive)]
 
 
 class WorkersResource:
