@@ -43,7 +43,7 @@ def guarded_requests() -> list[tuple[str, str]]:
 def test_every_guarded_route_answers_401_without_the_token(settings: Any) -> None:
     bare = falcon.testing.TestClient(create_app(settings))
     requests = guarded_requests()
-    assert len(requests) == 12  # every operation but /health and /metrics
+    assert len(requests) == 13  # every operation but /health and /metrics
     for method, path in requests:
         answer = bare.simulate_request(method, path)
         assert answer.status_code == 401, (method, path, answer.status_code)
