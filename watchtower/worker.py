@@ -72,6 +72,7 @@ from .events import WorkerEvent
 from .middleware import WatchtowerMiddleware
 from .models import WorkerStatus, now_ms
 from .pausable import PausableWorker, install_idle_consumers
+from .rescue import name_consumers
 
 __all__ = [
     "WorkerOptions",
@@ -248,6 +249,7 @@ class WorkerProcess:
         """Check the bus, emit process_boot, write the row and start consuming."""
         self.bus.ping()
         apply_limits(self.broker, self.options)
+        name_consumers(self.broker, self.worker_id)  # before the first fetch: see watchtower.rescue
         install_idle_consumers(self.broker)
         self.broker.emit_after("process_boot")
         queues = set(self.options.queues) if self.options.queues else None
