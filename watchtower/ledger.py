@@ -427,34 +427,34 @@ def _lose(job: Job, reason: str, at: int, db: peewee.Database | None) -> bool:
 
 
 def give_up(
-    jobs: Sequence[Job], reason: str, *, at_us: int | None = None, db: peewee.Database | None = None
-) -> list[Job]:
-    """Record ``jobs``, just marked lost, as failed for good with ``reason`` (they are dead-lettered).
+    job: Job, reason: str, *, payload: str | None = None, at_us: int | None = None, db: peewee.Database | None = None
+) -> bool:
+    """Record ``job``, just marked lost, as failed for good with ``reason`` (it was dead-lettered).
 
-    Each row changes only if it is still at the lost attempt that
-    :func:`mark_lost` wrote (``job.progress``).  Returns the rows changed.
+    The row changes only if it is still at the lost attempt that
+    :func:`mark_lost` wrote (``job.progress``).  ``payload``: the message,
+    kept if the row has none yet (so that it can be retried).  Returns
+    whether the row changed.
     """
     at = at_us if at_us is not None else now_ms() * 1000
-    marked = []
-    for job in jobs:
-        finished = job.progress - PHASE_LOST + PHASE_FINISHED
-        count = (
-            Job.update(
-                status=JobStatus.FAILED,
-                progress=finished,
-                progress_at=at,
-                completed_at=at // 1000,
-                exception=reason,
-            )
-            .where((Job.id == job.id) & (Job.progress == job.progress) & (Job.status == JobStatus.PENDING))
-            .execute(db)
+    finished = job.progress - PHASE_LOST + PHASE_FINISHED
+    count = (
+        Job.update(
+            status=JobStatus.FAILED,
+            progress=finished,
+            progress_at=at,
+            completed_at=at // 1000,
+            exception=reason,
+            payload=peewee.fn.COALESCE(Job.payload, payload),
         )
-        if count:
-            job.progress = finished
-            marked.append(job)
-    if marked:
-        _count(db, at, marked, "failed")
-    return marked
+        .where((Job.id == job.id) & (Job.progress == job.progress) & (Job.status == JobStatus.PENDING))
+        .execute(db)
+    )
+    if not count:
+        return False
+    job.status, job.progress, job.exception = JobStatus.FAILED, finished, reason
+    _count(db, at, [job], "failed")
+    return True
 
 
 def _count(db: peewee.Database | None, at_us: int, jobs: Sequence[Job], kind: str) -> None:

@@ -38,14 +38,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import dramatiq
 import psutil
 from dramatiq.common import dq_name, q_name
 
 from . import dramatiq_internals as internals
+from .events import encode_message
 from .ledger import give_up
 from .metrics import record_given_up
 from .models import Job, Worker
@@ -95,6 +97,7 @@ for k = 2, #KEYS, 5 do
                 redis.call("hset", xbodies, id, body)
                 redis.call("hdel", bodies, id)
                 table.insert(dead, id)
+                table.insert(dead, body)
             end
         elseif redis.call("hexists", bodies, id) == 1 then
             redis.call("lpush", ready, id)
@@ -134,6 +137,8 @@ class PutBack:
     requeued: int = 0  # messages back on their queues
     dead: tuple[str, ...] = ()  # broker message ids dead-lettered (the poison ones found)
     alive: bool = False  # the broker still hears from the consumer: nothing was touched
+    #: The dead-lettered messages as the broker stored them, by broker message id.
+    bodies: Mapping[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Rescuer:
@@ -223,12 +228,12 @@ class Rescuer:
         result = self.put_back(worker_id, queues, poison=poison.keys(), alive_after_ms=alive_after_ms)
         if result is None or not result.dead:
             return result
-        by_reason: dict[str, list[Job]] = {}
         for broker_id in result.dead:
             job = poison[broker_id]
-            by_reason.setdefault(give_up_reason(job.lost_attempts, self.max_lost, last_exit), []).append(job)
-        for reason, jobs in by_reason.items():
-            for job in give_up(jobs, reason):
+            reason = give_up_reason(job.lost_attempts, self.max_lost, last_exit)
+            # The ledger keeps the message to retry it; a producer without the
+            # middleware left none, so it is taken from the dead letter.
+            if give_up(job, reason, payload=_payload(result.bodies.get(broker_id))):
                 record_given_up(job.queue, job.actor, failed=True)
                 logger.warning("gave up job %s of %s/%s: %s", job.message_id, job.queue, job.actor, reason)
         return result
@@ -318,7 +323,8 @@ class Rescuer:
         if int(requeued) < 0:
             logger.info("worker %s still talks to the broker: its messages stay with it", worker_id)
             return PutBack(alive=True)
-        return PutBack(int(requeued), tuple(sorted(_text(i) for i in dead)))
+        bodies = {_text(dead[i]): bytes(dead[i + 1]) for i in range(0, len(dead), 2)}
+        return PutBack(int(requeued), tuple(sorted(bodies)), bodies=bodies)
 
     def _keep(self, worker_id: str, queues: tuple[str, ...]) -> None:
         now = self.clock()
@@ -351,6 +357,16 @@ def _worker_alive(pid: int, worker_id: str) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE and worker_id in process.cmdline()
     except psutil.Error:
         return False
+
+
+def _payload(body: bytes | None) -> str | None:
+    """A stored message as the ledger keeps it (None if the app's encoder cannot read it)."""
+    if body is None:
+        return None
+    try:
+        return encode_message(dramatiq.Message.decode(body))
+    except Exception:
+        return None
 
 
 def _text(value: Any) -> str:
