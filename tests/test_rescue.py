@@ -7,6 +7,7 @@ Dramatiq's default heartbeat timeout and maintenance chance.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -112,6 +113,7 @@ def test_poison_ids_are_dead_lettered_as_a_nack_would(redis_namespace: str, queu
     result = Rescuer(broker=producer).put_back("w-poisoned", [queue_name], poison={redis_id(bad), "not-held"})
 
     assert result == PutBack(requeued=1, dead=(redis_id(bad),))
+    assert dramatiq.Message.decode(result.bodies[redis_id(bad)]).message_id == bad.message_id
     assert ready_ids(client, redis_namespace, queue_name) == [redis_id(good)]
     assert client.zscore(internals.dead_key(redis_namespace, queue_name), redis_id(bad)) >= before
     body = client.hget(internals.dead_messages_key(redis_namespace, queue_name), redis_id(bad))
@@ -183,6 +185,9 @@ def test_a_rescue_the_broker_cannot_take_now_is_tried_again(redis_namespace: str
 
 def test_a_rescuer_finds_the_broker_by_importing_the_app(monkeypatch: pytest.MonkeyPatch, redis_namespace: str) -> None:
     monkeypatch.setenv("WT_TEST_NAMESPACE", redis_namespace)
+    # The app sets Dramatiq's global broker: put it back afterwards, and forget the module.
+    monkeypatch.setattr(dramatiq.broker, "global_broker", dramatiq.broker.global_broker)
+    monkeypatch.delitem(sys.modules, "apps.rescue_app", raising=False)
     rescuer = Rescuer(app="apps.rescue_app")
     rescuer.start()
     broker = rescuer.broker(wait=30)
