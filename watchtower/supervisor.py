@@ -250,7 +250,7 @@ class Supervisor:
             self._on_stop_signal(self._signals.pop(0), now)
         self._reap(now)
         if self._rescuer is not None:
-            self._guarded("rescue", self._rescuer.tick)
+            self._rescuer.tick()  # the broker only: also while the ledger is down
         if self._stopping:
             if self._deadline is not None and now >= self._deadline:
                 self._kill_all(f"still running {self._grace():g} s after SIGTERM")
