@@ -163,6 +163,62 @@ def test_the_jobs_of_a_worker_killed_with_sigkill_run_again_at_once(
                 assert not list(client.scan_iter(match=f"{redis_namespace}:__acks__.{victim.worker_id}.*"))
 
 
+def test_a_killed_workers_jobs_go_back_while_the_ledger_is_down(
+    tmp_path: Path, postgres_url: str, redis_namespace: str, queue_name: str
+) -> None:
+    import peewee
+    import psycopg
+    from conftest import POSTGRES_ADMIN
+
+    from watchtower.store import check_database_url
+
+    path = config(tmp_path, postgres_url, redis_namespace, app="apps.rescue_app", queues=[queue_name],
+                  min_processes=2, threads=2)
+    db = store.connect(postgres_url)
+    admin = check_database_url(POSTGRES_ADMIN)
+    name = check_database_url(postgres_url).database
+
+    def server(sql: str) -> None:
+        with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
+            conn.execute(sql)
+
+    log = tmp_path / "supervisor.log"
+    token = uuid.uuid4().hex
+    try:
+        with producer("redis", redis_namespace, queue_name) as broker, \
+                running(start_supervisor(path, "default", log, **env_for(redis_namespace, queue_name)), log):
+            wait_until(lambda: len(rows("default", WorkerStatus.RUNNING)) == 2, 60, message="2 running workers")
+            message_id = send(broker, queue_name, "nap", token, 4.0).message_id
+            wait_until(lambda: status_of(message_id) == JobStatus.PROCESSING, 30, message="the job running")
+            victim = Worker.get(Worker.worker_id == job(message_id).worker_id)
+            # The ledger goes away: no new connections, the open ones cut.
+            server(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            server(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            db.close()
+            os.kill(victim.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_until(lambda: len(starts(redis_namespace, token)) >= 2, RERUN_DEADLINE,
+                       message="the job to start again without the ledger")
+            print(f"\nledger down: kill -9 -> the job running again after {time.monotonic() - killed:.2f} s")
+            assert "the ledger is unavailable" in log.read_text()
+            wait_until(lambda: runs(redis_namespace, token) == 1, 60, message="the job done")
+            server(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+            def dead() -> Any:
+                try:
+                    return Worker.get_or_none((Worker.worker_id == victim.worker_id)
+                                              & (Worker.status == WorkerStatus.LOST))
+                except peewee.PeeweeException:
+                    db.close()
+                    return None
+
+            assert wait_until(dead, 60, message="the dead worker's record, once the ledger is back").exit_code == -9
+            wait_until(lambda: status_of(message_id) == JobStatus.COMPLETED, 60, message="the job recorded done")
+            assert runs(redis_namespace, token) == 1
+    finally:
+        server(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
 # A whole host dies ---------------------------------------------------------------------------------
 
 
