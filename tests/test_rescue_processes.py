@@ -163,6 +163,35 @@ def test_the_jobs_of_a_worker_killed_with_sigkill_run_again_at_once(
                 assert not list(client.scan_iter(match=f"{redis_namespace}:__acks__.{victim.worker_id}.*"))
 
 
+def test_a_hung_worker_is_killed_before_its_jobs_go_back(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str
+) -> None:
+    path = config(tmp_path, sqlite_url, redis_namespace, app="apps.rescue_app", queues=[queue_name],
+                  min_processes=2, threads=2)
+    path.write_text(path.read_text().replace("heartbeat_timeout = 10.0", "heartbeat_timeout = 4.0"))
+    store.connect(sqlite_url)
+    log = tmp_path / "supervisor.log"
+    token = uuid.uuid4().hex
+    with producer("redis", redis_namespace, queue_name) as broker, \
+            running(start_supervisor(path, "default", log, **env_for(redis_namespace, queue_name)), log):
+        wait_until(lambda: len(rows("default", WorkerStatus.RUNNING)) == 2, 60, message="2 running workers")
+        message_id = send(broker, queue_name, "nap", token, 2.0).message_id
+        wait_until(lambda: status_of(message_id) == JobStatus.PROCESSING, 30, message="the job running")
+        hung = Worker.get(Worker.worker_id == job(message_id).worker_id)
+        os.kill(hung.pid, signal.SIGSTOP)  # alive, holding the job, silent
+        frozen = time.monotonic()
+        wait_until(lambda: len(starts(redis_namespace, token)) >= 2, 10 + RERUN_DEADLINE,
+                   message="the hung worker's job to start again")
+        again = time.monotonic() - frozen
+        assert pid_gone(hung.pid)  # killed before its job was handed out again
+        print(f"\nhung worker (SIGSTOP) -> killed and its job running again after {again:.1f} s (heartbeat_timeout 4 s)")
+        wait_until(lambda: status_of(message_id) == JobStatus.COMPLETED, 60, message="the job done")
+        assert runs(redis_namespace, token) == 1  # the frozen run never went on
+        dead = Worker.get(Worker.worker_id == hung.worker_id)
+        assert dead.exit_reason.startswith("hung: no heartbeat for ")
+        assert job(message_id).exception == f"lost: {dead.exit_reason}"
+
+
 def test_a_killed_workers_jobs_go_back_while_the_ledger_is_down(
     tmp_path: Path, postgres_url: str, redis_namespace: str, queue_name: str
 ) -> None:
