@@ -45,7 +45,7 @@ from .events import JobEvent, Kind, SendEncoder, WorkerEvent, encode_message
 from .models import WorkerStatus
 from .recorder import Recorder
 
-__all__ = ["WatchtowerMiddleware", "EXCEPTION_LIMIT"]
+__all__ = ["WatchtowerMiddleware", "EXCEPTION_LIMIT", "broker_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def _guarded(hook: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _broker_kind(broker: dramatiq.Broker) -> str:
+def broker_kind(broker: dramatiq.Broker) -> str:
+    """``redis``, ``rabbitmq``, ``stub``, or another broker's class name without "Broker" (the rows' ``connection``)."""
     # Through the class's bases, so that an app's own subclass of
     # RedisBroker still counts as Redis (and its message ids are kept).
     for cls in type(broker).__mro__:
@@ -218,7 +219,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         self._inspect(broker)
 
     def _inspect(self, broker: dramatiq.Broker) -> None:
-        self._connection = _broker_kind(broker)
+        self._connection = broker_kind(broker)
         self._retries = any(isinstance(m, Retries) for m in broker.middleware)
 
     @_guarded

@@ -50,6 +50,7 @@ from . import dramatiq_internals as internals
 from .events import encode_message
 from .ledger import give_up
 from .metrics import record_given_up
+from .middleware import broker_kind
 from .models import Job, Worker
 from .poison import give_up_reason, poison_jobs
 
@@ -117,17 +118,8 @@ def name_consumers(broker: Any, worker_id: str) -> None:
     Call it before the worker's first fetch.  Worker ids are unique (a
     random part in each), as Dramatiq's own broker ids are.
     """
-    if _kind(broker) == "redis":
+    if broker_kind(broker) == "redis":
         internals.set_redis_broker_id(broker, worker_id)
-
-
-def _kind(broker: Any) -> str:
-    # Through the class's bases: an app's own subclass of RedisBroker is Redis.
-    for cls in type(broker).__mro__:
-        for kind in ("redis", "rabbitmq", "stub"):
-            if kind in cls.__name__.lower():
-                return kind
-    return type(broker).__name__
 
 
 @dataclass(frozen=True)
@@ -203,7 +195,7 @@ class Rescuer:
     @property
     def kind(self) -> str | None:
         """``redis``, ``rabbitmq``, ``stub``, another broker's class name, or None before the broker is known."""
-        return None if self._broker is None else _kind(self._broker)
+        return None if self._broker is None else broker_kind(self._broker)
 
     # Rescues --------------------------------------------------------------------
 
