@@ -248,6 +248,33 @@ def test_a_killed_workers_jobs_go_back_while_the_ledger_is_down(
         server(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
+def test_only_a_supervised_worker_names_its_consumers_by_its_id(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str
+) -> None:
+    """A worker started by hand may reuse an id (HOSTNAME-PID, a fixed --worker-id): it keeps Dramatiq's random name."""
+    store.connect(sqlite_url)
+    heartbeats = internals.heartbeats_key(redis_namespace)
+    for worker_id, supervised in ((f"by-hand-{uuid.uuid4().hex[:6]}", False), (f"sup-{uuid.uuid4().hex[:6]}", True)):
+        command = [sys.executable, "-m", "watchtower", "--database-url", sqlite_url, "worker", queue_name,
+                   "--app", "apps.rescue_app", "--worker-id", worker_id, "--sleep", "0.2"]
+        if supervised:
+            command += ["--parent-pid", str(os.getpid())]
+        log = tmp_path / f"{worker_id}.log"
+        with log.open("wb") as out:
+            child = subprocess.Popen(command, env=subprocess_env(**env_for(redis_namespace, queue_name)),
+                                     stdout=out, stderr=subprocess.STDOUT)
+        with running(child, log), contextlib.closing(traces()) as client:
+            wait_until(lambda: Worker.get_or_none((Worker.worker_id == worker_id)
+                                                  & (Worker.status == WorkerStatus.RUNNING)), 60,
+                       message="the worker running")
+            wait_until(lambda: client.zcard(heartbeats) >= 1, 30, message="its consumers' heartbeat")
+            named = client.zscore(heartbeats, worker_id) is not None
+            assert named is supervised, (worker_id, client.zrange(heartbeats, 0, -1))
+            child.send_signal(signal.SIGTERM)
+            assert child.wait(60) == 0
+            client.delete(heartbeats)
+
+
 # A whole host dies ---------------------------------------------------------------------------------
 
 

@@ -9,9 +9,10 @@ the worker's host went silent past ``heartbeat_timeout``) calls
 :meth:`Rescuer.put_back`, and the messages are on their queues again within
 the supervisor's next pass.
 
-What a worker held is known exactly: each ``watchtower worker`` process names
-its Redis consumers by its worker id (it sets the broker's ``broker_id``
-before its first fetch), so a consumer's unacknowledged ids sit in
+What a worker held is known exactly: each ``watchtower worker`` process that
+a supervisor started names its Redis consumers by its worker id (it sets the
+broker's ``broker_id`` before its first fetch; supervisors' worker ids are
+unique), so a consumer's unacknowledged ids sit in
 ``<namespace>:__acks__.<worker id>.<queue>`` and ``.<queue>.DQ``.  One Lua
 script, atomic as the broker's own ``dispatch.lua``, moves every id of those
 sets whose message is still stored back to the head of its queue, deletes the
@@ -115,8 +116,9 @@ return {requeued, dead}
 def name_consumers(broker: Any, worker_id: str) -> None:
     """Make ``broker``'s consumers known by ``worker_id`` (Redis), so that a rescue finds what they hold.
 
-    Call it before the worker's first fetch.  Worker ids are unique (a
-    random part in each), as Dramatiq's own broker ids are.
+    Call it before the worker's first fetch, and only with an id no other
+    process has had: the ids supervisors give have a random part, as
+    Dramatiq's own broker ids are random.
     """
     if broker_kind(broker) == "redis":
         internals.set_redis_broker_id(broker, worker_id)
