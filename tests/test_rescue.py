@@ -7,6 +7,7 @@ Dramatiq's default heartbeat timeout and maintenance chance.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +21,10 @@ from dramatiq.brokers.stub import StubBroker
 
 from conftest import REDIS_URL, wait_until
 from watchtower import dramatiq_internals as internals
+from watchtower import store
+from watchtower.events import PHASE_STARTED
+from watchtower.ledger import mark_lost
+from watchtower.models import Job, JobStatus, day_of, now_ms
 from watchtower.rescue import PutBack, Rescuer, name_consumers
 
 
@@ -103,44 +108,64 @@ def test_the_dead_consumers_messages_go_back_first_and_no_one_elses(
         broker.close()
 
 
-def test_poison_ids_are_dead_lettered_as_a_nack_would(redis_namespace: str, queue_name: str, client: redis.Redis) -> None:
+def test_jobs_lost_max_lost_times_are_dead_lettered_as_a_nack_would_and_failed(
+    redis_namespace: str, queue_name: str, client: redis.Redis, sqlite_url: str
+) -> None:
+    store.connect(sqlite_url)
     producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
     dead = broker_named(redis_namespace, "w-poisoned")
-    send(producer, queue_name, 2)
-    bad, good = fetch(dead, queue_name, 2)
+    send(producer, queue_name, 3)
+    bad, unlucky, good = fetch(dead, queue_name, 3)
+    for message, lost in ((bad, 2), (unlucky, 1)):
+        queued = now_ms()
+        Job.insert(message_id=message.message_id, queue=queue_name, actor="a", status=JobStatus.PROCESSING,
+                   worker_id="w-poisoned", queued_at=queued, queued_day=day_of(queued), progress=8 + PHASE_STARTED,
+                   lost_attempts=lost, broker_message_id=redis_id(message)).execute()
+    lost = mark_lost("w-poisoned", "killed by SIGKILL")
 
     before = int(time.time() * 1000)
-    result = Rescuer(broker=producer).put_back("w-poisoned", [queue_name], poison={redis_id(bad), "not-held"})
+    result = Rescuer(broker=producer, max_lost=3).rescue("w-poisoned", [queue_name], lost, last_exit="killed by SIGKILL")
 
-    assert result == PutBack(requeued=1, dead=(redis_id(bad),))
-    assert dramatiq.Message.decode(result.bodies[redis_id(bad)]).message_id == bad.message_id
-    assert ready_ids(client, redis_namespace, queue_name) == [redis_id(good)]
+    assert result == PutBack(requeued=2, dead=(redis_id(bad),))
+    assert sorted(ready_ids(client, redis_namespace, queue_name)) == sorted([redis_id(unlucky), redis_id(good)])
     assert client.zscore(internals.dead_key(redis_namespace, queue_name), redis_id(bad)) >= before
     body = client.hget(internals.dead_messages_key(redis_namespace, queue_name), redis_id(bad))
     assert dramatiq.Message.decode(body).message_id == bad.message_id
     assert not client.hexists(internals.messages_key(redis_namespace, queue_name), redis_id(bad))
+    row = Job.get(Job.message_id == bad.message_id)
+    assert (row.status, row.lost_attempts) == (JobStatus.FAILED, 3)
+    assert row.exception == "given up: lost 3 times (max_lost 3), not run again; last exit: killed by SIGKILL"
+    assert json.loads(row.payload)["message_id"] == bad.message_id  # from the dead letter: it can be retried
+    assert Job.get(Job.message_id == unlucky.message_id).status == JobStatus.PENDING
     producer.close()
     dead.close()
 
 
-def test_a_consumer_the_broker_heard_from_lately_keeps_its_messages(
+def test_a_consumer_the_broker_heard_from_lately_keeps_its_messages_until_it_goes_silent(
     redis_namespace: str, queue_name: str, client: redis.Redis
 ) -> None:
     producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
     other_host = broker_named(redis_namespace, "host-b-default-1-cccccc")
     send(producer, queue_name, 2)
     held = fetch(other_host, queue_name, 2)
-    rescuer = Rescuer(broker=producer)
+    now = [0.0]
+    rescuer = Rescuer(broker=producer, clock=lambda: now[0])
     ack_set = internals.ack_key(redis_namespace, "host-b-default-1-cccccc", queue_name)
 
-    # Silent in the ledger, but it fetched a moment ago: it may be running them.
-    recent = rescuer.put_back("host-b-default-1-cccccc", [queue_name], alive_after_ms=int(time.time() * 1000) - 10_000)
-    assert recent == PutBack(alive=True)
+    # Silent in the ledger for 10 s, but it fetched a moment ago: it may be running them.
+    assert rescuer.rescue("host-b-default-1-cccccc", [queue_name], (), last_exit="", silence=10) == PutBack(alive=True)
     assert client.scard(ack_set) == 2 and ready_ids(client, redis_namespace, queue_name) == []
+    assert rescuer.pending == ["host-b-default-1-cccccc"]
+    now[0] = 5.0
+    rescuer.tick()  # still heard from within 10 s
+    assert client.scard(ack_set) == 2 and rescuer.pending == ["host-b-default-1-cccccc"]
 
-    # Silent for the broker too (its last command is before the cutoff).
-    gone = rescuer.put_back("host-b-default-1-cccccc", [queue_name], alive_after_ms=int(time.time() * 1000) + 1)
-    assert gone == PutBack(requeued=2)
+    # Silent for the broker too: its last command 20 s ago.
+    heartbeats = internals.heartbeats_key(redis_namespace)
+    client.zadd(heartbeats, {"host-b-default-1-cccccc": int(time.time() * 1000) - 20_000})
+    now[0] = 10.0
+    rescuer.tick()
+    assert rescuer.pending == []
     assert sorted(ready_ids(client, redis_namespace, queue_name)) == sorted(redis_id(m) for m in held)
     producer.close()
     other_host.close()

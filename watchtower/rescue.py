@@ -6,7 +6,7 @@ consumer silent for the broker's ``heartbeat_timeout`` (60 s by default): the
 jobs of a killed worker wait minutes, although its supervisor saw the death
 at once.  A supervisor that knows a worker is dead (it reaped the process, or
 the worker's host went silent past ``heartbeat_timeout``) calls
-:meth:`Rescuer.put_back`, and the messages are on their queues again within
+:meth:`Rescuer.rescue`, and the messages are on their queues again within
 the supervisor's next pass.
 
 What a worker held is known exactly: each ``watchtower worker`` process that
@@ -24,8 +24,9 @@ A message is never put back while a live process may still run it: the
 supervisor kills a silent worker before it reaps and rescues it, and for a
 worker it cannot see (another host's) the script first checks the broker's
 own heartbeat of the consumer and touches nothing if it is recent
-(``alive_after_ms``): a worker cut off from the ledger but not from Redis
-keeps its messages.
+(``silence``): a worker cut off from the ledger but not from Redis keeps its
+messages, and the rescue is tried again until the broker too has not heard
+from it for that long.
 
 RabbitMQ needs no rescue: the broker redelivers a consumer's unacknowledged
 messages as soon as its connection closes, which the kernel does when the
@@ -39,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +61,8 @@ __all__ = ["PutBack", "Rescuer", "name_consumers", "RESCUE_SCRIPT", "PENDING_FOR
 logger = logging.getLogger(__name__)
 
 #: Seconds a rescue that could not run (broker unreachable, app still
-#: loading) is tried again; after that the broker's own maintenance is left
-#: to do it.
+#: loading, a stale worker the broker still hears from) is tried again; after
+#: that the broker's own maintenance is left to do it.
 PENDING_FOR = 600.0
 #: Seconds between two tries of the pending rescues.
 PENDING_EVERY = 2.0
@@ -162,8 +163,7 @@ class Rescuer:
         self._loader: threading.Thread | None = None
         if broker is not None:
             self._loaded.set()
-        # worker id -> (queues, when it was first asked for, next try)
-        self._pending: dict[str, tuple[tuple[str, ...], float, float]] = {}
+        self._pending: dict[str, _Rescue] = {}  # by worker id
 
     # The broker ---------------------------------------------------------------
 
@@ -208,7 +208,7 @@ class Rescuer:
         lost: Sequence[Job],
         *,
         last_exit: str,
-        alive_after_ms: int | None = None,
+        silence: float | None = None,
     ) -> PutBack | None:
         """Put back what dead ``worker_id`` held, except the jobs of ``lost`` lost ``max_lost`` times.
 
@@ -216,21 +216,20 @@ class Rescuer:
         The poison ones are dead-lettered and their rows failed with the
         reason (``last_exit``: how the worker ended); they are counted in
         ``watchtower_jobs_given_up_total`` and ``watchtower_jobs_failed_total``.
-        Returns what :meth:`put_back` did.
+        ``silence``: the worker may be alive (it is another host's): touch
+        nothing while the broker heard from it within this many seconds.
+        Returns what was done, or None when it cannot be done now (the broker
+        is still loading or unreachable, or still hears from the worker): it
+        is then tried again by :meth:`tick` for :data:`PENDING_FOR` seconds.
         """
         poison = {job.broker_message_id: job for job in poison_jobs(lost, self.max_lost) if job.broker_message_id}
-        result = self.put_back(worker_id, queues, poison=poison.keys(), alive_after_ms=alive_after_ms)
-        if result is None or not result.dead:
-            return result
-        for broker_id in result.dead:
-            job = poison[broker_id]
-            reason = give_up_reason(job.lost_attempts, self.max_lost, last_exit)
-            # The ledger keeps the message to retry it; a producer without the
-            # middleware left none, so it is taken from the dead letter.
-            if give_up(job, reason, payload=_payload(result.bodies.get(broker_id))):
-                record_given_up(job.queue, job.actor, failed=True)
-                logger.warning("gave up job %s of %s/%s: %s", job.message_id, job.queue, job.actor, reason)
-        return result
+        now = self.clock()
+        names = tuple(sorted({q_name(queue) for queue in queues}))
+        return self._try(_Rescue(worker_id, names, poison, last_exit, silence, since=now, due=now))
+
+    def put_back(self, worker_id: str, queues: Iterable[str]) -> PutBack | None:
+        """Put back what dead ``worker_id`` held on ``queues``, with no poison check (see :meth:`rescue`)."""
+        return self.rescue(worker_id, queues, (), last_exit="")
 
     def rescue_stale(self, row: Worker, lost: Sequence[Job], *, threshold: float, hostname: str) -> PutBack | None:
         """:meth:`rescue` for a worker whose record went stale (see ``records.clean_stale_workers``).
@@ -239,109 +238,123 @@ class Rescuer:
         silence, seconds, that made it stale; ``hostname``: this host's name.
         It may be alive still: on this host, a live process with its pid and
         its id on its command line keeps its messages; elsewhere, so does a
-        worker the broker heard from within ``threshold``.  Errors are
-        logged, not raised (the row is already marked lost).
+        worker the broker heard from within ``threshold`` (the rescue waits
+        until it has not).  Errors are logged, not raised (the row is already
+        marked lost).
         """
         if row.hostname == hostname and row.pid and _worker_alive(row.pid, row.worker_id):
             logger.warning("stale worker %s (pid %d) still runs here: its messages stay with it",
                            row.worker_id, row.pid)
             return None
         try:
-            return self.rescue(
-                row.worker_id, row.get_queues(), lost, last_exit=f"no heartbeat for {threshold:g} s",
-                alive_after_ms=int(time.time() * 1000) - int(threshold * 1000),
-            )
+            return self.rescue(row.worker_id, row.get_queues(), lost, last_exit=f"no heartbeat for {threshold:g} s",
+                               silence=threshold)
         except Exception:
             logger.exception("cannot put back the messages of stale worker %s", row.worker_id)
             return None
 
-    def put_back(
-        self,
-        worker_id: str,
-        queues: Iterable[str],
-        *,
-        poison: Collection[str] = (),
-        alive_after_ms: int | None = None,
-    ) -> PutBack | None:
-        """Put what ``worker_id`` held on ``queues`` back; dead-letter the ``poison`` broker ids.
+    def tick(self) -> None:
+        """Try the rescues that could not run again, until PENDING_FOR has passed."""
+        if not self._pending:
+            return
+        now = self.clock()
+        for worker_id, rescue in list(self._pending.items()):
+            if now - rescue.since > PENDING_FOR or self._failed is not None:
+                del self._pending[worker_id]
+                logger.warning("gave up putting back the messages of worker %s: the broker's own "
+                               "maintenance will", worker_id)
+            elif now >= rescue.due:
+                self._try(rescue)
 
-        ``alive_after_ms``: the worker may be alive (it is another host's):
-        touch nothing if the broker heard from it after this time (epoch
-        ms).  Returns None when it cannot be done now (the broker is still
-        loading or unreachable): it is then tried again by :meth:`tick`,
-        without poison, for :data:`PENDING_FOR` seconds.
-        """
-        names = tuple(sorted({q_name(queue) for queue in queues}))
+    @property
+    def pending(self) -> list[str]:
+        """Worker ids whose rescue waits to be tried again."""
+        return sorted(self._pending)
+
+    def _try(self, rescue: _Rescue) -> PutBack | None:
         broker = self.broker()
         if broker is None:
             if self._failed is None:
-                self._keep(worker_id, names)
+                self._keep(rescue)
             return None
         if self.kind != "redis":
-            self._pending.pop(worker_id, None)
+            self._pending.pop(rescue.worker_id, None)
             return PutBack()  # the broker redelivers by itself (RabbitMQ), or lives in one process (stub)
         try:
-            result = self._run(broker, worker_id, names, poison, alive_after_ms)
+            result = self._run(broker, rescue)
         except Exception as error:
-            logger.warning("cannot put back the messages of worker %s now: %s", worker_id, error)
-            self._keep(worker_id, names)
+            logger.warning("cannot put back the messages of worker %s now: %s", rescue.worker_id, error)
+            self._keep(rescue)
             return None
-        self._pending.pop(worker_id, None)
+        if result.alive:
+            self._keep(rescue)
+            return result
+        self._pending.pop(rescue.worker_id, None)
         if result.requeued or result.dead:
             logger.warning(
-                "put back %d messages of dead worker %s on %s%s", result.requeued, worker_id, ", ".join(names),
-                f", dead-lettered {len(result.dead)}" if result.dead else "",
+                "put back %d messages of dead worker %s on %s%s", result.requeued, rescue.worker_id,
+                ", ".join(rescue.queues), f", dead-lettered {len(result.dead)}" if result.dead else "",
             )
+        for broker_id in result.dead:
+            self._give_up(rescue.poison[broker_id], rescue.last_exit, result.bodies.get(broker_id))
         return result
 
-    def _run(
-        self, broker: Any, worker_id: str, queues: tuple[str, ...], poison: Collection[str], alive_after_ms: int | None
-    ) -> PutBack:
+    def _give_up(self, job: Job, last_exit: str, body: bytes | None) -> None:
+        reason = give_up_reason(job.lost_attempts, self.max_lost, last_exit)
+        try:
+            # The ledger keeps the message to retry it; a producer without the
+            # middleware left none, so it is taken from the dead letter.
+            if not give_up(job, reason, payload=_payload(body)):
+                return
+        except Exception:
+            logger.exception("job %s of %s/%s is dead-lettered, but the ledger could not record it failed",
+                             job.message_id, job.queue, job.actor)
+            return
+        record_given_up(job.queue, job.actor, failed=True)
+        logger.warning("gave up job %s of %s/%s: %s", job.message_id, job.queue, job.actor, reason)
+
+    def _run(self, broker: Any, rescue: _Rescue) -> PutBack:
         namespace = internals.redis_namespace(broker)
         client = internals.redis_client(broker)
         if self._script is None:
             self._script = client.register_script(RESCUE_SCRIPT)
         keys = [internals.heartbeats_key(namespace)]
-        for queue in queues:
+        for queue in rescue.queues:
             for consumed in (queue, dq_name(queue)):
                 keys += [
-                    internals.ack_key(namespace, worker_id, consumed),
+                    internals.ack_key(namespace, rescue.worker_id, consumed),
                     internals.ready_key(namespace, consumed),
                     internals.messages_key(namespace, consumed),
                     internals.dead_key(namespace, queue),
                     internals.dead_messages_key(namespace, queue),
                 ]
         now = int(time.time() * 1000)
-        alive_after = -1 if alive_after_ms is None else alive_after_ms
-        requeued, dead = self._script(keys=keys, args=[worker_id, now, alive_after, *sorted(poison)], client=client)
+        alive_after = -1 if rescue.silence is None else now - int(rescue.silence * 1000)
+        requeued, dead = self._script(
+            keys=keys, args=[rescue.worker_id, now, alive_after, *sorted(rescue.poison)], client=client
+        )
         if int(requeued) < 0:
-            logger.info("worker %s still talks to the broker: its messages stay with it", worker_id)
+            logger.info("worker %s still talks to the broker: its messages stay with it for now", rescue.worker_id)
             return PutBack(alive=True)
         bodies = {_text(dead[i]): bytes(dead[i + 1]) for i in range(0, len(dead), 2)}
         return PutBack(int(requeued), tuple(sorted(bodies)), bodies=bodies)
 
-    def _keep(self, worker_id: str, queues: tuple[str, ...]) -> None:
-        now = self.clock()
-        _, since, _ = self._pending.get(worker_id, ((), now, now))
-        self._pending[worker_id] = (queues, since, now + PENDING_EVERY)
+    def _keep(self, rescue: _Rescue) -> None:
+        rescue.due = self.clock() + PENDING_EVERY
+        self._pending[rescue.worker_id] = rescue
 
-    def tick(self) -> None:
-        """Try the rescues that could not run again (without poison), until PENDING_FOR has passed."""
-        if not self._pending:
-            return
-        now = self.clock()
-        for worker_id, (queues, since, due) in list(self._pending.items()):
-            if now - since > PENDING_FOR or self._failed is not None:
-                del self._pending[worker_id]
-                logger.warning("gave up putting back the messages of worker %s: the broker's own "
-                               "maintenance will", worker_id)
-            elif now >= due:
-                self.put_back(worker_id, queues)
 
-    @property
-    def pending(self) -> list[str]:
-        """Worker ids whose rescue waits to be tried again."""
-        return sorted(self._pending)
+@dataclass
+class _Rescue:
+    """One dead worker whose messages are to go back."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    poison: dict[str, Job]  # broker message id -> the job lost max_lost times
+    last_exit: str
+    silence: float | None  # seconds the broker must not have heard from it (None: it is known dead)
+    since: float  # monotonic: when it was asked for
+    due: float  # monotonic: the next try
 
 
 def _worker_alive(pid: int, worker_id: str) -> bool:
