@@ -28,6 +28,7 @@ def test_defaults_when_nothing_is_configured(tmp_path: Path) -> None:
     assert (settings.retention_completed_days, settings.retention_failed_days) == (7.0, 30.0)
     assert (settings.http_host, settings.http_port, settings.http_prefix) == ("127.0.0.1", 9192, "/watchtower")
     assert settings.http_token is None
+    assert settings.max_lost == 3
     assert settings.supervisor("default") == SupervisorSettings()
     assert dict(settings.sources) == {}
 
@@ -145,6 +146,13 @@ auto = false
     assert "command line" in settings.sources["database_url"]
 
 
+def test_max_lost_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    write(tmp_path / "watchtower.toml", "max_lost = 5\n")
+    assert load_settings(env={}, cwd=tmp_path).max_lost == 5
+    settings = load_settings(env={"WATCHTOWER_MAX_LOST": "1"}, cwd=tmp_path)
+    assert settings.max_lost == 1 and settings.sources["max_lost"] == "environment variable WATCHTOWER_MAX_LOST"
+
+
 def test_every_key_has_one_environment_spelling() -> None:
     names = [env_name(key) for key in KEYS]
     assert len(set(names)) == len(names)
@@ -219,6 +227,8 @@ def test_every_pool_key_has_one_environment_spelling(tmp_path: Path) -> None:
         ("[recorder]\nbuffer_size = 0\n", ["'recorder.buffer_size'", "at least 1"]),
         ("[recorder]\nflush_interval = 0\n", ["'recorder.flush_interval'", "greater than 0"]),
         ("heartbeat_interval = 0\n", ["'heartbeat_interval'", "greater than 0"]),
+        ("max_lost = 0\n", ["'max_lost'", "watchtower.toml", "at least 1"]),
+        ("max_lost = 2.5\n", ["'max_lost'", "whole number", "2.5"]),
         ("[retention]\ninterval = 0\n", ["'retention.interval'", "greater than 0"]),
         ('database_url = "postgres:/nohost"\n', ["database_url", "watchtower.toml", "postgres:/nohost"]),
         ('database_url = "oracle://db/x"\n', ["database_url", "unknown scheme", "sqlite:///"]),
@@ -260,6 +270,8 @@ def test_a_bad_file_value_names_the_key_and_the_file(tmp_path: Path, toml: str, 
         ({"WATCHTOWER_RECORDER_BATCH_SIZE": "0"}, ["'recorder.batch_size'", "at least 1"]),
         ({"WATCHTOWER_RECORDER_NICE": "20"}, ["'recorder.nice'", "WATCHTOWER_RECORDER_NICE", "0 to 19"]),
         ({"WATCHTOWER_RECORDER_NICE": "-5"}, ["'recorder.nice'", "0 to 19", "-5"]),
+        ({"WATCHTOWER_MAX_LOST": "0"}, ["'max_lost'", "WATCHTOWER_MAX_LOST", "at least 1", "0"]),
+        ({"WATCHTOWER_MAX_LOST": "three"}, ["'max_lost'", "WATCHTOWER_MAX_LOST", "whole number", "'three'"]),
         ({"WATCHTOWER_CONFIG": "/nonexistent/watchtower.toml"}, ["/nonexistent/watchtower.toml", "does not exist"]),
         ({"WATCHTOWER_SUPERVISORS_DEFAULT_PROCESSES": "2"},
          ["WATCHTOWER_SUPERVISORS_DEFAULT_PROCESSES", "WATCHTOWER_SUPERVISORS_<NAME>_<KEY>", "MIN_PROCESSES"]),

@@ -361,6 +361,55 @@ def test_redis_dead_letters_sit_in_xq_keyed_by_redis_message_id(
     assert dramatiq.Message.decode(body).message_id == sent.message_id
 
 
+def test_redis_broker_id_set_before_the_first_fetch_names_the_consumers_ack_sets_and_heartbeat(
+    redis_broker: RedisBroker, queue_name: str, client: redis.Redis
+) -> None:
+    assert internals.redis_broker_id(redis_broker) == redis_broker.broker_id
+    internals.set_redis_broker_id(redis_broker, "host-a-default-1-abcdef")
+    actor = _actor(redis_broker, queue_name)
+    sent = actor.send(1)
+    consumer = redis_broker.consume(queue_name, prefetch=1, timeout=100)
+    namespace = redis_broker.namespace
+    try:
+        wait_until(lambda: next(consumer), timeout=DEADLINE, message="a message from Redis")
+        assert client.smembers(internals.ack_key(namespace, "host-a-default-1-abcdef", queue_name)) == {
+            sent.options[internals.REDIS_MESSAGE_ID].encode()
+        }
+        assert client.zscore(internals.heartbeats_key(namespace), "host-a-default-1-abcdef") is not None
+        # The body stays in the queue's hash while the consumer holds it.
+        assert client.hexists(internals.messages_key(namespace, queue_name), sent.options[internals.REDIS_MESSAGE_ID])
+    finally:
+        consumer.close()
+
+
+def test_rabbitmq_proxy_keeps_the_redelivered_flag_in_its_own_dict(queue_name: str) -> None:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    from conftest import RABBITMQ_URL
+
+    broker = RabbitmqBroker(url=RABBITMQ_URL, middleware=[])
+    try:
+        _actor(broker, queue_name).send(1)
+        first = broker.consume(queue_name, prefetch=1, timeout=100)
+        delivered = wait_until(lambda: next(first), timeout=DEADLINE, message="a message from RabbitMQ")
+        assert "redelivered" in vars(delivered) and internals.redelivered(delivered) is False
+        first.close()  # unacknowledged: the broker hands it out again
+        second = broker.consume(queue_name, prefetch=1, timeout=100)
+        again = wait_until(lambda: next(second), timeout=DEADLINE, message="the message again")
+        assert again.message_id == delivered.message_id and internals.redelivered(again) is True
+        second.ack(again)
+        second.close()
+        assert internals.redelivered(dramatiq.broker.MessageProxy(again._message)) is False  # other brokers
+    finally:
+        broker.close()
+        import pika
+
+        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        for name in (queue_name, f"{queue_name}.DQ", f"{queue_name}.XQ"):
+            connection.channel().queue_delete(queue=name)
+        connection.close()
+
+
 # The StubBroker ------------------------------------------------------------------------
 
 

@@ -115,6 +115,10 @@ class Settings:
     # kills and replaces it) or, when nobody supervises it any more, stale
     # (any supervisor marks its record lost).
     heartbeat_timeout: float = 60.0
+    # A job whose worker died under it this many times is not run again: it
+    # is dead-lettered and recorded failed (a poison job, say one that the
+    # kernel's OOM killer ends every time).
+    max_lost: int = 3
     supervisors: Mapping[str, SupervisorSettings] = field(
         default_factory=lambda: {"default": SupervisorSettings()}
     )
@@ -160,6 +164,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "redact": ("redact", list),
     "heartbeat_interval": ("heartbeat_interval", float),
     "heartbeat_timeout": ("heartbeat_timeout", float),
+    "max_lost": ("max_lost", int),
 }
 
 SUPERVISOR_KEYS: dict[str, type] = {
@@ -175,7 +180,7 @@ SUPERVISOR_KEYS: dict[str, type] = {
 }
 
 # Keys that must be at least 1, and keys that must not be negative.
-_POSITIVE = {"recorder.buffer_size", "recorder.batch_size", "threads", "max_processes", "tries"}
+_POSITIVE = {"recorder.buffer_size", "recorder.batch_size", "threads", "max_processes", "tries", "max_lost"}
 # Intervals that must be above zero: a flush or heartbeat every 0 s is a busy loop.
 _ABOVE_ZERO = {"recorder.flush_interval", "retention.interval", "heartbeat_interval", "heartbeat_timeout"}
 _NON_NEGATIVE = {

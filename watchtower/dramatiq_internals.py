@@ -52,7 +52,16 @@ The Redis broker's storage (dispatch.lua), under ``broker.namespace`` with
   ``ns:q.XQ.msgs`` their bodies, keyed by the ``redis_message_id`` option
   (:data:`REDIS_MESSAGE_ID`) that every Redis enqueue writes;
 - ``ns:__acks__.<broker_id>.<q>`` the set of a consumer's unacked ids,
-  ``ns:__heartbeats__`` the sorted set of consumers' heartbeats.
+  ``ns:__heartbeats__`` the sorted set of consumers' heartbeats;
+- ``RedisBroker.broker_id``: the name every consumer of the broker writes
+  its ack sets and heartbeat under, read on every command, so that a new
+  value set before the first fetch names them all (:func:`redis_broker_id`,
+  :func:`set_redis_broker_id`).  Its maintenance puts an unacked id back
+  only when the body is still in ``ns:q.msgs``; a nack moves the body to
+  ``ns:q.XQ.msgs`` and scores the id by the time in ms.
+
+RabbitMQ: the consumer's proxy keeps the delivery's ``redelivered`` flag in
+its own ``__dict__`` (:func:`redelivered`).
 
 The StubBroker: ``queues`` (name to Queue of encoded messages) and
 ``dead_letters_by_queue`` (name to the list its consumers append to).
@@ -97,10 +106,13 @@ __all__ = [
     "proxy_state",
     "queued_messages",
     "ready_key",
+    "redelivered",
+    "redis_broker_id",
     "redis_client",
     "redis_namespace",
     "remove_middleware",
     "set_max_retries",
+    "set_redis_broker_id",
     "set_time_limit",
     "stub_dead_letters",
     "stub_queue",
@@ -129,6 +141,15 @@ proxy_state = vars
 def proxy_exception(message: Any) -> BaseException | None:
     """The exception ``stuff_exception`` stored in ``message``, if any."""
     return getattr(message, "_exception", None)
+
+
+def redelivered(message: Any) -> bool:
+    """Whether RabbitMQ delivered ``message`` before (its consumer's connection closed, say).
+
+    False for the proxies of other brokers, which have no such flag: a dict
+    lookup, never the proxy's forwarding ``__getattr__``.
+    """
+    return bool(vars(message).get("redelivered", False))
 
 
 # The worker ---------------------------------------------------------------------
@@ -203,6 +224,16 @@ REDIS_MESSAGE_ID = "redis_message_id"
 def redis_client(broker: Any) -> Any:
     """The redis-py client a RedisBroker talks through."""
     return broker.client
+
+
+def redis_broker_id(broker: Any) -> str:
+    """The name a RedisBroker's consumers keep their ack sets and heartbeat under."""
+    return broker.broker_id  # type: ignore[no-any-return]
+
+
+def set_redis_broker_id(broker: Any, broker_id: str) -> None:
+    """Name a RedisBroker's consumers ``broker_id`` from its next command on."""
+    broker.broker_id = broker_id
 
 
 def redis_namespace(broker: Any) -> str:

@@ -37,12 +37,15 @@ from typing import Any
 
 import peewee
 
-from .events import PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
+from .events import PHASE_FINISHED, PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
 from . import models
 from .models import Job, JobStatus, Rollup, Worker, now_ms
 from .store import SQLITE_BUSY_TIMEOUT, dialect, driver
 
-__all__ = ["coalesce", "write_batch", "mark_lost", "ROLLUP_KINDS", "DEADLOCK_TRIES"]
+__all__ = [
+    "coalesce", "write_batch", "mark_lost", "mark_attempt_lost", "give_up", "LOSS_FIELDS", "LOST_PREFIX", "ROLLUP_KINDS",
+    "DEADLOCK_TRIES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -351,6 +354,16 @@ def _upsert_worker(db: peewee.Database, worker: WorkerEvent) -> None:
             Worker.update(**fields).where(Worker.worker_id == worker.worker_id).execute(db)
 
 
+#: How the reason of a lost attempt starts in the row's ``exception``.
+LOST_PREFIX = "lost: "
+
+#: The job fields :func:`mark_lost` reads, and :func:`mark_attempt_lost` needs.
+LOSS_FIELDS = (
+    Job.id, Job.message_id, Job.queue, Job.actor, Job.status, Job.worker_id, Job.progress, Job.lost_attempts,
+    Job.broker_message_id, Job.exception,
+)
+
+
 def mark_lost(
     worker_id: str, reason: str, *, at_us: int | None = None, db: peewee.Database | None = None
 ) -> list[Job]:
@@ -360,36 +373,94 @@ def mark_lost(
     "started" to "lost" of the same attempt, so that the broker's redelivery
     of the message (the same attempt, "started" again) wins over it.
     ``db`` defaults to the database the models are bound to.
-    Returns the jobs that were marked, for counting.
+    Returns the jobs that were marked, for counting, with their new
+    ``status``, ``progress`` and ``lost_attempts``, and their
+    ``broker_message_id``.
     """
     at = at_us if at_us is not None else now_ms() * 1000
     jobs = list(
-        Job.select(Job.id, Job.message_id, Job.queue, Job.actor, Job.progress)
+        Job.select(*LOSS_FIELDS)
         .where((Job.worker_id == worker_id) & (Job.status == JobStatus.PROCESSING))
         .execute(db)
     )
-    marked = []
-    for job in jobs:
-        attempt_started = job.progress
-        if attempt_started % 8 != PHASE_STARTED:
-            continue
-        count = (
-            Job.update(
-                status=JobStatus.PENDING,
-                progress=attempt_started - PHASE_STARTED + PHASE_LOST,
-                progress_at=at,
-                lost_attempts=Job.lost_attempts + 1,
-                exception=f"lost: {reason}",
-            )
-            .where((Job.id == job.id) & (Job.progress == attempt_started) & (Job.status == JobStatus.PROCESSING))
-            .execute(db)
-        )
-        if count:
-            marked.append(job)
+    marked = [job for job in jobs if _lose(job, reason, at, db)]
     if marked:
-        target = db if db is not None else models.database.obj
-        totals: dict[tuple[int, str, str, str], list[float]] = {}
-        for job in marked:
-            totals.setdefault((at // 60_000_000, job.queue, job.actor, "lost"), [0, 0.0])[0] += 1
-        _upsert_rollups(target, dialect(target), totals)
+        _count(db, at, marked, "lost")
     return marked
+
+
+def mark_attempt_lost(job: Job, reason: str, *, at_us: int | None = None, db: peewee.Database | None = None) -> bool:
+    """The attempt ``job`` (read with LOSS_FIELDS) shows running under ``job.worker_id`` was lost.
+
+    As :func:`mark_lost` does for each of a dead worker's jobs; False if the
+    row has moved on since it was read.
+    """
+    at = at_us if at_us is not None else now_ms() * 1000
+    if not _lose(job, reason, at, db):
+        return False
+    _count(db, at, [job], "lost")
+    return True
+
+
+def _lose(job: Job, reason: str, at: int, db: peewee.Database | None) -> bool:
+    attempt_started = job.progress
+    if job.status != JobStatus.PROCESSING or attempt_started % 8 != PHASE_STARTED:
+        return False
+    lost = attempt_started - PHASE_STARTED + PHASE_LOST
+    exception = f"{LOST_PREFIX}{reason}"
+    count = (
+        Job.update(
+            status=JobStatus.PENDING,
+            progress=lost,
+            progress_at=at,
+            lost_attempts=Job.lost_attempts + 1,
+            exception=exception,
+        )
+        .where((Job.id == job.id) & (Job.progress == attempt_started) & (Job.status == JobStatus.PROCESSING)
+               & (Job.worker_id == job.worker_id))
+        .execute(db)
+    )
+    if count:
+        job.status, job.progress, job.exception = JobStatus.PENDING, lost, exception
+        job.lost_attempts = (job.lost_attempts or 0) + 1
+    return bool(count)
+
+
+def give_up(
+    job: Job, reason: str, *, payload: str | None = None, at_us: int | None = None, db: peewee.Database | None = None
+) -> bool:
+    """Record ``job``, just marked lost, as failed for good with ``reason`` (it was dead-lettered).
+
+    The row changes only if it is still at the lost attempt that
+    :func:`mark_lost` wrote (``job.progress``).  ``payload``: the message,
+    kept if the row has none yet (so that it can be retried).  Returns
+    whether the row changed.
+    """
+    at = at_us if at_us is not None else now_ms() * 1000
+    finished = job.progress - PHASE_LOST + PHASE_FINISHED
+    count = (
+        Job.update(
+            status=JobStatus.FAILED,
+            progress=finished,
+            progress_at=at,
+            completed_at=at // 1000,
+            exception=reason,
+            payload=peewee.fn.COALESCE(Job.payload, payload),
+        )
+        .where((Job.id == job.id) & (Job.progress == job.progress) & (Job.status == JobStatus.PENDING))
+        .execute(db)
+    )
+    if not count:
+        return False
+    job.status, job.progress, job.exception = JobStatus.FAILED, finished, reason
+    _count(db, at, [job], "failed")
+    return True
+
+
+def _count(db: peewee.Database | None, at_us: int, jobs: Sequence[Job], kind: str) -> None:
+    """Add ``jobs`` to the rollups of ``kind`` for the minute of ``at_us``."""
+    target = db if db is not None else models.database.obj
+    totals: dict[tuple[int, str, str, str], list[float]] = {}
+    for job in jobs:
+        totals.setdefault((at_us // 60_000_000, job.queue, job.actor, kind), [0, 0.0])[0] += 1
+    _upsert_rollups(target, dialect(target), totals)

@@ -32,9 +32,10 @@ from . import store
 from .bus import COMMAND_TTL, CommandBus, WorkerCommand, open_bus, supervisor_inbox_key, worker_command_key
 from .config import Settings
 from .errors import UnknownWorker, WorkerError, WorkerGone
-from .models import Worker, WorkerStatus, now_ms, to_ms
+from .models import Job, Worker, WorkerStatus, now_ms, to_ms
 from .pool import check_options, check_queues
 from .records import clean_stale_workers
+from .rescue import Rescuer
 
 __all__ = ["WorkerManager", "START_REQUEST_TTL"]
 
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a start request waits in a supervisor's inbox before it lapses.
 START_REQUEST_TTL = 300
+#: Seconds the cleanup of stale workers waits for the app to import (to find its broker).
+APP_LOAD_WAIT = 60.0
 
 _GONE = (WorkerStatus.STOPPED, WorkerStatus.LOST, WorkerStatus.CRASHLOOPING)
 
@@ -206,9 +209,22 @@ class WorkerManager:
         return True
 
     def cleanup_stale_workers(self, threshold: float = 60) -> int:
-        """Mark lost the workers silent for ``threshold`` s, and their jobs; returns how many."""
+        """Mark lost the workers silent for ``threshold`` s, and their jobs; returns how many.
+
+        The messages those workers held go back to their queues at once (the
+        app's broker is imported for it), as a supervisor does it: see
+        :mod:`watchtower.rescue`.
+        """
         self._database()
-        return clean_stale_workers(threshold)
+        rescuers: list[Rescuer] = []
+
+        def rescue(row: Worker, jobs: list[Job]) -> None:
+            if not rescuers:  # the app is imported only if something is stale
+                rescuers.append(Rescuer(app=self.settings.app, max_lost=self.settings.max_lost))
+            rescuers[0].broker(wait=APP_LOAD_WAIT)
+            rescuers[0].rescue_stale(row, jobs, threshold=threshold, hostname=self.settings.hostname)
+
+        return clean_stale_workers(threshold, rescue=rescue)
 
 
 def _process_alive(pid: int) -> bool:

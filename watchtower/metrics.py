@@ -101,6 +101,7 @@ __all__ = [
     "mark_process_dead",
     "open_multiprocess_dir",
     "prepare_multiprocess_dir",
+    "record_given_up",
     "record_lost",
     "record_restart",
     "start_metrics_server",
@@ -146,6 +147,10 @@ class ProcessMetrics:
         self.retried = counter("watchtower_jobs_retried_total", "Attempts that raised and were scheduled to run again.")
         self.skipped = counter("watchtower_jobs_skipped_total", "Jobs skipped by a middleware (AgeLimit).")
         self.lost = counter("watchtower_jobs_lost_total", "Attempts lost because their worker process died.")
+        self.given_up = counter(
+            "watchtower_jobs_given_up_total",
+            "Jobs lost max_lost times and dead-lettered without another run (also counted as failed).",
+        )
         self.duration = Histogram(
             values, "watchtower_job_duration_seconds", "How long attempts ran, seconds.", _JOB_LABELS,
             buckets=DURATION_BUCKETS,
@@ -213,6 +218,7 @@ class _JobChildren:
         self.queue_wait = metrics.queue_wait.labels(queue, actor)
         self.in_progress = metrics.in_progress.labels(queue, actor)
         metrics.lost.labels(queue, actor)  # counted by the supervisor: here only its 0
+        metrics.given_up.labels(queue, actor)  # likewise (or by the worker that gives a redelivery up)
 
 
 _process_metrics: ProcessMetrics | None = None
@@ -324,6 +330,19 @@ def record_lost(jobs: Iterable[Any]) -> None:
     metrics = process_metrics()
     for job in jobs:
         metrics.lost.labels(job.queue, job.actor).inc()
+
+
+def record_given_up(queue: str, actor: str, *, failed: bool) -> None:
+    """Count one job given up after max_lost losses (see :mod:`watchtower.poison`).
+
+    ``failed``: count it in ``watchtower_jobs_failed_total`` too (the
+    supervisor that gives up a job does; a worker that gives one up records
+    a failed event, which its listener counts).
+    """
+    metrics = process_metrics()
+    metrics.given_up.labels(queue, actor).inc()
+    if failed:
+        metrics.failed.labels(queue, actor).inc()
 
 
 #: The ``reason`` label of ``watchtower_worker_restarts_total``.

@@ -15,6 +15,10 @@ Where the outcome of an attempt is decided:
   message was dead-lettered (retries exhausted, ``throws``, age limit).
 - The delay consumer also acks messages it moves from ``q.DQ`` to ``q``;
   those acks are not outcomes and are ignored.
+
+A message RabbitMQ delivers again (its last holder's connection closed) is
+looked up in the ledger before it runs: a job lost ``max_lost`` times is
+given up, dead-lettered without running (see :mod:`watchtower.poison`).
 """
 
 from __future__ import annotations
@@ -30,18 +34,18 @@ from typing import Any, TypeVar
 
 import dramatiq
 from dramatiq.common import q_name
-from dramatiq.middleware import Retries
+from dramatiq.middleware import Retries, SkipMessage
 
 from . import metrics
 from .config import Settings, load_settings
-from .dramatiq_internals import REDIS_MESSAGE_ID, consumer_whitelist, proxy_exception
+from .dramatiq_internals import REDIS_MESSAGE_ID, consumer_whitelist, proxy_exception, redelivered
 from .dramatiq_internals import proxy_state as _proxy_state
 from .dramatiq_internals import unwrap_proxy as _unwrap
 from .events import JobEvent, Kind, SendEncoder, WorkerEvent, encode_message
 from .models import WorkerStatus
 from .recorder import Recorder
 
-__all__ = ["WatchtowerMiddleware", "EXCEPTION_LIMIT"]
+__all__ = ["WatchtowerMiddleware", "EXCEPTION_LIMIT", "broker_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class _Attempt:
     raises AttributeError there, which costs more than the rest of a hook.
     """
 
-    __slots__ = ("number", "started", "clock", "finished", "duration", "exception", "skipped")
+    __slots__ = ("number", "started", "clock", "finished", "duration", "exception", "skipped", "given_up")
 
     def __init__(self, number: int | None = None, started: int | None = None, clock: float | None = None) -> None:
         self.number = number  # the attempt, set when it started here
@@ -70,6 +74,7 @@ class _Attempt:
         self.duration: float | None = None  # seconds
         self.exception: str | None = None  # the traceback, capped
         self.skipped = False
+        self.given_up = False  # lost max_lost times: dead-lettered without running
 
 
 def _attempt(message: Any) -> _Attempt | None:
@@ -100,7 +105,8 @@ def _guarded(hook: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _broker_kind(broker: dramatiq.Broker) -> str:
+def broker_kind(broker: dramatiq.Broker) -> str:
+    """``redis``, ``rabbitmq``, ``stub``, or another broker's class name without "Broker" (the rows' ``connection``)."""
     # Through the class's bases, so that an app's own subclass of
     # RedisBroker still counts as Redis (and its message ids are kept).
     for cls in type(broker).__mro__:
@@ -175,6 +181,8 @@ class WatchtowerMiddleware(dramatiq.Middleware):
                 nice=settings.recorder_nice,
             )
         self.recorder = recorder
+        self._database_url = database_url or settings.database_url
+        self._lookup: Any = None  # the ledger, for redelivered messages (see watchtower.poison)
         self.worker_id = worker_id
         self.register_worker = register_worker
         self.listeners: list[Callable[[JobEvent], None]] = []
@@ -211,7 +219,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         self._inspect(broker)
 
     def _inspect(self, broker: dramatiq.Broker) -> None:
-        self._connection = _broker_kind(broker)
+        self._connection = broker_kind(broker)
         self._retries = any(isinstance(m, Retries) for m in broker.middleware)
 
     @_guarded
@@ -324,8 +332,44 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     def before_delay_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._delayed_here.add(message.message_id)
 
-    @_guarded
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        # A give-up must reach Dramatiq as SkipMessage: not guarded as a whole.
+        if redelivered(message) and self._give_up_redelivered(message):
+            raise SkipMessage("given up: lost max_lost times")
+        self._record_start(message)
+
+    def _give_up_redelivered(self, message: Any) -> bool:
+        """Whether a message the broker delivered again is to be given up (and get ready for it)."""
+        raw = _unwrap(message)
+        attempt = raw.options.get("retries", 0) + 1
+        try:
+            from .poison import check_redelivered
+
+            if self._lookup is None:
+                from .store import open_database
+
+                self._lookup = open_database(self._database_url)
+            reason = check_redelivered(
+                self._lookup, raw.message_id, attempt, self.worker_id, max_lost=self.settings.max_lost
+            )
+        except Exception:
+            self.hook_errors += 1
+            logger.warning("cannot look up redelivered message %s in the ledger: it runs", raw.message_id,
+                           exc_info=True)
+            return False
+        if reason is None:
+            return False
+        state = _proxy_state(message)[_STATE] = _Attempt(attempt)
+        state.exception = reason
+        state.given_up = True
+        message.fail()  # Dramatiq nacks a failed message: to the dead-letter queue
+        queue = q_name(raw.queue_name)
+        metrics.record_given_up(queue, raw.actor_name, failed=False)
+        logger.warning("gave up job %s of %s/%s: %s", raw.message_id, queue, raw.actor_name, reason)
+        return True
+
+    @_guarded
+    def _record_start(self, message: Any) -> None:
         raw = _unwrap(message)
         options = raw.options
         attempt = options.get("retries", 0) + 1
@@ -351,7 +395,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     @_guarded
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         state = self._finish(message, None)
-        state.skipped = True
+        state.skipped = not state.given_up
 
     def _finish(self, message: Any, exception: BaseException | None) -> _Attempt:
         state = _attempt(message)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import peewee
 
@@ -126,25 +126,36 @@ def stale_condition(cutoff_ms: int) -> peewee.Expression:
     return Worker.status.in_(_CLAIMS_LIFE) & (last_sign < cutoff_ms)
 
 
-def clean_stale_workers(threshold: float, *, keep: Collection[str] = (), now: int | None = None) -> int:
+def clean_stale_workers(
+    threshold: float,
+    *,
+    keep: Collection[str] = (),
+    now: int | None = None,
+    rescue: Callable[[Worker, list[Job]], object] | None = None,
+) -> int:
     """Mark stale worker rows lost and their jobs lost; returns how many rows this call claimed.
 
     Safe to run from many supervisors at once: a row is claimed by one
     conditional UPDATE (only one caller sees it change) and ``mark_lost``
     moves each job once.  ``keep`` names workers the caller watches itself
-    (its own live children).  Jobs still "processing" under a worker that
+    (its own live children).  ``rescue`` is called with each row claimed
+    (worker id, hostname, pid, queues) and its jobs just marked lost, once
+    that is committed: the caller puts the messages back (see
+    :mod:`watchtower.rescue`).  Jobs still "processing" under a worker that
     is recorded lost and silent are swept too, so that a caller that died
     between claiming a row and marking its jobs leaves nothing behind.
     """
     now = now_ms() if now is None else now
     cutoff = now - int(threshold * 1000)
     candidates = [
-        row.worker_id
-        for row in Worker.select(Worker.worker_id).where(stale_condition(cutoff))
+        row
+        for row in Worker.select(Worker.worker_id, Worker.hostname, Worker.pid, Worker.queues)
+        .where(stale_condition(cutoff))
         if row.worker_id not in keep
     ]
     claimed = 0
-    for worker_id in candidates:
+    for row in candidates:
+        worker_id = row.worker_id
         reason = f"worker {worker_id} sent no heartbeat for {threshold:g} s"
         # One transaction: a reader never sees the worker lost while its
         # jobs still show "processing" under it.
@@ -158,6 +169,8 @@ def clean_stale_workers(threshold: float, *, keep: Collection[str] = (), now: in
         if changed:
             claimed += 1
             logger.warning("marked stale worker %s lost (%d jobs back to pending)", worker_id, len(jobs))
+            if rescue is not None:
+                rescue(row, jobs)
     _sweep_orphans(cutoff, now)
     return claimed
 

@@ -9,27 +9,32 @@ that only *record* a pending signal for the loop to act on.  Each pass
    loop waits for them (their longest job time limit plus a margin) before
    it kills what is left;
 2. reaps exited workers: records the exit code and reason on their rows,
-   returns the jobs they held to pending as lost, and schedules a restart
-   with :class:`~watchtower.pool.RestartPolicy`'s backoff, except for a
-   worker that stopped gracefully by itself (exit 0: the ``stop`` command,
-   a signal someone else sent it), whose slot goes; one that exits for a
-   ``restart`` command is replaced at once, as no failure;
+   returns the jobs they held to pending as lost, puts the messages they
+   held back on their queues at once (dead-lettering the jobs lost
+   ``max_lost`` times: see :mod:`watchtower.rescue`), and schedules a
+   restart with :class:`~watchtower.pool.RestartPolicy`'s backoff, except
+   for a worker that stopped gracefully by itself (exit 0: the ``stop``
+   command, a signal someone else sent it), whose slot goes; one that exits
+   for a ``restart`` command is replaced at once, as no failure;
 3. every second, reads its workers' heartbeats and kills a worker that is
    alive but silent past ``heartbeat_timeout`` (it is then replaced);
 4. drains its inbox on the command bus for start requests;
 5. starts what is missing up to ``min_processes`` (plus accepted requests,
    up to ``max_processes``);
 6. every few seconds, marks lost the stale worker records of any host and
-   supervisor (idempotently: see :func:`watchtower.manager.clean_stale_workers`);
+   supervisor (idempotently: see :func:`watchtower.records.clean_stale_workers`),
+   and puts the messages those workers held back as in 2;
    with ``retention.auto``, it also starts a prune in a thread of its own when
    one is due (one supervisor at a time: see :mod:`watchtower.prune`).
 
 The processes are managed without the ledger: when its database is down,
-workers are still reaped and restarted, and the row updates wait in a
-queue until it is back.  Workers are started in sessions of their own, so
-a terminal's Ctrl-C reaches only the supervisor, which then stops them in
-order; each worker also watches the supervisor's pid and stops when it is
-gone (after a ``kill -9`` of the supervisor).
+workers are still reaped and restarted, a dead worker's messages still go
+back to their queues (without the poison check, which needs the ledger's
+counts), and the row updates wait in a queue until it is back.  Workers
+are started in sessions of their own, so a terminal's Ctrl-C reaches only
+the supervisor, which then stops them in order; each worker also watches
+the supervisor's pid and stops when it is gone (after a ``kill -9`` of the
+supervisor).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ from .app import find_app
 from .bus import CommandBus, open_bus, supervisor_inbox_key
 from .config import Settings, replace
 from .errors import ConfigError, DatabaseUnavailable, WatchtowerError, WorkerError
-from .models import WorkerStatus, now_ms
+from .models import Job, Worker, WorkerStatus, now_ms
+from .oom import OomCounter
 from .pool import (
     WORKER_OPTIONS,
     Child,
@@ -68,6 +74,7 @@ from .pool import (
     worker_options,
 )
 from .prune import AutoPruner
+from .rescue import Rescuer
 from .startlog import start_block
 from .worker import EXIT_MEMORY, EXIT_OK, EXIT_RESTART
 
@@ -165,6 +172,11 @@ class Supervisor:
         self._metrics_dir: metrics.MultiprocessDir | None = None
         self._metrics_server: metrics.MetricsServer | None = None
         self._pruner: AutoPruner | None = None
+        self._rescuer: Rescuer | None = None
+        # Dead workers whose messages wait for their exit to be recorded
+        # (the poison check needs the ledger): worker id -> its queues.
+        self._unrescued: dict[str, tuple[str, ...]] = {}
+        self._oom = OomCounter()
 
     # The outside world ----------------------------------------------------
 
@@ -192,6 +204,10 @@ class Supervisor:
         self.check()
         assert self._db is not None
         self._start_metrics()
+        # After the metrics: the app the rescuer imports may add a middleware
+        # that sets up this process's metrics, which must stay in memory here.
+        self._rescuer = Rescuer(app=self.settings.app, max_lost=self.settings.max_lost, clock=self.clock)
+        self._rescuer.start()
         handled = [signal.SIGTERM, signal.SIGINT]
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup a hangup stays ignored
             handled.append(signal.SIGHUP)
@@ -247,6 +263,8 @@ class Supervisor:
         while self._signals:
             self._on_stop_signal(self._signals.pop(0), now)
         self._reap(now)
+        if self._rescuer is not None:
+            self._rescuer.tick()  # the broker only: also while the ledger is down
         if self._stopping:
             if self._deadline is not None and now >= self._deadline:
                 self._kill_all(f"still running {self._grace():g} s after SIGTERM")
@@ -379,7 +397,8 @@ class Supervisor:
         slot.failures = 0 if chosen else self.policy.failures_after(slot.failures, lifetime)
         crashlooping = not self._stopping and self.policy.is_crashlooping(slot.failures)
         delay = self.policy.delay(slot.failures)
-        reason = child.kill_reason or _describe_exit(code, child.last_line())
+        oom = code == -signal.SIGKILL and self._oom.rose()
+        reason = child.kill_reason or _describe_exit(code, child.last_line(), oom=oom)
         prefix = ""
         if crashlooping:
             status = WorkerStatus.CRASHLOOPING
@@ -392,10 +411,14 @@ class Supervisor:
         log = logger.info if chosen or child.terminated else logger.warning
         log("worker %s (pid %d) exited after %.1f s: %s%s", child.worker_id, child.pid, lifetime, prefix, reason)
         own_words = code >= 0 and child.kill_reason is None  # it exited by itself: it may have said why
+        self._unrescued[child.worker_id] = slot.queues
+        ledger_now = now >= self._db_retry_at and not self._todo
         self._ledger("exit", partial(
-            self._record_exit, child.worker_id, code=code, status=status, reason=reason, prefix=prefix,
-            own_words=own_words,
+            self._record_exit, child.worker_id, slot.queues, code=code, status=status, reason=reason,
+            prefix=prefix, own_words=own_words,
         ))
+        if not ledger_now:
+            self._rescue_without_ledger()
         # Exit 0 means "stopped, stay stopped": its slot goes, even a pool slot
         # (then the pool runs below min_processes until asked for a worker).
         retire = self._stopping or code == EXIT_OK
@@ -417,11 +440,26 @@ class Supervisor:
             slot.not_before = now + delay
             metrics.record_restart(self.name, _restart_reason(code, child))
 
-    def _record_exit(self, worker_id: str, **how: Any) -> None:
+    def _record_exit(self, worker_id: str, queues: tuple[str, ...], **how: Any) -> None:
         jobs = records.record_exit(worker_id, **how)
         metrics.record_lost(jobs)
         if jobs:
             logger.warning("returned %d jobs of worker %s to pending as lost", len(jobs), worker_id)
+        self._unrescued.pop(worker_id, None)
+        if self._rescuer is not None:
+            self._rescuer.rescue(worker_id, queues, jobs, last_exit=how["reason"])
+
+    def _rescue_without_ledger(self) -> None:
+        """Put back the messages of the dead workers whose exit the ledger has not taken yet."""
+        if self._rescuer is None:
+            return
+        for worker_id, queues in list(self._unrescued.items()):
+            self._rescuer.put_back(worker_id, queues)  # kept for a later try if the broker is away too
+            del self._unrescued[worker_id]
+
+    def _rescue_stale(self, row: Worker, jobs: list[Job]) -> None:
+        if self._rescuer is not None:
+            self._rescuer.rescue_stale(row, jobs, threshold=self.settings.heartbeat_timeout, hostname=self.hostname)
 
     def _check_heartbeats(self, now: float) -> None:
         watched = {slot.child.worker_id: (slot, slot.child) for slot in self._slots if slot.child is not None}
@@ -479,7 +517,9 @@ class Supervisor:
     # Housekeeping ---------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        records.clean_stale_workers(self.settings.heartbeat_timeout, keep=set(self.children()))
+        records.clean_stale_workers(
+            self.settings.heartbeat_timeout, keep=set(self.children()), rescue=self._rescue_stale
+        )
         if self._pruner is not None:
             self._pruner.tick()  # returns at once: a due prune runs in a thread of its own
 
@@ -562,6 +602,7 @@ class Supervisor:
         self._db_ok_since = self._db_retry_at
         self._warn("db", "supervisor %s: the ledger is unavailable (%s: %s); %d updates wait",
                    self.name, what, " ".join(str(error).split()), len(self._todo))
+        self._rescue_without_ledger()
         if self._db is not None:
             try:
                 self._db.close()  # a broken connection is replaced on the next use
@@ -605,6 +646,8 @@ class Supervisor:
     def _finish(self) -> None:
         """The last row updates; a ledger that is down gets a few seconds to come back."""
         deadline = self.clock() + FINAL_WRITE_WAIT
+        if self._todo:
+            self._rescue_without_ledger()
         while self._todo and self.clock() < deadline:
             self._db_retry_at = 0.0
             self._run_ledger(self.clock())
@@ -625,8 +668,11 @@ def _restart_reason(code: int, child: Child) -> str:
     return {EXIT_RESTART: "exit", EXIT_MEMORY: "memory"}.get(code, "crash")
 
 
-def _describe_exit(code: int, last_line: str | None) -> str:
+def _describe_exit(code: int, last_line: str | None, *, oom: bool = False) -> str:
     if code < 0:
+        if oom:
+            # See watchtower.oom: the cgroup's count of OOM kills rose just now.
+            return "killed by SIGKILL: out of memory (the kernel's OOM killer)"
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:

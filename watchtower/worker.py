@@ -80,6 +80,7 @@ from .events import WorkerEvent
 from .middleware import WatchtowerMiddleware
 from .models import WorkerStatus, now_ms
 from .pausable import PausableWorker, install_idle_consumers
+from .rescue import name_consumers
 
 __all__ = [
     "WorkerOptions",
@@ -280,6 +281,13 @@ class WorkerProcess:
         """Check the bus, emit process_boot, write the row and start consuming."""
         self.bus.ping()
         apply_limits(self.broker, self.options)
+        if self.parent_pid is not None:
+            # Before the first fetch (see watchtower.rescue).  Only under a
+            # supervisor, whose worker ids are unique: a process started by
+            # hand may reuse an id (HOSTNAME-PID, a fixed --worker-id), and a
+            # new process under a dead one's name would inherit its unacked
+            # messages and keep the broker from ever taking them back.
+            name_consumers(self.broker, self.worker_id)
         install_idle_consumers(self.broker)
         self.broker.emit_after("process_boot")
         queues = set(self.options.queues) if self.options.queues else None
