@@ -117,6 +117,9 @@ class Settings:
     # kills and replaces it) or, when nobody supervises it any more, stale
     # (any supervisor marks its record lost).
     heartbeat_timeout: float = 60.0
+    # A pending or processing job with no news for this long is marked
+    # unknown by the supervisors (see watchtower.stuck); 0: never.
+    unknown_after: float = 86400.0
     supervisors: Mapping[str, SupervisorSettings] = field(
         default_factory=lambda: {"default": SupervisorSettings()}
     )
@@ -165,6 +168,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "redact": ("redact", list),
     "heartbeat_interval": ("heartbeat_interval", float),
     "heartbeat_timeout": ("heartbeat_timeout", float),
+    "unknown_after": ("unknown_after", float),
 }
 
 SUPERVISOR_KEYS: dict[str, type] = {
@@ -187,7 +191,7 @@ _NON_NEGATIVE = {
     "recorder.flush_interval", "recorder.spool_bytes", "recorder.shutdown_timeout",
     "retention.completed_days", "retention.failed_days",
     "retention.skipped_days", "retention.rollup_days", "retention.workers_days",
-    "retention.interval", "http.port", "heartbeat_interval",
+    "retention.interval", "http.port", "heartbeat_interval", "unknown_after",
     "min_processes", "timeout", "memory", "sleep", "rest",
 }
 

@@ -619,9 +619,10 @@ class Recorder:
                     self._spooled += take  # counted before the write: the flusher may replay it at once
             if not batches:
                 break
-            if not self._to_spool([(batch, ()) for batch in batches]):
+            taken = self._to_spool([(batch, ()) for batch in batches])
+            if taken < len(batches):
                 with self._lock:  # back where they were, in their order
-                    for batch in reversed(batches):
+                    for batch in reversed(batches[taken:]):
                         self._spooled -= len(batch)
                         self._jobs.extendleft(reversed(batch))
                 return False
@@ -639,24 +640,25 @@ class Recorder:
             kept += len(chunk)
         return kept
 
-    def _to_spool(self, batches: Sequence[tuple[Sequence[JobEvent], Sequence[WorkerEvent]]]) -> bool:
-        """Append batches to this process's spool; False if it is full or cannot be written."""
+    def _to_spool(self, batches: Sequence[tuple[Sequence[JobEvent], Sequence[WorkerEvent]]]) -> int:
+        """Append batches to this process's spool; how many it took (fewer: it is full or cannot be written)."""
         spool = self._own_spool()
         if spool is None:
-            return False
+            return 0
         try:
-            if spool.append(batches):
-                return True
+            taken = spool.append(batches)
         except OSError as error:
             self._spool_trouble(f"cannot write the spool {spool.path}: {error.strerror or error}")
-            return False
+            return 0
+        if taken == len(batches):
+            return taken
         if not self._spool_full:
             self._spool_full = True
             logger.error(
                 "watchtower recorder's spool %s is full (recorder.spool_bytes = %d): events past the memory "
                 "buffer are dropped until the database takes the spooled ones", spool.path, self.spool_bytes,
             )
-        return False
+        return taken
 
     def _own_spool(self) -> SpoolFile | None:
         """This process's spool file, made on first use; None while the directory cannot be used."""

@@ -271,21 +271,27 @@ class SpoolFile:
 
     # Writing --------------------------------------------------------------
 
-    def append(self, batches: Sequence[tuple[Sequence[JobEvent], Sequence[WorkerEvent]]]) -> bool:
-        """Append ``batches`` (job events, worker events) in one write, then fsync once.
+    def append(self, batches: Sequence[tuple[Sequence[JobEvent], Sequence[WorkerEvent]]]) -> int:
+        """Append as many of ``batches`` (job events, worker events) as fit, in one write and one fsync.
 
-        False (nothing written) if they would pass ``max_bytes``.  Raises
-        OSError when the disk refuses (full, read-only); the file is then as
-        it was before.
+        Returns how many were appended (the first ones; 0 when the first
+        would pass ``max_bytes``).  Raises OSError when the disk refuses
+        (full, read-only); the file is then as it was before.
         """
-        frame = b"".join(encode_batch(jobs, workers) for jobs, workers in batches)
+        frames = [encode_batch(jobs, workers) for jobs, workers in batches]
         with self._lock:
             fd = self._require()
-            if self._size + len(frame) > self.max_bytes:
-                return False
+            room = self.max_bytes - self._size
+            count = 0
+            while count < len(frames) and len(frames[count]) <= room:
+                room -= len(frames[count])
+                count += 1
+            if not count:
+                return 0
+            data = b"".join(frames[:count])
             try:
-                written = os.pwrite(fd, frame, self._size)
-                if written != len(frame):
+                written = os.pwrite(fd, data, self._size)
+                if written != len(data):
                     raise OSError(errno.ENOSPC, "short write")
                 os.fsync(fd)
             except OSError:
@@ -294,8 +300,8 @@ class SpoolFile:
                 except OSError:
                     pass
                 raise
-            self._size += len(frame)
-        return True
+            self._size += len(data)
+        return count
 
     # Reading --------------------------------------------------------------
 

@@ -19,7 +19,9 @@ that only *record* a pending signal for the loop to act on.  Each pass
 6. every few seconds, marks lost the stale worker records of any host and
    supervisor (idempotently: see :func:`watchtower.manager.clean_stale_workers`);
    with ``retention.auto``, it also starts a prune in a thread of its own when
-   one is due (one supervisor at a time: see :mod:`watchtower.prune`).
+   one is due (one supervisor at a time: see :mod:`watchtower.prune`); every
+   few minutes it marks ``unknown`` the jobs with no news for
+   ``unknown_after`` seconds (see :mod:`watchtower.stuck`).
 
 The processes are managed without the ledger: when its database is down,
 workers are still reaped and restarted, and the row updates wait in a
@@ -65,6 +67,7 @@ from .pool import (
     worker_options,
 )
 from .prune import AutoPruner
+from .stuck import UnknownMarker
 from .worker import EXIT_MEMORY, EXIT_OK
 
 __all__ = ["Supervisor", "check_app", "TICK"]
@@ -163,6 +166,7 @@ class Supervisor:
         self._metrics_dir: metrics.MultiprocessDir | None = None
         self._metrics_server: metrics.MetricsServer | None = None
         self._pruner: AutoPruner | None = None
+        self._unknown = UnknownMarker(self.settings.unknown_after, clock=self.clock)
 
     # The outside world ----------------------------------------------------
 
@@ -456,6 +460,7 @@ class Supervisor:
         records.clean_stale_workers(self.settings.heartbeat_timeout, keep=set(self.children()))
         if self._pruner is not None:
             self._pruner.tick()  # returns at once: a due prune runs in a thread of its own
+        self._unknown.tick()  # jobs whose last events never came (see watchtower.stuck)
 
     def _fold_producers(self) -> None:
         """Fold the metric files of exited processes that were not ours (producers sharing metrics_dir)."""
