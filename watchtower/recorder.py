@@ -85,6 +85,8 @@ REPLAY_SLICE = 1.0
 SPOOL_RETRY = 1.0
 #: Batches the spooling thread writes with one fsync.
 SPILL_BATCHES = 16
+#: Seconds between two looks of the spooling thread at memory while the database is away.
+SPILL_POLL = 0.1
 #: The default spool_bytes: one process's spool file at most.
 SPOOL_BYTES = 256 * 1024 * 1024
 #: The default shutdown_timeout, seconds: within ``docker stop``'s 10 s.
@@ -179,10 +181,15 @@ class Recorder:
         self.spool_bytes = spool_bytes
         self.shutdown_timeout = shutdown_timeout
         self.hostname = hostname
-        # Memory holds at most buffer_size events; past half of that the
-        # spooling thread moves the oldest to disk, down to a quarter.
-        self._spill_at = max(1, buffer_size // 2)
-        self._spill_to = buffer_size // 4
+        # Memory holds at most buffer_size events.  While the database
+        # answers, the spooling thread moves the oldest to disk past half of
+        # that (a database too slow for the load), down to a quarter; while
+        # it is away, everything past a tenth, every SPILL_POLL seconds too:
+        # memory is then only where events wait for their turn to the disk,
+        # and bursts find it nearly empty.
+        self._spill_when_up = (max(1, buffer_size // 2), buffer_size // 4)
+        self._spill_when_away = (max(1, buffer_size // 10), 0)
+        self._spill_at, self._spill_to = self._spill_when_up
         #: Called from the flusher thread after each batch written, with the
         #: batch and the seconds the write took (the metrics count them here).
         self.write_listeners: list[Callable[[list[JobEvent], float], None]] = []
@@ -349,11 +356,12 @@ class Recorder:
             self._dropped += lost
             self._finished += lost
             self._done.notify_all()
-        if kept:
+            waiting = self._spooled
+        if waiting and self._spool is not None:
             _report(
                 logging.WARNING,
                 "watchtower recorder closing with %d unwritten events: they wait in the spool %s for the next "
-                "process on this host that records into this ledger", kept, self._spool.path if self._spool else "?",
+                "process on this host that records into this ledger", waiting, self._spool.path,
             )
         if lost:
             why = self._spool_problem or ("the spool is full" if self._spool_full else "there is no spool")
@@ -440,10 +448,13 @@ class Recorder:
                 self._drain()
                 backoff = 0.0
                 self._failing = False
+                self._spill_at, self._spill_to = self._spill_when_up
                 self._refused_no_more()
             except Exception as error:
                 self._failures += 1
                 self._failing = True
+                self._spill_at, self._spill_to = self._spill_when_away
+                self._spill_wake.set()
                 if is_outage(error):
                     backoff = min(MAX_BACKOFF, max(self.flush_interval, backoff * 2 or 0.1))
                     logger.warning(
@@ -583,13 +594,15 @@ class Recorder:
     # The spool ------------------------------------------------------------
 
     def _spill_run(self) -> None:
-        """The spooling thread: moves the oldest events in memory to disk while memory is past half full."""
+        """The spooling thread: moves the oldest events in memory to disk (see ``_spill_when_up``)."""
         while not self._stop.is_set():
-            self._spill_wake.wait(SPOOL_RETRY)
+            self._spill_wake.wait(SPILL_POLL if self._failing else SPOOL_RETRY)
             self._spill_wake.clear()
             if self._stop.is_set():
                 return
             try:
+                if self._failing and self._spool is None:
+                    self._own_spool()  # ready before memory fills: making it takes a few fsyncs
                 took_all = self._spill()
             except Exception:
                 logger.exception("watchtower recorder's spooling failed")
@@ -598,21 +611,22 @@ class Recorder:
                 self._stop.wait(SPOOL_RETRY)  # full or broken: not before a while
 
     def _spill(self) -> bool:
-        """Spool the oldest events until memory holds a quarter of buffer_size; False if the spool took no more.
+        """Spool the oldest events past the spill mark, down to its floor; False if the spool took no more.
 
         Taken a batch at a time (the lock that record() waits for is held
         for one batch's pops only), written up to SPILL_BATCHES batches at a
         time with one fsync.
         """
-        if len(self._jobs) + len(self._in_hand) < self._spill_at:
+        floor = self._spill_to
+        if len(self._jobs) + len(self._in_hand) < (self._spill_at if not self._failing else floor + 1):
             return True
-        while len(self._jobs) > self._spill_to:
+        while len(self._jobs) > floor:
             if self._spool_full:
                 return False
             batches: list[list[JobEvent]] = []
             while len(batches) < SPILL_BATCHES:
                 with self._lock:
-                    take = min(self.batch_size, len(self._jobs) - self._spill_to)
+                    take = min(self.batch_size, len(self._jobs) - floor)
                     if take <= 0:
                         break
                     batches.append([self._jobs.popleft() for _ in range(take)])
@@ -677,8 +691,8 @@ class Recorder:
                 return None
             self._spool_problem = None
             logger.warning(
-                "watchtower recorder: the ledger database is away or behind; events past %d in memory go to "
-                "the spool %s (up to %d bytes)", self._spill_at, self._spool.path, self.spool_bytes,
+                "watchtower recorder: the ledger database is away or behind; events wait for it in the spool "
+                "%s (up to %d bytes)", self._spool.path, self.spool_bytes,
             )
             return self._spool
 
