@@ -38,9 +38,10 @@ the fields named in ``fields`` (so that a later release that adds a field
 still reads an older spool).  A batch is appended with one ``write`` and then
 ``fsync``: after a crash, at most the last batch is torn, and a batch whose
 length or CRC does not match is where the file ends.  The header's offset
-moves (``fdatasync``) after each batch the database took: a process that
-dies while replaying leaves the rest to the next one.  If it dies between a
-batch's commit and the offset's move, that batch is written twice: the job
+moves after each batch the database took (``fdatasync`` at most every
+second): a process that dies while replaying leaves the rest to the next
+one.  If it dies between a batch's commit and the offset's move (or the
+machine crashes within a second of it), that batch is written twice: the job
 rows are upserts ordered by the events' own progress (the same row either
 way), while that batch's counts in the per-minute rollups are added twice.
 """
@@ -59,6 +60,7 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -78,6 +80,8 @@ _FRAME = struct.Struct("<II")  # payload length, CRC-32 of the payload
 HEADER_SIZE = _HEADER.size
 #: The file name's ending; anything else in the directory is left alone.
 SUFFIX = ".spool"
+#: Seconds between two fdatasync of a header being moved by a replay.
+SYNC_INTERVAL = 1.0
 _FIELDS = tuple(field.name for field in dataclasses.fields(JobEvent))
 
 
@@ -172,15 +176,21 @@ def encode_batch(jobs: Sequence[JobEvent], workers: Sequence[WorkerEvent] = ()) 
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+_KINDS = {kind.value: kind for kind in Kind}
+
+
 def decode_payload(payload: bytes) -> tuple[list[JobEvent], list[WorkerEvent]]:
     data = json.loads(payload)
     names = data["fields"]
-    known = set(_FIELDS)
-    jobs = []
-    for row in data["jobs"]:
-        values = {name: value for name, value in zip(names, row) if name in known}
-        values["kind"] = Kind(values["kind"])
-        jobs.append(JobEvent(**values))
+    if tuple(names) == _FIELDS:  # written by this release: the values in the constructor's order
+        jobs = [JobEvent(*row) for row in data["jobs"]]
+    else:
+        known = set(_FIELDS)
+        jobs = [JobEvent(**{name: value for name, value in zip(names, row) if name in known})
+                for row in data["jobs"]]
+    kinds = _KINDS
+    for event in jobs:
+        event.kind = kinds[event.kind]  # type: ignore[index]
     workers = [WorkerEvent(str(worker_id), dict(fields)) for worker_id, fields in data["workers"]]
     return jobs, workers
 
@@ -199,6 +209,7 @@ class SpoolFile:
         self._size = size
         self._replayed = replayed
         self._lock = threading.Lock()
+        self._synced = 0.0
         #: Bytes at the end that did not form a whole batch (a crash mid-write).
         self.torn = 0
 
@@ -337,7 +348,13 @@ class SpoolFile:
         return None
 
     def mark_written(self, end: int) -> None:
-        """The batches before ``end`` are in the database: move the header's offset (and empty a finished file)."""
+        """The batches before ``end`` are in the database: move the header's offset (and empty a finished file).
+
+        The header is rewritten every time (a process that dies keeps it:
+        it is in the kernel's cache) and forced to the disk at most every
+        SYNC_INTERVAL seconds (only a crash of the machine itself can lose
+        the last moves, and then batches are written again).
+        """
         with self._lock:
             fd = self._require()
             if end >= self._size:
@@ -346,7 +363,10 @@ class SpoolFile:
                 os.ftruncate(fd, HEADER_SIZE)
                 self._size = end = HEADER_SIZE
             os.pwrite(fd, _HEADER.pack(MAGIC, end), 0)
-            os.fdatasync(fd)
+            now = time.monotonic()
+            if end == HEADER_SIZE or now - self._synced >= SYNC_INTERVAL:
+                os.fdatasync(fd)
+                self._synced = now
             self._replayed = end
 
     # Closing --------------------------------------------------------------
