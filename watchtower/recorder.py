@@ -36,9 +36,10 @@ Stopping: :meth:`Recorder.begin_shutdown` starts one budget of
 ``shutdown_timeout`` seconds for the whole stop of the process (a worker's
 shutdown flush, the worker process's own wait, the close at exit), so that
 a stop fits in ``docker stop``'s 10 s.  Within it the recorder writes what it
-holds while the database answers; while the database is away it does not
-wait at all, and what is unwritten goes to the spool, where the next process
-on the host finds it.  Whatever is still buffered is written or spooled at
+holds while the database answers (and, at the close, half a second more if
+the jobs' last moments spent the budget); while the database is away it does
+not wait at all, and what is unwritten goes to the spool, where the next
+process on the host finds it.  Whatever is still buffered is written or spooled at
 interpreter exit (atexit, and multiprocessing's finalizers in forked
 children, which skip atexit).  What is lost at close (the spool full or
 unusable) is counted, and said in a line that reaches stderr even when the
@@ -91,6 +92,8 @@ SPILL_POLL = 0.1
 SPOOL_BYTES = 256 * 1024 * 1024
 #: The default shutdown_timeout, seconds: within ``docker stop``'s 10 s.
 SHUTDOWN_TIMEOUT = 8.0
+#: Seconds close() still gives a database that answers once the budget is spent.
+CLOSE_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,15 @@ class Recorder:
         if thread is None or self._pid != os.getpid():
             return
         self.begin_shutdown()
-        self.flush(self.shutdown_remaining() if timeout is None else timeout)
+        if timeout is None:
+            timeout = self.shutdown_remaining()
+            if not self._failing and timeout < CLOSE_FLOOR:
+                # The budget went on the jobs, but the database answers: a
+                # last write takes milliseconds, and is better than a spool
+                # that only this host can write.
+                self._shutdown_deadline = time.monotonic() + CLOSE_FLOOR
+                timeout = CLOSE_FLOOR
+        self.flush(timeout)
         self._stopping = True
         self._stop.set()
         self._wakeup.set()
