@@ -7,6 +7,7 @@ test_ledger_spool_outage.py.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -320,3 +321,46 @@ def test_a_stop_while_the_database_is_away_does_not_wait_for_it(tmp_path: Path) 
     away.close()
     assert away.stats().spooled == 50 and away.stats().dropped == 0
     assert len(spool_files(directory)) == 1
+
+
+def leave_a_spool(directory: Path, count: int) -> None:
+    """A process recording ``count`` events while its database is away, that then stops."""
+    away = Recorder(refused_url(), flush_interval=0.05, spool_dir=directory)
+    for n in range(count):
+        away.record(enqueued(f"m-{n}"))
+    wait_until(lambda: away.stats().failures >= 1, timeout=30, message="the recorder to find the database away")
+    away.close()
+
+
+def test_the_spool_command_lists_what_waits_and_writes_the_spools_of_processes_that_are_gone(
+    sqlite_url: str, tmp_path: Path,
+) -> None:
+    root = tmp_path / "spools"
+    env = subprocess_env(WATCHTOWER_RECORDER_SPOOL_DIR=str(root))
+
+    def command(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "watchtower", "--database-url", url, "spool", *args],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    away_url = refused_url()
+    leave_a_spool(spool_directory(root, away_url), 10)
+    still_away = command(away_url, "--replay")
+    assert still_away.returncode == 1
+    assert still_away.stderr.startswith("Error: cannot write the spool into the ledger postgresql://")
+    assert len(spool_files(spool_directory(root, away_url))) == 1  # kept for later
+
+    directory = spool_directory(root, sqlite_url)
+    leave_a_spool(directory, 30)
+    listed = command(sqlite_url)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("bytes waiting (its process is gone)") == 1
+    replayed = command(sqlite_url, "--replay", "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    result = json.loads(replayed.stdout)
+    assert result["written"] == 30 and result["files"] == []
+    db = store.connect(sqlite_url)
+    try:
+        assert Job.select().count(db) == 30
+    finally:
+        db.close()
+    assert spool_files(directory) == []

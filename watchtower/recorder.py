@@ -742,21 +742,44 @@ class Recorder:
             if time.monotonic() >= until:
                 self._wakeup.set()
                 return
-            orphan = self._orphan
-            batch = orphan.next_batch()
-            if batch is None:
-                if orphan.torn:
-                    logger.warning(
-                        "watchtower recorder: the spool %s ends in %d bytes of a batch cut short (its process "
-                        "died while writing it); the events of that batch are lost", orphan.path, orphan.torn,
-                    )
-                orphan.close(delete=True)
+            if not self._replay_one(db, self._orphan):
                 self._orphan = self._adopt()
-                continue
-            written = self._write_spooled(db, batch)
-            orphan.mark_written(batch.end)
-            with self._done:
-                self._written += written
+
+    def _replay_one(self, db: peewee.Database, orphan: SpoolFile) -> bool:
+        """Write the next batch of a dead process's spool; False (and the file deleted) when it is all written."""
+        batch = orphan.next_batch()
+        if batch is None:
+            if orphan.torn:
+                logger.warning(
+                    "watchtower recorder: the spool %s ends in %d bytes of a batch cut short (its process "
+                    "died while writing it); the events of that batch are lost", orphan.path, orphan.torn,
+                )
+            orphan.close(delete=True)
+            return False
+        written = self._write_spooled(db, batch)
+        orphan.mark_written(batch.end)
+        with self._done:
+            self._written += written
+        return True
+
+    def replay_spools(self) -> int:
+        """Write the spools of this host's processes that are gone into the database, now; how many events.
+
+        Runs in the calling thread (``watchtower spool --replay``); the
+        spools of live processes are theirs.  Raises what the database
+        raises (what was written stays written, the rest waits).
+        """
+        if self.spool_dir is None:
+            return 0
+        before = self._written
+        db = self._connect()
+        while (orphan := self._adopt()) is not None:
+            try:
+                while self._replay_one(db, orphan):
+                    pass
+            finally:
+                orphan.close()  # a no-op once deleted; else the rest waits for the next replayer
+        return self._written - before
 
     def _adopt(self) -> SpoolFile | None:
         """The spool file of a process that is gone, locked for this one; None if there is none."""

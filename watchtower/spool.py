@@ -70,7 +70,10 @@ from typing import Any
 from .errors import WatchtowerError
 from .events import JobEvent, Kind, WorkerEvent
 
-__all__ = ["SpoolFile", "SpoolError", "Batch", "default_spool_root", "spool_directory", "orphans", "SUFFIX"]
+__all__ = [
+    "SpoolFile", "SpoolError", "Batch", "default_spool_root", "spool_directory", "ensure_directory", "orphans",
+    "describe", "SUFFIX",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -428,15 +431,20 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def describe(directory: Path) -> list[dict[str, Any]]:
-    """What waits in ``directory``: one entry per spool file (path, bytes waiting, whether in use)."""
+    """What waits in ``directory``: per spool file its path, the bytes not yet written, and whether its process runs."""
     result = []
     for path in orphans(directory):
         try:
             size = path.stat().st_size
             with path.open("rb") as handle:
                 header = handle.read(HEADER_SIZE)
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    in_use = False
+                except OSError:
+                    in_use = True
             replayed = _HEADER.unpack(header)[1] if len(header) == HEADER_SIZE else size
         except (OSError, struct.error):
             continue
-        result.append({"path": str(path), "bytes": max(0, size - replayed)})
+        result.append({"path": str(path), "bytes": max(0, size - replayed), "in_use": in_use})
     return result
