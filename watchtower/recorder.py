@@ -721,7 +721,7 @@ class Recorder:
             if time.monotonic() >= until:
                 self._wakeup.set()  # more to write: the next pass comes at once
                 return
-            batch = spool.next_batch()
+            batch = spool.next_batch(self.batch_size)
             if batch is None:
                 break
             written = self._write_spooled(db, batch)
@@ -747,7 +747,7 @@ class Recorder:
 
     def _replay_one(self, db: peewee.Database, orphan: SpoolFile) -> bool:
         """Write the next batch of a dead process's spool; False (and the file deleted) when it is all written."""
-        batch = orphan.next_batch()
+        batch = orphan.next_batch(self.batch_size)
         if batch is None:
             if orphan.torn:
                 logger.warning(

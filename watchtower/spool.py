@@ -327,28 +327,46 @@ class SpoolFile:
         """Bytes of batches not yet written to the database."""
         return self._size - self._replayed
 
-    def next_batch(self) -> Batch | None:
-        """The first batch not yet written to the database; None when there is none (or the rest is torn)."""
+    def next_batch(self, max_events: int = 1000) -> Batch | None:
+        """The first batches not yet written to the database, as one of up to ``max_events`` job events.
+
+        Batches spooled a few events at a time (a quiet process, while the
+        database is away) come back together, so that a replay writes
+        transactions of a useful size.  None when nothing is left (or the
+        rest is torn: see :attr:`torn`).
+        """
         with self._lock:
             fd = self._require()
             offset, size = self._replayed, self._size
+        jobs: list[JobEvent] = []
+        workers: list[WorkerEvent] = []
+        end = offset
         while offset < size:
             head = os.pread(fd, _FRAME.size, offset)
             length, crc = _FRAME.unpack(head) if len(head) == _FRAME.size else (-1, 0)
             payload = os.pread(fd, length, offset + _FRAME.size) if length >= 0 else b""
             if length < 0 or len(payload) < length or zlib.crc32(payload) != crc:
                 self.torn = size - offset
-                return None
-            end = offset + _FRAME.size + length
+                break
+            following = offset + _FRAME.size + length
             try:
-                jobs, workers = decode_payload(payload)
+                more_jobs, more_workers = decode_payload(payload)
             except (ValueError, KeyError, TypeError) as error:
                 logger.error("watchtower spool %s: skipping a batch that cannot be read (%s)", self.path, error)
-                offset = end
-                self.mark_written(end)
+                offset = end = following
                 continue
-            return Batch(jobs, workers, end)
-        return None
+            if jobs and len(jobs) + len(more_jobs) > max_events:
+                break
+            jobs.extend(more_jobs)
+            workers.extend(more_workers)
+            offset = end = following
+            if len(jobs) >= max_events:
+                break
+        if not jobs and not workers:
+            if end > self._replayed:
+                self.mark_written(end)  # only unreadable batches were passed
+            return None
+        return Batch(jobs, workers, end)
 
     def mark_written(self, end: int) -> None:
         """The batches before ``end`` are in the database: move the header's offset (and empty a finished file).
