@@ -557,8 +557,8 @@ class Recorder:
                 self._done.notify_all()
             if batch:
                 self._notify(batch, elapsed)
-        if self.spool_dir is not None:
-            self._replay(db)
+        if self.spool_dir is not None and not self._stopping:
+            self._replay(db)  # (closing: what is still spooled waits for the next process)
 
     def _write(self, db: peewee.Database, workers: list[WorkerEvent]) -> None:
         """Write the batch in hand; if the database refuses some of it, write the rest.
