@@ -448,11 +448,11 @@ class WorkerProcess:
         )
         self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
         if not self.recorder.flush(timeout=self.recorder.shutdown_remaining()):
-            # Said here, while the log still reaches the supervisor; the
-            # recorder's close at exit puts them in the spool.
+            # The recorder's close at exit puts them in the spool (and says so).
+            stats = self.recorder.stats()
             logger.warning(
                 "worker %s stops with %d ledger events unwritten (the database is away or slow): they go "
-                "to the spool, for the next process on this host", self.worker_id, self.recorder.stats().buffered,
+                "to the spool, for the next process on this host", self.worker_id, stats.buffered + stats.spooled,
             )
         for close in (self.broker.close, self.bus.close):
             try:
