@@ -69,14 +69,19 @@ def mark_unknown(after: float, *, db: peewee.Database | None = None, now: int | 
 
 
 class UnknownMarker:
-    """Runs :func:`mark_unknown` at most every ``every`` seconds, from a loop that calls :meth:`tick`."""
+    """Runs :func:`mark_unknown` every ``every`` seconds, from a loop that calls :meth:`tick`.
+
+    The first time only ``every`` seconds after it is made: a supervisor that
+    starts after an outage first lets the workers write the spools that
+    hold the news of those jobs.
+    """
 
     def __init__(self, after: float, *, every: float = RECONCILE_EVERY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.after = after
         self.every = every
         self.clock = clock
-        self._due = clock()
+        self._due = clock() + every
 
     def tick(self, db: peewee.Database | None = None) -> int:
         """Mark if due (raises what the database raises: the caller's loop handles outages)."""
