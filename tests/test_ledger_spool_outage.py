@@ -10,7 +10,6 @@ also under the stock ``dramatiq`` command, whose log pipe is closed by then).
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess

@@ -185,11 +185,11 @@ class Recorder:
         self.shutdown_timeout = shutdown_timeout
         self.hostname = hostname
         # Memory holds at most buffer_size events.  While the database
-        # answers, the spooling thread moves the oldest to disk past half of
-        # that (a database too slow for the load), down to a quarter; while
-        # it is away, everything past a tenth, every SPILL_POLL seconds too:
-        # memory is then only where events wait for their turn to the disk,
-        # and bursts find it nearly empty.
+        # answers, the spooling thread moves the oldest to disk once half of
+        # that is held (a database too slow for the load), down to a
+        # quarter.  While it is away, all of them, every SPILL_POLL seconds
+        # and as soon as a tenth is held: memory is then only where events
+        # wait for their turn to the disk, and bursts find it nearly empty.
         self._spill_when_up = (max(1, buffer_size // 2), buffer_size // 4)
         self._spill_when_away = (max(1, buffer_size // 10), 0)
         self._spill_at, self._spill_to = self._spill_when_up
