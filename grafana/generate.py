@@ -335,14 +335,17 @@ def overview() -> dict[str, Any]:
               "short",
               [target('sum by (status) (watchtower_workers{job=~"$job"})', "{{status}}")], stack=True),
         panel("Ledger events", "The job ledger's recorder in the workers and producers: events written and "
-              "events dropped (the buffer was full while the ledger database was slow or away), per second.",
+              "events dropped (memory and the spool were full while the ledger database was slow or away), "
+              "per second.",
               "ops", [
                   target('sum (rate(watchtower_recorder_events_written_total{job=~"$job"}' + RATE + "))", "written"),
                   target('sum (rate(watchtower_recorder_events_dropped_total{job=~"$job"}' + RATE + "))", "dropped"),
               ]),
-        panel("Ledger buffer", "Ledger events waiting in the recorders' buffers to be written; it grows while "
-              "the ledger database is slow or away, and events past recorder.buffer_size are dropped.", "short",
-              [target('sum (watchtower_recorder_events_buffered{job=~"$job"})', "buffered")], width=6),
+        panel("Ledger buffer", "Ledger events waiting to be written: in the recorders' memory, and in their "
+              "spool files on local disk, which grow while the ledger database is away; past recorder.spool_bytes "
+              "events are dropped.", "short",
+              [target('sum (watchtower_recorder_events_buffered{job=~"$job"})', "buffered"),
+               target('sum (watchtower_recorder_events_spooled{job=~"$job"})', "spooled")], width=6),
         panel("Ledger batch write time", "95th percentile of one batch write of the ledger (one transaction).",
               "s", [target('histogram_quantile(0.95, sum by (le) (rate(watchtower_recorder_flush_duration_seconds_bucket'
                            '{job=~"$job"}' + RATE + ")))", "p95")], width=6),

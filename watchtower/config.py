@@ -89,6 +89,16 @@ class Settings:
     # How much lower than the jobs' threads the flusher thread runs (Linux
     # niceness added to its own thread; 0 leaves it as it is).
     recorder_nice: int = 10
+    # Where events past the buffer wait on local disk while the database is
+    # away (None: a directory of this user's under the system's temporary
+    # directory, see watchtower.spool), and how large one process's spool
+    # file may grow, in bytes (0: no spool; events past the buffer are dropped).
+    recorder_spool_dir: str | None = None
+    recorder_spool_bytes: int = 256 * 1024 * 1024
+    # Seconds, from the moment a worker process starts to stop, within which
+    # the recorder writes what it holds; what is still unwritten then goes to
+    # the spool, so that a stop fits in `docker stop`'s 10 s.
+    recorder_shutdown_timeout: float = 8.0
     retention_completed_days: float = 7.0
     retention_failed_days: float = 30.0
     # Skipped jobs (AgeLimit) are dead-lettered by Dramatiq: kept as long as failures.
@@ -119,6 +129,10 @@ class Settings:
     # is dead-lettered and recorded failed (a poison job, say one that the
     # kernel's OOM killer ends every time).
     max_lost: int = 3
+
+    # A pending or processing job with no news for this long is marked
+    # unknown by the supervisors (see watchtower.stuck); 0: never.
+    unknown_after: float = 86400.0
     supervisors: Mapping[str, SupervisorSettings] = field(
         default_factory=lambda: {"default": SupervisorSettings()}
     )
@@ -148,6 +162,9 @@ KEYS: dict[str, tuple[str, type]] = {
     "recorder.buffer_size": ("recorder_buffer_size", int),
     "recorder.batch_size": ("recorder_batch_size", int),
     "recorder.nice": ("recorder_nice", int),
+    "recorder.spool_dir": ("recorder_spool_dir", str),
+    "recorder.spool_bytes": ("recorder_spool_bytes", int),
+    "recorder.shutdown_timeout": ("recorder_shutdown_timeout", float),
     "retention.completed_days": ("retention_completed_days", float),
     "retention.failed_days": ("retention_failed_days", float),
     "retention.skipped_days": ("retention_skipped_days", float),
@@ -165,6 +182,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "heartbeat_interval": ("heartbeat_interval", float),
     "heartbeat_timeout": ("heartbeat_timeout", float),
     "max_lost": ("max_lost", int),
+    "unknown_after": ("unknown_after", float),
 }
 
 SUPERVISOR_KEYS: dict[str, type] = {
@@ -184,9 +202,10 @@ _POSITIVE = {"recorder.buffer_size", "recorder.batch_size", "threads", "max_proc
 # Intervals that must be above zero: a flush or heartbeat every 0 s is a busy loop.
 _ABOVE_ZERO = {"recorder.flush_interval", "retention.interval", "heartbeat_interval", "heartbeat_timeout"}
 _NON_NEGATIVE = {
-    "recorder.flush_interval", "retention.completed_days", "retention.failed_days",
+    "recorder.flush_interval", "recorder.spool_bytes", "recorder.shutdown_timeout",
+    "retention.completed_days", "retention.failed_days",
     "retention.skipped_days", "retention.rollup_days", "retention.workers_days",
-    "retention.interval", "http.port", "heartbeat_interval",
+    "retention.interval", "http.port", "heartbeat_interval", "unknown_after",
     "min_processes", "timeout", "memory", "sleep", "rest",
 }
 

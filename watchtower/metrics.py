@@ -165,8 +165,13 @@ class ProcessMetrics:
             ("supervisor", "reason"),
         )
         self.recorder_buffered = Gauge(values, "watchtower_recorder_events_buffered", "Ledger events waiting to be written.")
+        self.recorder_spooled = Gauge(
+            values, "watchtower_recorder_events_spooled",
+            "Ledger events waiting in the recorders' spool files on local disk for the database.",
+        )
         self.recorder_dropped = counter(
-            "watchtower_recorder_events_dropped_total", "Ledger events dropped because the buffer was full.", (),
+            "watchtower_recorder_events_dropped_total",
+            "Ledger events dropped because the buffer and the spool were full (or refused by the database).", (),
         )
         self.recorder_written = counter("watchtower_recorder_events_written_total", "Ledger events written.", ())
         self.recorder_refused = Gauge(
@@ -281,11 +286,16 @@ class JobMetrics:
 
 
 class RecorderMetrics:
-    """Counts a recorder's writes and samples its buffer and drops."""
+    """Counts a recorder's writes and samples its buffer, spool and drops.
+
+    Sampled every RECORDER_SAMPLE_INTERVAL by the flusher thread, and once
+    more when the recorder closes, so that drops at close are counted too.
+    """
 
     def __init__(self, recorder: Recorder) -> None:
         self._recorder = recorder
         self._dropped_seen = 0
+        self._lock = threading.Lock()  # the flusher thread and the closing one
 
     def on_write(self, batch: list[JobEvent], seconds: float) -> None:
         metrics = process_metrics()
@@ -296,10 +306,12 @@ class RecorderMetrics:
         stats = self._recorder.stats()
         metrics = process_metrics()
         metrics.recorder_buffered.set(stats.buffered)
+        metrics.recorder_spooled.set(stats.spooled)
         metrics.recorder_refused.set(0 if stats.refusal is None else 1)
-        if stats.dropped > self._dropped_seen:
-            metrics.recorder_dropped.inc(stats.dropped - self._dropped_seen)
-            self._dropped_seen = stats.dropped
+        with self._lock:
+            if stats.dropped > self._dropped_seen:
+                metrics.recorder_dropped.inc(stats.dropped - self._dropped_seen)
+                self._dropped_seen = stats.dropped
 
 
 #: How often a recorder's buffer and drops are sampled, seconds.
@@ -319,6 +331,7 @@ def install(middleware: WatchtowerMiddleware) -> None:
     recorder_metrics = RecorderMetrics(middleware.recorder)
     middleware.recorder.write_listeners.append(recorder_metrics.on_write)
     middleware.recorder.every(RECORDER_SAMPLE_INTERVAL, recorder_metrics.sample)
+    middleware.recorder.close_listeners.append(recorder_metrics.sample)
 
 
 def record_lost(jobs: Iterable[Any]) -> None:

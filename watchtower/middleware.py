@@ -44,6 +44,7 @@ from .dramatiq_internals import unwrap_proxy as _unwrap
 from .events import JobEvent, Kind, SendEncoder, WorkerEvent, encode_message
 from .models import WorkerStatus
 from .recorder import Recorder
+from .spool import spool_directory
 
 __all__ = ["WatchtowerMiddleware", "EXCEPTION_LIMIT", "broker_kind"]
 
@@ -173,12 +174,17 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             settings = load_settings(overrides={"database_url": database_url})
         self.settings = settings
         if recorder is None:
+            url = database_url or settings.database_url
             recorder = Recorder(
-                database_url or settings.database_url,
+                url,
                 flush_interval=settings.recorder_flush_interval,
                 buffer_size=settings.recorder_buffer_size,
                 batch_size=settings.recorder_batch_size,
                 nice=settings.recorder_nice,
+                spool_dir=spool_directory(settings.recorder_spool_dir, url),
+                spool_bytes=settings.recorder_spool_bytes,
+                shutdown_timeout=settings.recorder_shutdown_timeout,
+                hostname=settings.hostname,
             )
         self.recorder = recorder
         self._database_url = database_url or settings.database_url
@@ -232,6 +238,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     @_guarded
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._inspect(broker)
+        self.recorder.cancel_shutdown()  # a worker runs (again): writes may take their time
         self._worker = worker
         hostname = self.settings.hostname
         if self.register_worker and self.worker_id is not None:
@@ -264,6 +271,9 @@ class WatchtowerMiddleware(dramatiq.Middleware):
 
     @_guarded
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # The stop's one budget for the ledger starts now: the jobs in hand
+        # finish, then this hook, the worker process and the exit share it.
+        self.recorder.begin_shutdown()
         if self.register_worker and self.worker_id is not None:
             self.recorder.record_worker(WorkerEvent(self.worker_id, {"status": WorkerStatus.STOPPING}))
 
@@ -274,7 +284,9 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             fields = self.worker_counts()
             fields.update(status=WorkerStatus.STOPPED, stopped_at=time.time_ns() // 1_000_000, exit_code=0)
             self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
-        self.recorder.flush(timeout=10.0)
+        # Within what is left of the budget, and not at all while the
+        # database is away: the close at exit spools what is unwritten.
+        self.recorder.flush(timeout=self.recorder.shutdown_remaining())
 
     # Events ---------------------------------------------------------------
 

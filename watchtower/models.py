@@ -38,8 +38,12 @@ class JobStatus:
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"
+    #: Pending or processing with no news for ``unknown_after`` seconds: its
+    #: last events never reached the ledger (see watchtower.stuck).  Any
+    #: later event of the job replaces it.
+    UNKNOWN = "unknown"
 
-    ALL = (PENDING, PROCESSING, COMPLETED, FAILED, SKIPPED)
+    ALL = (PENDING, PROCESSING, COMPLETED, FAILED, SKIPPED, UNKNOWN)
     FINISHED = (COMPLETED, FAILED, SKIPPED)
 
 

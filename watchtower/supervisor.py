@@ -25,7 +25,9 @@ that only *record* a pending signal for the loop to act on.  Each pass
    supervisor (idempotently: see :func:`watchtower.records.clean_stale_workers`),
    and puts the messages those workers held back as in 2;
    with ``retention.auto``, it also starts a prune in a thread of its own when
-   one is due (one supervisor at a time: see :mod:`watchtower.prune`).
+   one is due (one supervisor at a time: see :mod:`watchtower.prune`); every
+   few minutes it marks ``unknown`` the jobs with no news for
+   ``unknown_after`` seconds (see :mod:`watchtower.stuck`).
 
 The processes are managed without the ledger: when its database is down,
 workers are still reaped and restarted, a dead worker's messages still go
@@ -76,6 +78,7 @@ from .pool import (
 from .prune import AutoPruner
 from .rescue import Rescuer
 from .startlog import start_block
+from .stuck import UnknownMarker
 from .worker import EXIT_MEMORY, EXIT_OK, EXIT_RESTART
 
 __all__ = ["Supervisor", "check_app", "TICK"]
@@ -177,6 +180,7 @@ class Supervisor:
         # (the poison check needs the ledger): worker id -> its queues.
         self._unrescued: dict[str, tuple[str, ...]] = {}
         self._oom = OomCounter()
+        self._unknown = UnknownMarker(self.settings.unknown_after, clock=self.clock)
 
     # The outside world ----------------------------------------------------
 
@@ -522,6 +526,7 @@ class Supervisor:
         )
         if self._pruner is not None:
             self._pruner.tick()  # returns at once: a due prune runs in a thread of its own
+        self._unknown.tick()  # jobs whose last events never came (see watchtower.stuck)
 
     def _fold_producers(self) -> None:
         """Fold the metric files of exited processes that were not ours (producers sharing metrics_dir)."""

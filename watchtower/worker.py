@@ -34,10 +34,12 @@ Pause gives back every message the worker holds (see
 :mod:`watchtower.pausable`); resume takes up work again.  SIGTERM or SIGINT,
 a ``stop`` command, or the death of ``--parent-pid`` stop it gracefully: no
 new messages, the jobs in hand finish, the prefetched ones are requeued, the
-ledger is flushed, exit 0.  A ``restart`` command stops it the same way with
-:data:`EXIT_RESTART`, which asks whoever runs it (its supervisor) for a fresh
-process at once.  A second SIGTERM/SIGINT during that exits at once with
-:data:`EXIT_FAILED`.
+ledger is written (within ``recorder.shutdown_timeout`` seconds of the stop's
+start, counting the jobs' last moments; while the database is away, what is
+unwritten goes to the recorder's spool at once), exit 0.  A ``restart``
+command stops it the same way with :data:`EXIT_RESTART`, which asks whoever
+runs it (its supervisor) for a fresh process at once.  A second
+SIGTERM/SIGINT during that exits at once with :data:`EXIT_FAILED`.
 
 Exit codes:
 
@@ -501,6 +503,9 @@ class WorkerProcess:
 
     def _shutdown(self) -> int:
         code, reason = self._exit or (EXIT_OK, "")
+        # One budget for the ledger's writes from here to the exit (this
+        # wait, the middleware's at worker shutdown, the recorder's close).
+        self.recorder.begin_shutdown()
         self._set_status(WorkerStatus.STOPPING)
         if self.worker is not None:
             try:
@@ -514,8 +519,13 @@ class WorkerProcess:
             memory_rss=self.rss,
         )
         self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
-        if not self.recorder.flush(timeout=10.0):
-            logger.error("worker %s could not flush the ledger within 10 s", self.worker_id)
+        if not self.recorder.flush(timeout=self.recorder.shutdown_remaining()):
+            # The recorder's close at exit puts them in the spool (and says so).
+            stats = self.recorder.stats()
+            logger.warning(
+                "worker %s stops with %d ledger events unwritten (the database is away or slow): they go "
+                "to the spool, for the next process on this host", self.worker_id, stats.buffered + stats.spooled,
+            )
         for close in (self.broker.close, self.bus.close):
             try:
                 close()
