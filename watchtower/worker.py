@@ -68,7 +68,7 @@ from .bus import CommandBus, WorkerCommand, worker_command_key
 from .config import Settings, SupervisorSettings
 from .dramatiq_internals import set_max_retries, set_time_limit
 from .errors import BusError, ConfigError, WatchtowerError
-from .events import WorkerEvent
+from .events import ALIVE_AS, WorkerEvent
 from .middleware import WatchtowerMiddleware
 from .models import WorkerStatus, now_ms
 from .pausable import PausableWorker, install_idle_consumers
@@ -421,6 +421,7 @@ class WorkerProcess:
             self.rss = None
         fields: dict[str, object] = self.middleware.worker_counts()
         fields["memory_rss"] = self.rss
+        fields[ALIVE_AS] = self.status  # a row wrongly marked lost comes back with it
         self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
         limit = self.options.memory
         if limit and self.rss is not None and self.rss > limit * _MB and self._memory_reason is None:
