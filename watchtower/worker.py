@@ -38,13 +38,17 @@ Exit codes:
 0   graceful stop (signal, ``stop`` command, parent gone)
 1   unexpected failure, or killed by a second signal
 2   bad arguments or settings, unknown supervisor, app module fails to import
-3   the command bus (or its database) cannot be reached at start
+3   reserved (earlier releases: the command bus could not be reached at start)
 64  memory limit exceeded: recycled, a fresh process should take over
 ==  =========================================================================
 
-On codes 2 and 3 the worker writes one ``Error: ...`` line to stderr and, if
-the ledger's database is reachable and the worker id is known, its row gets
+On code 2 the worker writes one ``Error: ...`` line to stderr and, if the
+ledger's database is reachable and the worker id is known, its row gets
 status ``stopped`` with the exit code and reason.
+
+A command bus that does not answer at start is no reason to exit: the
+worker logs a warning, runs its jobs, and takes its commands once the bus
+answers.
 """
 
 from __future__ import annotations
@@ -245,8 +249,8 @@ class WorkerProcess:
             raise ConfigError(f"--parent-pid {pid}: no such process") from None
 
     def boot(self) -> None:
-        """Check the bus, emit process_boot, write the row and start consuming."""
-        self.bus.ping()
+        """Emit process_boot, write the row and start consuming (with the bus down, too)."""
+        self._check_bus()
         apply_limits(self.broker, self.options)
         install_idle_consumers(self.broker)
         self.broker.emit_after("process_boot")
@@ -285,6 +289,22 @@ class WorkerProcess:
             "worker %s consuming %s with %d threads",
             self.worker_id, ", ".join(sorted(queues or declared)) or "nothing", self.options.threads,
         )
+
+    def _check_bus(self) -> None:
+        """Say so if the command bus does not answer; the worker runs without it meanwhile.
+
+        Exiting would cost its pool a process for as long as the bus is
+        down (its supervisor would restart it into the same outage), and
+        jobs need only the broker.  No command can be sent meanwhile (the
+        API answers 503); the loop reads the bus as usual and takes the
+        commands sent once it is back.
+        """
+        try:
+            self.bus.ping()
+        except BusError as error:
+            self._last_bus_warning = time.monotonic()
+            logger.warning("worker %s starts without its commands: %s; it takes them once the bus answers",
+                           self.worker_id, error)
 
     # The loop -------------------------------------------------------------
 

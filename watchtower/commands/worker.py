@@ -42,7 +42,8 @@ def worker(
     """Run one Dramatiq worker process for QUEUES (default: the app's or the supervisor's queues).
 
     Exit codes: 0 stopped gracefully, 1 failed, 2 bad arguments or app import
-    failure, 3 command bus unreachable, 64 recycled past --memory.
+    failure, 64 recycled past --memory.  A command bus that does not answer
+    is waited for: the worker runs its jobs meanwhile.
     """
     from ..app import load_app
     from ..bus import open_bus
