@@ -17,6 +17,7 @@ afterwards:
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -39,11 +40,11 @@ from web_support import TOKEN, client
 from watchtower import WorkerManager, models, store
 from watchtower.config import load_settings
 from watchtower.errors import BusError, WorkerGone
-from watchtower.events import ALIVE_AS, WorkerEvent
+from watchtower.events import ALIVE_AS, JobEvent, Kind, WorkerEvent
 from watchtower.ledger import write_batch
 from watchtower.models import Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
 from watchtower.records import HeartbeatGrace, clean_stale_workers
-from watchtower.recorder import MAX_BACKOFF
+from watchtower.recorder import MAX_BACKOFF, Recorder
 from watchtower.scrape import ScrapeSources
 from watchtower.web import create_app
 
@@ -158,7 +159,8 @@ def test_a_ledger_outage_longer_than_heartbeat_timeout_then_a_cleanup_loses_no_l
     with private_postgres(tmp_path) as pg:
         url = pg.url()
         path = outage_config(tmp_path / "watchtower.toml", url, redis_namespace,
-                             a={"queues": [queue_name], "min_processes": 2}, b={"queues": [other_queue]})
+                             a={"queues": [queue_name], "min_processes": 2, "threads": 4},
+                             b={"queues": [other_queue]})
         store.connect(url)
         manager = WorkerManager(load_settings(path, env={}))
         log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
@@ -276,6 +278,32 @@ def test_the_first_scrape_after_an_outage_no_scrape_saw_has_the_ledgers_values(t
             assert sources.reading().workers == []  # not None: values, not "left out"
         finally:
             sources.close()
+
+
+def test_the_outage_warning_counts_what_waits_in_the_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="watchtower.recorder")
+    with private_postgres(tmp_path) as pg:
+        recorder = Recorder(pg.url(), flush_interval=0.05)
+        try:
+            recorder.record_worker(WorkerEvent("w-1", {"status": WorkerStatus.RUNNING, "last_heartbeat": now_ms()}))
+            assert recorder.flush(timeout=60)
+            pg.stop()
+            at = time.time_ns() // 1000
+            for n in range(300):
+                recorder.record(JobEvent(message_id=f"m-{n}", kind=Kind.ENQUEUED, attempt=1, at=at + n, queue="q",
+                                         actor="a", connection="redis", queued_at=at // 1000))
+            recorder.record_worker(WorkerEvent("w-1", {"last_heartbeat": now_ms()}))
+            said = wait_until(lambda: [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()
+                                       and r.getMessage().endswith(": 300 job events, 1 worker rows")], 60,
+                              message="the outage warning")
+            assert f"waiting in process {os.getpid()}:" in said[0]
+            assert recorder.stats().buffered == 300
+            pg.start()
+            assert recorder.flush(timeout=60)
+        finally:
+            recorder.close()
 
 
 # Judging heartbeats ---------------------------------------------------------------------------------
