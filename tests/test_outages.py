@@ -33,7 +33,9 @@ import redis
 from conftest import REDIS_URL, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from private_servers import private_postgres, private_redis
-from supervision import app_env, children, enqueue, metrics_url, rows, running, start_supervisor, write_config
+from supervision import (
+    app_env, children, enqueue, metrics_url, rows, running, start_supervisor, wait_exit, write_config,
+)
 from test_ledger_outage import TcpProxy
 from web_support import TOKEN, client
 
@@ -204,6 +206,8 @@ def test_a_ledger_outage_longer_than_heartbeat_timeout_then_a_cleanup_loses_no_l
             assert metric(served, "watchtower_workers", supervisor="a", status="lost") == 0
             assert metric(served, "watchtower_workers", supervisor="a", status="running") == 2
             assert metric(served, "watchtower_worker_restarts_total") == 0
+            sup_a.send_signal(signal.SIGTERM)
+            assert wait_exit(sup_a, 120) == 0
         manager.bus.close()
 
 

@@ -158,7 +158,7 @@ class Supervisor:
         self._spawned = 0
         self._todo: collections.deque[tuple[str, LedgerAction]] = collections.deque(maxlen=100_000)
         self._db_retry_at = 0.0
-        self._grace = records.HeartbeatGrace(settings.heartbeat_timeout, clock())
+        self._heartbeat_grace = records.HeartbeatGrace(settings.heartbeat_timeout, clock())
         self._due = {"heartbeats": 0.0, "inbox": 0.0, "cleanup": 0.0}
         self._last_warning: dict[str, float] = {}
         self._run_dir: str | None = None
@@ -196,7 +196,7 @@ class Supervisor:
         try:
             self._run_dir = tempfile.mkdtemp(prefix=f"watchtower-{self.name}-")
             self._pruner = AutoPruner(self.settings, owner=f"{self.hostname}/{self.name}/{os.getpid()}", db=self._db)
-            self._grace = records.HeartbeatGrace(self.settings.heartbeat_timeout, self.clock())
+            self._heartbeat_grace = records.HeartbeatGrace(self.settings.heartbeat_timeout, self.clock())
             self._slots = [
                 Slot(kind=SlotKind.POOL, queues=self.config.queues, options=worker_options(self.config))
                 for _ in range(self.config.min_processes)
@@ -263,7 +263,7 @@ class Supervisor:
         try:
             step(*args)
             if what != "inbox":
-                self._grace.answered(self.clock())
+                self._heartbeat_grace.answered(self.clock())
         except (peewee.PeeweeException, DatabaseUnavailable) as error:
             self._db_failed(what, error)
         except WatchtowerError as error:  # the bus
@@ -408,7 +408,7 @@ class Supervisor:
         wall = now_ms()
         # Heartbeats read while the ledger was recovering from an outage may
         # be old for no fault of the workers.
-        trust = self._grace.judges(now)
+        trust = self._heartbeat_grace.judges(now)
         for worker_id, (slot, child) in watched.items():
             if now - child.started >= self.policy.quick and slot.crashloop_row is not None:
                 records.retire_crashloop(slot.crashloop_row)  # it is healthy again
@@ -457,7 +457,7 @@ class Supervisor:
     # Housekeeping ---------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        if self._grace.judges(self.clock()):
+        if self._heartbeat_grace.judges(self.clock()):
             records.clean_stale_workers(self.settings.heartbeat_timeout, keep=set(self.children()))
         if self._pruner is not None:
             self._pruner.tick()  # returns at once: a due prune runs in a thread of its own
@@ -529,13 +529,13 @@ class Supervisor:
             except Exception:
                 logger.exception("supervisor %s: recording %s failed", self.name, what)
             else:
-                self._grace.answered(self.clock())
+                self._heartbeat_grace.answered(self.clock())
             self._todo.popleft()
 
     def _db_failed(self, what: str, error: Exception) -> None:
         now = self.clock()
         self._db_retry_at = now + DB_RETRY
-        self._grace.failed()
+        self._heartbeat_grace.failed()
         self._warn("db", "supervisor %s: the ledger is unavailable (%s: %s); %d updates wait",
                    self.name, what, " ".join(str(error).split()), len(self._todo))
         if self._db is not None:
