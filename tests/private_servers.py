@@ -127,7 +127,8 @@ class PrivatePostgres:
         assert self.process.poll() is None, self.log.read_text(errors="replace")
 
     def _ready(self) -> bool:
-        result = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"])
+        command = [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"]
+        result = subprocess.run(command)
         return result.returncode == 0
 
     def stop(self) -> None:

@@ -240,7 +240,8 @@ def test_a_host_cut_off_from_the_ledger_and_judged_lost_by_another_comes_back_wh
 
                 proxy.cut()
                 # b, which reaches the ledger, sees a's workers fall silent and marks them lost.
-                wait_until(lambda: len(rows("a", WorkerStatus.LOST)) == 2, OUTAGE + 60, message="b to judge a's workers")
+                wait_until(lambda: len(rows("a", WorkerStatus.LOST)) == 2, OUTAGE + 60,
+                           message="b to judge a's workers")
                 marked = Job.select().where(Job.message_id.in_(message_ids) & (Job.lost_attempts == 1)).count()
                 assert marked == 3  # the mistake this test is about did happen
                 with pytest.raises(WorkerGone):

@@ -244,8 +244,8 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     def _heartbeat(self) -> None:
         if self.worker_id is None or self._worker is None:
             return
-        # ALIVE_AS: a row wrongly marked lost comes back with it.
-        self.recorder.record_worker(WorkerEvent(self.worker_id, {**self.worker_counts(), ALIVE_AS: WorkerStatus.RUNNING}))
+        fields = {**self.worker_counts(), ALIVE_AS: WorkerStatus.RUNNING}  # a row wrongly marked lost comes back
+        self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
 
     def worker_counts(self) -> dict[str, object]:
         """This process's heartbeat and counts, as worker-row fields."""
