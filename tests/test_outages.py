@@ -34,7 +34,7 @@ from conftest import REDIS_URL, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from private_servers import private_postgres, private_redis
 from supervision import (
-    app_env, children, enqueue, metrics_url, rows, running, start_supervisor, wait_exit, write_config,
+    app_env, children, enqueue, measure, metrics_url, rows, running, start_supervisor, wait_exit, write_config,
 )
 from test_ledger_outage import TcpProxy
 from web_support import TOKEN, client
@@ -249,7 +249,8 @@ def test_a_host_cut_off_from_the_ledger_and_judged_lost_by_another_comes_back_wh
                 time.sleep(max(0.0, OUTAGE - HEARTBEAT_TIMEOUT))  # the rest of the outage
                 proxy.restore()
 
-                wait_until(lambda: running_ids("a") == before, 60, message="a's workers running again")
+                back = measure(lambda: running_ids("a") == before, 60, "a's workers running again")
+                print(f"\na's workers back {back:.1f} s after the ledger was reachable again")
                 wait_until(lambda: Job.select().where(Job.message_id.in_(message_ids)
                                                       & (Job.status == JobStatus.COMPLETED)).count() == 3,
                            LONG_JOB + 60, message="the long jobs to complete")
