@@ -37,6 +37,7 @@ from supervision import (
     app_env, children, enqueue, measure, metrics_url, rows, running, start_supervisor, wait_exit, write_config,
 )
 from test_ledger_outage import TcpProxy
+from test_supervisor import stays
 from web_support import TOKEN, client
 
 from watchtower import WorkerManager, models, store
@@ -192,8 +193,8 @@ def test_a_ledger_outage_longer_than_heartbeat_timeout_then_a_cleanup_loses_no_l
             wait_until(lambda: ledger(lambda: Job.select().where(
                 Job.message_id.in_(message_ids + short_ids) & (Job.status == JobStatus.COMPLETED)).count() == 10),
                 LONG_JOB + 60, message="every job to complete")
-            # Supervisors have judged heartbeats again since (their grace is over).
-            time.sleep(HEARTBEAT_TIMEOUT + MAX_BACKOFF + 2)
+            # Through the supervisors' grace and past it, no one judges them dead.
+            assert stays(lambda: ledger(lambda: running_ids("a")) == before, HEARTBEAT_TIMEOUT + MAX_BACKOFF + 2)
 
             assert running_ids("a") == before and {c.pid for c in children(sup_a)} == set(before.values())
             for row in rows("a"):
@@ -254,7 +255,8 @@ def test_a_host_cut_off_from_the_ledger_and_judged_lost_by_another_comes_back_wh
                 wait_until(lambda: Job.select().where(Job.message_id.in_(message_ids)
                                                       & (Job.status == JobStatus.COMPLETED)).count() == 3,
                            LONG_JOB + 60, message="the long jobs to complete")
-                time.sleep(HEARTBEAT_TIMEOUT + MAX_BACKOFF + 2)  # a's own supervisor judges them again
+                # a's own supervisor judges them again once its grace is over: they stay.
+                assert stays(lambda: running_ids("a") == before, HEARTBEAT_TIMEOUT + MAX_BACKOFF + 2)
 
                 assert running_ids("a") == before and {c.pid for c in children(sup_a)} == set(before.values())
                 for row in rows("a"):
