@@ -3,10 +3,13 @@
 Hypothesis writes the life stories of many jobs (enqueued or delayed,
 started, retried with a re-enqueue and a move from the delay queue,
 completed, failed or skipped, lost when a worker dies and redelivered to
-another), then feeds their events to the ledger in random orders and random
+another, marked lost by mistake while its worker lives on and finishes the
+attempt), then feeds their events to the ledger in random orders and random
 batch splits, directly through ``write_batch`` and through two Recorders at
 once.  Every final row must equal what the story says, field by field, and
-the per-minute rollups must count every event exactly once.
+the per-minute rollups must count every event exactly once.  A mistaken
+mark leaves no trace: the row, its ``lost_attempts`` and the "lost" rollup
+are what they would be without it.
 
 The expected row is read off the story (the worker of the last attempt, the
 eta of the last delay...), not computed with the ledger's own rule.
@@ -31,10 +34,26 @@ from conftest import make_database_url
 from watchtower import models, store
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import mark_lost, write_batch
-from watchtower.models import Job, JobStatus, Rollup
+from watchtower.models import Job, LostMark, Rollup
 from watchtower.recorder import Recorder
 
 OUTCOMES = ("completed", "failed", "skipped")
+
+
+@dataclass
+class Mark:
+    """A worker marked lost: it died (``real``), or it was only cut off from the ledger and lives on."""
+
+    worker: str
+    at: int  # when it was marked (microseconds)
+    real: bool
+    # Events that reached the database before the mark (the worker wrote
+    # its "started" before it died, or before it was cut off).
+    needs: list[JobEvent] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return "worker died" if self.real else "worker cut off"
 
 
 @dataclass
@@ -42,12 +61,8 @@ class Story:
     """One job's life, and what its row must say at the end."""
 
     message_id: str
-    events: list[JobEvent] = field(default_factory=list)
-    # Events that must be written before the lost worker is marked (it
-    # wrote them before it died) and the lost worker's id.
-    before_loss: list[JobEvent] = field(default_factory=list)
-    lost_worker: str | None = None
-    loss_at: int | None = None  # when that worker died (microseconds)
+    events: list[JobEvent] = field(default_factory=list)  # every event but the marks' needs
+    marks: list[Mark] = field(default_factory=list)  # in the order they happen
     expected: dict[str, Any] = field(default_factory=dict)
     expected_lost: int = 0
 
@@ -58,6 +73,7 @@ def plans(draw: st.DrawFn) -> dict[str, Any]:
     attempts = draw(st.integers(min_value=1, max_value=4))
     outcome = draw(st.sampled_from(OUTCOMES))
     lost_at = draw(st.none() | st.integers(min_value=1, max_value=attempts))
+    cut_off_at = draw(st.none() | st.integers(min_value=1, max_value=attempts))
     return {
         "attempts": attempts,
         "outcome": outcome,
@@ -66,6 +82,10 @@ def plans(draw: st.DrawFn) -> dict[str, Any]:
         "lost_at": lost_at,
         # Did the dying worker's "started" reach the database before it died?
         "lost_written": draw(st.booleans()),
+        # The attempt whose (live) worker is marked lost by mistake, and
+        # whether the mark comes once it has finished (its events still unwritten).
+        "cut_off_at": cut_off_at,
+        "late_mark": draw(st.booleans()),
         "workers": draw(st.lists(st.sampled_from(["w-a", "w-b", "w-c"]), min_size=attempts, max_size=attempts)),
     }
 
@@ -115,19 +135,25 @@ def build_story(plan: dict[str, Any], queue: str, clock: Iterator[int]) -> Story
                             exception=last_traceback, broker_message_id=current_id)
             story.events.remove(started)
             if plan["lost_written"]:
-                story.before_loss.append(started)
-                story.lost_worker = dead
+                story.marks.append(Mark(dead, next(clock), real=True, needs=[started]))
                 story.expected_lost = 1
                 started_at = lost_start
-                story.loss_at = next(clock)
                 exception = last_traceback or "lost: worker died"
             else:
-                story.lost_worker = dead  # marked too, but it has nothing to mark
-                story.loss_at = next(clock)
+                story.marks.append(Mark(dead, next(clock), real=True))  # marked too, but it has nothing to mark
+        cut_off = None
         if not skipped:
             started_at = next(clock) // 1000
-            event(Kind.STARTED, attempt, worker_id=worker, started_at=started_at,
-                  exception=last_traceback, broker_message_id=current_id)
+            started = event(Kind.STARTED, attempt, worker_id=worker, started_at=started_at,
+                            exception=last_traceback, broker_message_id=current_id)
+            if plan["cut_off_at"] == attempt:
+                # ``worker`` goes on, but its next writes reach the database
+                # only after a cleanup marked it lost.
+                story.events.remove(started)
+                cut_off = Mark(worker, 0, real=False, needs=[started])
+                story.marks.append(cut_off)
+                if not plan["late_mark"]:
+                    cut_off.at = next(clock)
         if not final:
             # Retries re-enqueues to the delay queue (after_process_message),
             # then the attempt is acked; later the delay consumer moves it.
@@ -138,6 +164,8 @@ def build_story(plan: dict[str, Any], queue: str, clock: Iterator[int]) -> Story
             event(Kind.REQUEUED, attempt + 1, eta=eta, exception=last_traceback, broker_message_id=requeued_id)
             event(Kind.RETRIED, attempt, worker_id=worker, started_at=started_at, exception=failure,
                   broker_message_id=current_id, duration=0.01)
+            if cut_off is not None and not cut_off.at:
+                cut_off.at = next(clock)  # the late mark: it finished, its events unwritten
             current_id = broker_id()
             event(Kind.MOVED, attempt + 1, broker_message_id=current_id)
             exception = last_traceback
@@ -159,6 +187,8 @@ def build_story(plan: dict[str, Any], queue: str, clock: Iterator[int]) -> Story
             event(Kind.SKIPPED, attempt, worker_id=worker, started_at=started_at, finished_at=finished_at,
                   exception=last_traceback, payload=final_payload, broker_message_id=current_id)
             payload = final_payload
+        if cut_off is not None and not cut_off.at:
+            cut_off.at = next(clock)
         story.expected = {
             "status": outcome,
             "attempts": attempt,
@@ -212,29 +242,39 @@ def split(events: list[JobEvent], rnd: random.Random) -> list[list[JobEvent]]:
     return batches
 
 
-def phases(stories: list[Story], rnd: random.Random) -> tuple[list[JobEvent], list[JobEvent]]:
-    """Events written before the lost workers are marked, and those after.
+#: The harness marks workers lost at two moments: between the first and
+#: second writes, and between the second and third.
+MOMENTS = 2
 
-    What a dead worker wrote must be in before it is marked; anything else
-    may arrive before or after (the producer's "enqueued" can be the last).
+
+def stages(stories: list[Story], rnd: random.Random) -> tuple[list[list[JobEvent]], list[list[Mark]]]:
+    """The events in ``MOMENTS + 1`` writes, and the marks made between them.
+
+    A mark comes after the events it needs and before every event that
+    happened after it; anything else may arrive before or after it (the
+    producer's "enqueued" can be the last).
     """
-    before: list[JobEvent] = []
-    after: list[JobEvent] = []
+    writes: list[list[JobEvent]] = [[] for _ in range(MOMENTS + 1)]
+    marks: list[list[Mark]] = [[] for _ in range(MOMENTS)]
     for story in stories:
-        before.extend(story.before_loss)
-        loss_at = story.loss_at
+        moments = sorted(rnd.sample(range(MOMENTS), len(story.marks)))  # story.marks are in time order
+
+        def earliest(event: JobEvent) -> int:
+            """The first write after every mark that came before ``event`` happened."""
+            return max((moment + 1 for mark, moment in zip(story.marks, moments) if mark.at < event.at), default=0)
+
+        for mark, moment in zip(story.marks, moments):
+            marks[moment].append(mark)
+            for needed in mark.needs:  # before its own mark
+                writes[rnd.randint(earliest(needed), moment)].append(needed)
         for event in story.events:
-            if loss_at is not None and event.at > loss_at:
-                after.append(event)  # happened after the worker died
-            else:
-                (before if rnd.random() < 0.5 else after).append(event)
-    return before, after
+            writes[rnd.randint(earliest(event), MOMENTS)].append(event)
+    return writes, marks
 
 
-def mark_dead_workers(db: Any, stories: list[Story]) -> None:
-    for story in stories:
-        if story.lost_worker is not None:
-            mark_lost(story.lost_worker, "worker died", at_us=story.loss_at, db=db)
+def mark_workers(db: Any, marks: list[Mark]) -> None:
+    for mark in marks:
+        mark_lost(mark.worker, mark.reason, at_us=mark.at, db=db)
 
 
 def check(stories: list[Story], queue: str) -> None:
@@ -248,7 +288,7 @@ def check(stories: list[Story], queue: str) -> None:
     # Rollups: every event counted once, whatever the batches.
     expected = Counter()
     for story in stories:
-        for event in story.events + story.before_loss:
+        for event in story.events + [needed for mark in story.marks for needed in mark.needs]:
             kind = {Kind.DELAYED: "enqueued", Kind.REQUEUED: None, Kind.MOVED: None}.get(event.kind, event.kind.value)
             if kind:
                 expected[kind] += 1
@@ -257,6 +297,10 @@ def check(stories: list[Story], queue: str) -> None:
     for rollup in Rollup.select().where(Rollup.queue == queue):
         counted[rollup.kind] += rollup.count
     assert counted == +expected
+    # Only the marks of workers that died stay: a mistaken one is undone.
+    kept = Counter(mark.worker_id for mark in LostMark.select().where(LostMark.queue == queue))
+    real = [mark.worker for story in stories for mark in story.marks if mark.real and story.expected_lost]
+    assert kept == Counter(real)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql", "mysql"])
@@ -289,12 +333,12 @@ def test_write_batch_converges_in_any_order(ledger_db: tuple[str, Any]) -> None:
     def run(plan_list: list[dict[str, Any]], rnd: random.Random) -> None:
         models.database.initialize(db)
         queue, stories = make_stories(plan_list)
-        before, after = phases(stories, rnd)
-        for batch in split(before, rnd):
-            write_batch(db, batch)
-        mark_dead_workers(db, stories)
-        for batch in split(after, rnd):
-            write_batch(db, batch)
+        writes, marks = stages(stories, rnd)
+        for moment, events in enumerate(writes):
+            for batch in split(events, rnd):
+                write_batch(db, batch)
+            if moment < MOMENTS:
+                mark_workers(db, marks[moment])
         check(stories, queue)
         ran.append(len(stories))
 
@@ -315,8 +359,8 @@ def test_two_recorders_at_once_converge(ledger_db: tuple[str, Any]) -> None:
         @given(plan_list=story_lists, rnd=st.randoms(use_true_random=False))
         def run(plan_list: list[dict[str, Any]], rnd: random.Random) -> None:
             queue, stories = make_stories(plan_list)
-            before, after = phases(stories, rnd)
-            for phase, events in enumerate((before, after)):
+            writes, marks = stages(stories, rnd)
+            for moment, events in enumerate(writes):
                 shares: list[list[JobEvent]] = [[], []]
                 rnd.shuffle(events)
                 for event in events:
@@ -328,9 +372,9 @@ def test_two_recorders_at_once_converge(ledger_db: tuple[str, Any]) -> None:
                     thread.join()
                 for recorder in recorders:
                     assert recorder.flush(timeout=30)
-                if phase == 0:
+                if moment < MOMENTS:
                     models.database.initialize(db)
-                    mark_dead_workers(db, stories)
+                    mark_workers(db, marks[moment])
             models.database.initialize(db)
             check(stories, queue)
             ran.append(len(stories))

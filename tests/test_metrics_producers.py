@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, subprocess_env, wait_until
-from supervision import app_env, config, metrics_url, rows, running, start_supervisor, wait_exit
+from supervision import app_env, config, metrics_url, rows, running, start_supervisor
 from test_metrics_supervisor import scrape
 from test_metrics import value
 

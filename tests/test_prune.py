@@ -20,7 +20,7 @@ from fill import completed_job_events, insert_jobs, job_row
 
 from watchtower import Recorder, derived, store
 from watchtower.cli import cli
-from watchtower.models import HourlyRollup, Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
+from watchtower.models import HourlyRollup, Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
 from watchtower.prune import DAY_MS, Retention, plan, prune
 
 from conftest import subprocess_env, wait_until
@@ -83,6 +83,9 @@ def test_prune_by_age_keeps_exactly_the_rows_inside_their_retention(database_url
     }
     for worker_id, fields in workers.items():
         Worker.insert(worker_id=worker_id, **fields).execute()
+        # A lost mark of each: those of pruned workers go with them.
+        LostMark.insert(worker_id=worker_id, message_id=f"m-{worker_id}", queued_day=0, attempt=1, at=0,
+                        queue="default", actor="task", exception="lost: worker died").execute()
 
     before = _remaining()
     planned = plan(db, retention, now=now)
@@ -99,6 +102,7 @@ def test_prune_by_age_keeps_exactly_the_rows_inside_their_retention(database_url
     counts, _ = derived.read_counts(db)
     assert {status: n for (_, status), n in counts.items()} == {s: n for s, n in _statuses().items() if n}
     assert {w.worker_id for w in Worker.select()} == {"w-at-stopped", "w-old-running", "w-old-crashlooping"}
+    assert {m.worker_id for m in LostMark.select()} == {"w-at-stopped", "w-old-running", "w-old-crashlooping"}
     assert result.workers == 2
     # Jobs that name a pruned worker are intact; the relation just comes back empty.
     kept = Job.get(Job.message_id == "completed-at")

@@ -39,7 +39,7 @@ from dramatiq.common import q_name
 
 from .models import JobStatus, day_of
 
-__all__ = ["encode_message", "SendEncoder", "Kind", "JobEvent", "WorkerEvent", "PHASE_ENQUEUED", "PHASE_LOST", "PHASE_STARTED", "PHASE_FINISHED"]
+__all__ = ["encode_message", "SendEncoder", "Kind", "JobEvent", "WorkerEvent", "ALIVE_AS", "PHASE_ENQUEUED", "PHASE_LOST", "PHASE_STARTED", "PHASE_FINISHED"]
 
 PHASE_ENQUEUED = 1
 PHASE_LOST = 2
@@ -149,10 +149,21 @@ class JobEvent:
 
 @dataclass(slots=True)
 class WorkerEvent:
-    """New values for some columns of one worker row (created if missing)."""
+    """New values for some columns of one worker row (created if missing).
+
+    One key of ``fields`` is not a column: :data:`ALIVE_AS`, sent with each
+    heartbeat, is the status the beating worker has.
+    """
 
     worker_id: str
     fields: dict[str, object]
+
+
+#: A heartbeat's field naming the worker's own status (running, paused...).
+#: A row that a stale-worker cleanup marked lost while the worker was only
+#: cut off from the ledger takes that status back from the first heartbeat
+#: written after the mark (see :func:`watchtower.ledger.write_batch`).
+ALIVE_AS = "alive_as"
 
 
 def _unencodable(value: Any) -> Any:

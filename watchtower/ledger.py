@@ -37,9 +37,9 @@ from typing import Any
 
 import peewee
 
-from .events import PHASE_FINISHED, PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
 from . import models
-from .models import Job, JobStatus, Rollup, Worker, now_ms
+from .events import ALIVE_AS, PHASE_FINISHED, PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
+from .models import Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
 from .store import SQLITE_BUSY_TIMEOUT, dialect, driver
 
 __all__ = [
@@ -141,10 +141,13 @@ def write_batch(db: peewee.Database, events: Sequence[JobEvent], workers: Sequen
                     transaction.push(_sqlite_write_transaction(db))
                 else:
                     transaction.enter_context(db.atomic())
+                counts = rollups
                 if rows:
                     _upsert_jobs(db, kind, rows)
-                if rollups:
-                    _upsert_rollups(db, kind, rollups)
+                    # "lost" counts taken back (no event kind counts "lost": no key is in both)
+                    counts = {**rollups, **_undo_false_losses(db, events)}
+                if counts:
+                    _upsert_rollups(db, kind, counts)
                 for worker in merged_workers:
                     _upsert_worker(db, worker)
             return
@@ -344,9 +347,13 @@ def _upsert_worker(db: peewee.Database, worker: WorkerEvent) -> None:
     # bound to another Database object (another recorder, the app's own
     # connection), whose connection would wait on this transaction's lock.
     fields = dict(worker.fields)
+    alive_as = fields.pop(ALIVE_AS, None)
     for name in ("queues", "options"):
         if name in fields and not isinstance(fields[name], str):
             fields[name] = json.dumps(fields[name])
+    heartbeat = fields.get("last_heartbeat")
+    if alive_as is not None and isinstance(heartbeat, int):
+        _revive(db, worker.worker_id, str(alive_as), heartbeat)
     updated = Worker.update(**fields).where(Worker.worker_id == worker.worker_id).execute(db) if fields else 0
     if not updated:
         Worker.insert(worker_id=worker.worker_id, **fields).on_conflict_ignore().execute(db)
@@ -359,9 +366,29 @@ LOST_PREFIX = "lost: "
 
 #: The job fields :func:`mark_lost` reads, and :func:`mark_attempt_lost` needs.
 LOSS_FIELDS = (
-    Job.id, Job.message_id, Job.queue, Job.actor, Job.status, Job.worker_id, Job.progress, Job.lost_attempts,
-    Job.broker_message_id, Job.exception,
+    Job.id, Job.message_id, Job.queued_day, Job.queue, Job.actor, Job.status, Job.worker_id, Job.progress,
+    Job.lost_attempts, Job.broker_message_id, Job.exception,
 )
+
+
+def _revive(db: peewee.Database, worker_id: str, status: str, heartbeat: int) -> None:
+    """A row marked lost by a stale-worker cleanup whose worker beats again takes back its own status.
+
+    Only a mark that no one saw happen (no exit code: the worker stopped
+    heart-beating, nobody reaped it) can be wrong, and only a heartbeat
+    taken after the mark proves it wrong: an old heartbeat replayed late
+    does not raise the dead.
+    """
+    revived = (
+        Worker.update(status=status, stopped_at=None, exit_code=None, exit_reason=None)
+        .where(
+            (Worker.worker_id == worker_id) & (Worker.status == WorkerStatus.LOST)
+            & Worker.exit_code.is_null() & (Worker.stopped_at < heartbeat)
+        )
+        .execute(db)
+    )
+    if revived:
+        logger.warning("worker %s heart-beats again after it was marked lost: it is %s", worker_id, status)
 
 
 def mark_lost(
@@ -369,19 +396,23 @@ def mark_lost(
 ) -> list[Job]:
     """Return the jobs that ``worker_id`` was running to pending, as lost attempts.
 
-    Called by whoever saw the worker die.  The row's progress drops from
+    Called by whoever judged the worker dead.  The row's progress drops from
     "started" to "lost" of the same attempt, so that the broker's redelivery
-    of the message (the same attempt, "started" again) wins over it.
+    of the message (the same attempt, "started" again) wins over it.  Each
+    mark is kept in :class:`~watchtower.models.LostMark`: if the worker was
+    alive after all (cut off from the ledger, not dead), its own finish of
+    that attempt undoes the mark when it is written (see :func:`write_batch`).
     ``db`` defaults to the database the models are bound to.
     Returns the jobs that were marked, for counting, with their new
     ``status``, ``progress`` and ``lost_attempts``, and their
     ``broker_message_id``.
     """
     at = at_us if at_us is not None else now_ms() * 1000
+    target = db if db is not None else models.database.obj
     jobs = list(
         Job.select(*LOSS_FIELDS)
         .where((Job.worker_id == worker_id) & (Job.status == JobStatus.PROCESSING))
-        .execute(db)
+        .execute(target)
     )
     marked = [job for job in jobs if _lose(job, reason, at, db)]
     if marked:
@@ -408,18 +439,26 @@ def _lose(job: Job, reason: str, at: int, db: peewee.Database | None) -> bool:
         return False
     lost = attempt_started - PHASE_STARTED + PHASE_LOST
     exception = f"{LOST_PREFIX}{reason}"
-    count = (
-        Job.update(
-            status=JobStatus.PENDING,
-            progress=lost,
-            progress_at=at,
-            lost_attempts=Job.lost_attempts + 1,
-            exception=exception,
+    target = db if db is not None else models.database.obj
+    with target.atomic():  # the row and its mark together
+        count = (
+            Job.update(
+                status=JobStatus.PENDING,
+                progress=lost,
+                progress_at=at,
+                lost_attempts=Job.lost_attempts + 1,
+                exception=exception,
+            )
+            .where((Job.id == job.id) & (Job.progress == attempt_started) & (Job.status == JobStatus.PROCESSING)
+                   & (Job.worker_id == job.worker_id))
+            .execute(target)
         )
-        .where((Job.id == job.id) & (Job.progress == attempt_started) & (Job.status == JobStatus.PROCESSING)
-               & (Job.worker_id == job.worker_id))
-        .execute(db)
-    )
+        if count:
+            LostMark.insert(
+                worker_id=job.worker_id, message_id=job.message_id, queued_day=job.queued_day,
+                attempt=attempt_started // 8, at=at, queue=job.queue, actor=job.actor,
+                exception=exception, previous=job.exception,
+            ).execute(target)
     if count:
         job.status, job.progress, job.exception = JobStatus.PENDING, lost, exception
         job.lost_attempts = (job.lost_attempts or 0) + 1
@@ -464,3 +503,59 @@ def _count(db: peewee.Database | None, at_us: int, jobs: Sequence[Job], kind: st
     for job in jobs:
         totals.setdefault((at_us // 60_000_000, job.queue, job.actor, kind), [0, 0.0])[0] += 1
     _upsert_rollups(target, dialect(target), totals)
+
+
+def _undo_false_losses(db: peewee.Database, events: Sequence[JobEvent]) -> dict[tuple[int, str, str, str], list[float]]:
+    """Undo the lost marks that these events prove false: the marked worker finished that attempt itself.
+
+    A supervisor judges a worker dead when its heartbeats stop reaching the
+    ledger; a worker that was only cut off from the ledger goes on and ends
+    its attempts, and those finishing events (completed, retried, failed,
+    skipped) come later.  Each one that matches a mark (same job, same
+    attempt, same worker) takes the loss back: ``lost_attempts`` and the
+    "lost" rollup of the mark's minute go down by one, and the mark's
+    ``lost: ...`` text leaves ``exception`` if it is still there.
+
+    Order-independent: a finish written before the mark prevents it (the
+    row no longer shows the attempt running under that worker), one written
+    after finds the mark here, whatever else reached the row meanwhile (a
+    retry's next attempt, a redelivery to another worker).  Deleting the
+    mark is the claim: a finish written twice undoes it once.  Returns the
+    rollup counts to take back, for the batch's own rollup upsert.
+    """
+    totals: dict[tuple[int, str, str, str], list[float]] = {}
+    workers = sorted({event.worker_id for event in events if event.worker_id is not None})
+    if not workers:
+        return totals
+    # In plain SQL: this runs for every batch, and finds nothing almost
+    # always (a Peewee query costs 50 times more than this one).
+    found = db.execute_sql(
+        f"SELECT id, worker_id, queued_day, message_id, attempt FROM {LostMark._meta.table_name} "
+        f"WHERE worker_id IN ({', '.join([db.param] * len(workers))})", workers,
+    ).fetchall()
+    if not found:
+        return totals
+    finished = {
+        (event.worker_id, event.queued_day, event.message_id, event.attempt)
+        for event in events
+        if event.kind.phase == PHASE_FINISHED and event.worker_id is not None
+    }
+    matched = sorted(row[0] for row in found if tuple(row[1:]) in finished)
+    if not matched:
+        return totals
+    for mark in LostMark.select().where(LostMark.id.in_(matched)).order_by(LostMark.id).execute(db):
+        if not LostMark.delete().where(LostMark.id == mark.id).execute(db):
+            continue  # another writer undid it first
+        job = (Job.queued_day == mark.queued_day) & (Job.message_id == mark.message_id)
+        Job.update(lost_attempts=Job.lost_attempts - 1).where(job & (Job.lost_attempts > 0)).execute(db)
+        Job.update(exception=mark.previous).where(job & (Job.exception == mark.exception)).execute(db)
+        # A later mark of the same job that replaced this one's text now
+        # replaces what this one had replaced.
+        LostMark.update(previous=mark.previous).where(
+            (LostMark.queued_day == mark.queued_day) & (LostMark.message_id == mark.message_id)
+            & (LostMark.previous == mark.exception)
+        ).execute(db)
+        totals.setdefault((mark.at // 60_000_000, mark.queue, mark.actor, "lost"), [0, 0.0])[0] -= 1
+        logger.info("worker %s finished attempt %d of message %s after it was marked lost: the loss is undone",
+                    mark.worker_id, mark.attempt, mark.message_id)
+    return totals

@@ -31,7 +31,7 @@ import psutil
 from . import store
 from .bus import COMMAND_TTL, CommandBus, WorkerCommand, open_bus, supervisor_inbox_key, worker_command_key
 from .config import Settings
-from .errors import UnknownWorker, WorkerError, WorkerGone
+from .errors import BusError, UnknownWorker, WorkerError, WorkerGone
 from .models import Job, Worker, WorkerStatus, now_ms, to_ms
 from .pool import check_options, check_queues
 from .records import clean_stale_workers
@@ -103,7 +103,8 @@ class WorkerManager:
         and threads; the rest come from the supervisor's settings.  The
         supervisor spawns the worker on its host within a moment, or, when it
         already runs ``max_processes`` workers, marks the row stopped saying
-        why.
+        why.  When the bus cannot take the request, BusError is raised and
+        no row is left behind.
         """
         queues = check_queues(queue)
         checked = check_options(options)
@@ -124,7 +125,16 @@ class WorkerManager:
             started_at=now_ms(),
         ).execute()
         request = {"worker_id": worker_id, "queues": list(queues), "options": checked}
-        self.bus.push(supervisor_inbox_key(name), json.dumps(request), ttl=START_REQUEST_TTL)
+        try:
+            self.bus.push(supervisor_inbox_key(name), json.dumps(request), ttl=START_REQUEST_TTL)
+        except BusError:
+            # Nobody will start it: a row left "starting" would later show a
+            # worker lost that never was.  If the push did get through after
+            # all, the supervisor records the row again when it spawns.
+            Worker.delete().where(
+                (Worker.worker_id == worker_id) & (Worker.status == WorkerStatus.STARTING) & Worker.pid.is_null()
+            ).execute()
+            raise
         logger.info("asked supervisor %s to start worker %s for %s", name, worker_id, ", ".join(queues))
         return worker_id
 
@@ -214,6 +224,12 @@ class WorkerManager:
         The messages those workers held go back to their queues at once (the
         app's broker is imported for it), as a supervisor does it: see
         :mod:`watchtower.rescue`.
+
+        Run it with a ledger that has been up for a while: right after an
+        outage the workers' heartbeats are old because they could not write
+        them.  A worker judged lost that is alive gets its row back with its
+        next heartbeat, and its jobs their lost marks undone as it finishes
+        them (see :func:`watchtower.records.clean_stale_workers`).
         """
         self._database()
         rescuers: list[Rescuer] = []

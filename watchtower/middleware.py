@@ -41,7 +41,7 @@ from .config import Settings, load_settings
 from .dramatiq_internals import REDIS_MESSAGE_ID, consumer_whitelist, proxy_exception, redelivered
 from .dramatiq_internals import proxy_state as _proxy_state
 from .dramatiq_internals import unwrap_proxy as _unwrap
-from .events import JobEvent, Kind, SendEncoder, WorkerEvent, encode_message
+from .events import ALIVE_AS, JobEvent, Kind, SendEncoder, WorkerEvent, encode_message
 from .models import WorkerStatus
 from .recorder import Recorder
 from .spool import spool_directory
@@ -259,7 +259,8 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     def _heartbeat(self) -> None:
         if self.worker_id is None or self._worker is None:
             return
-        self.recorder.record_worker(WorkerEvent(self.worker_id, self.worker_counts()))
+        fields = {**self.worker_counts(), ALIVE_AS: WorkerStatus.RUNNING}  # a row wrongly marked lost comes back
+        self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
 
     def worker_counts(self) -> dict[str, object]:
         """This process's heartbeat and counts, as worker-row fields."""

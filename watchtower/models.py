@@ -1,4 +1,4 @@
-"""The ledger's tables as Peewee models: Job, Worker, Command, Rollup, Meta, Lease.
+"""The ledger's tables as Peewee models: Job, Worker, LostMark, Command, Rollup, Meta, Lease.
 
 The models are bound to a :class:`peewee.DatabaseProxy`; :func:`watchtower.store.connect`
 points it at a real database, so the models can be imported before any
@@ -24,7 +24,7 @@ from typing import Any
 
 import peewee
 
-__all__ = ["Job", "day_of", "queued_days", "JobCount", "HourlyRollup", "Worker", "Command", "CommandEntry", "Rollup", "Meta", "Lease", "JobStatus", "WorkerStatus", "database"]
+__all__ = ["Job", "day_of", "queued_days", "JobCount", "HourlyRollup", "Worker", "LostMark", "Command", "CommandEntry", "Rollup", "Meta", "Lease", "JobStatus", "WorkerStatus", "database"]
 
 #: Every model is bound to this proxy; ``store.connect`` initialises it.
 database = peewee.DatabaseProxy()
@@ -361,6 +361,34 @@ class Job(BaseModel):
         return Worker.get_or_none(Worker.worker_id == self.worker_id)
 
 
+class LostMark(BaseModel):
+    """One attempt marked lost with its worker, kept so that the worker's own finish can undo it.
+
+    A worker is judged dead when it stops heart-beating or its supervisor
+    reaps it.  One that was only cut off from the ledger lives on and ends
+    the attempt itself; its finishing event of the same ``attempt`` then
+    undoes this mark, whenever it arrives (see :mod:`watchtower.ledger`).
+    ``at`` is the mark's time in microseconds (its "lost" rollup minute);
+    ``exception`` is what the mark wrote into the job's exception
+    (``lost: <reason>``), ``previous`` what was there before.
+    """
+
+    id = peewee.BigAutoField()
+    worker_id = peewee.CharField(max_length=128)
+    message_id = peewee.CharField(max_length=64)
+    queued_day = peewee.BigIntegerField()
+    attempt = peewee.IntegerField()
+    at = peewee.BigIntegerField()
+    queue = peewee.CharField(max_length=255)
+    actor = peewee.CharField(max_length=255)
+    exception = BigTextField()
+    previous = BigTextField(null=True)
+
+    class Meta:
+        table_name = "watchtower_lost_marks"
+        indexes = ((("worker_id", "message_id"), False), (("queued_day", "message_id"), False))
+
+
 DAY_MS = 86_400_000
 
 
@@ -526,4 +554,6 @@ class Lease(BaseModel):
         table_name = "watchtower_leases"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Meta, Worker, Job, Command, CommandEntry, Rollup, HourlyRollup, JobCount, Lease)
+MODELS: tuple[type[BaseModel], ...] = (
+    Meta, Worker, Job, LostMark, Command, CommandEntry, Rollup, HourlyRollup, JobCount, Lease,
+)

@@ -14,8 +14,9 @@ What goes, and when (days from the settings, or the command line):
   hours), and the hourly sums of those hours;
 - stopped and lost worker records whose last sign of life is older than
   ``retention.workers_days`` (7: as long as the completed jobs that name
-  them).  ``Job.worker_id`` is a plain column, so those jobs stay intact and
-  ``job.worker`` returns None.
+  them), with the lost marks of their attempts (see
+  :class:`~watchtower.models.LostMark`).  ``Job.worker_id`` is a plain
+  column, so those jobs stay intact and ``job.worker`` returns None.
 
 Each batch is its own short transaction, so live recording only ever waits
 for one batch and a crash mid-prune leaves a consistent table (what was
@@ -63,7 +64,7 @@ import peewee
 
 from .config import Settings
 from .lease import Lease, acquire, free_at
-from .models import DAY_MS, HourlyRollup, Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
+from .models import DAY_MS, HourlyRollup, Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
 from .store import dialect
 
 __all__ = ["Retention", "PruneResult", "prune", "plan", "prune_if_due", "AutoPruner"]
@@ -79,6 +80,7 @@ _JOBS = Job._meta.table_name
 _ROLLUPS = Rollup._meta.table_name
 _HOURLY = HourlyRollup._meta.table_name
 _WORKERS = Worker._meta.table_name
+_MARKS = LostMark._meta.table_name
 _GONE_WORKERS = (WorkerStatus.STOPPED, WorkerStatus.LOST)
 
 #: SQLite: give free pages back to the file system when they are at least
@@ -449,6 +451,11 @@ def _delete_workers(loop: _BatchLoop, cutoff: int, tally: Callable[[int], None])
         tally(loop.write(
             f"DELETE FROM {_WORKERS} WHERE worker_id IN ({marks}) AND {_WORKERS_GONE}", (*ids, *_GONE_WORKERS, cutoff)
         ))
+        # Their lost marks: a worker gone this long will not finish those attempts.
+        loop.write(
+            f"DELETE FROM {_MARKS} WHERE worker_id IN ({marks}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {_WORKERS} WHERE {_WORKERS}.worker_id = {_MARKS}.worker_id)", tuple(ids)
+        )
         if len(ids) < loop.size:
             return
         loop.step_back()

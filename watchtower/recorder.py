@@ -468,9 +468,12 @@ class Recorder:
                 self._spill_wake.set()
                 if is_outage(error):
                     backoff = min(MAX_BACKOFF, max(self.flush_interval, backoff * 2 or 0.1))
+                    # This process's own buffer: each process (worker, producer) logs its own.
                     logger.warning(
-                        "watchtower recorder cannot write %d events (%d more in the spool; retrying in %.1fs): %s",
-                        self._waiting(), self._spooled, backoff, " ".join(str(error).split()),
+                        "watchtower recorder cannot write to the ledger (retrying in %.1fs): %s; "
+                        "waiting in process %d: %d job events (%d more in the spool), %d worker rows",
+                        backoff, " ".join(str(error).split()), os.getpid(), self._waiting(), self._spooled,
+                        len(self._workers),
                     )
                 else:
                     backoff = MAX_BACKOFF

@@ -29,6 +29,7 @@ __all__ = [
     "heartbeats",
     "stale_condition",
     "clean_stale_workers",
+    "HeartbeatGrace",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,12 @@ def clean_stale_workers(
 ) -> int:
     """Mark stale worker rows lost and their jobs lost; returns how many rows this call claimed.
 
+    A caller that was itself cut off from the ledger should wait before it
+    judges (see :class:`HeartbeatGrace`).  A judgment can still be wrong (a
+    worker cut off from the ledger while this caller was not): the worker's
+    next heartbeat gives its row back its status, and its own finish of an
+    attempt marked lost undoes the mark (see :mod:`watchtower.ledger`).
+
     Safe to run from many supervisors at once: a row is claimed by one
     conditional UPDATE (only one caller sees it change) and ``mark_lost``
     moves each job once.  ``keep`` names workers the caller watches itself
@@ -193,3 +200,41 @@ def _sweep_orphans(cutoff: int, now: int) -> None:
         jobs = mark_lost(row.worker_id, f"worker {row.worker_id} is gone", at_us=now * 1000)
         if jobs:
             logger.warning("returned %d jobs of gone worker %s to pending", len(jobs), row.worker_id)
+
+
+class HeartbeatGrace:
+    """When the heartbeats that a process reads from the ledger can be judged.
+
+    When this process could not reach the ledger, the workers probably could
+    not either: their heartbeats there are old for no fault of theirs.  A
+    worker's recorder retries a failed write at most every
+    :data:`~watchtower.recorder.MAX_BACKOFF` seconds, so its heartbeats are
+    judged again only once it has had that long, and then a whole
+    ``heartbeat_timeout``, to write after this process's first successful
+    ledger operation since the failure.  The same holds after this process
+    starts (a supervisor restarted in a loop starts when the ledger returns).
+
+    ``now`` and the arguments of the methods are monotonic seconds.
+    """
+
+    def __init__(self, heartbeat_timeout: float, now: float) -> None:
+        from .recorder import MAX_BACKOFF
+
+        self.seconds = heartbeat_timeout + MAX_BACKOFF
+        self.since = now
+        self.down = False
+
+    def failed(self) -> None:
+        """An operation on the ledger failed."""
+        self.down = True
+
+    def answered(self, now: float) -> None:
+        """An operation on the ledger succeeded: the grace starts at the first one after a failure."""
+        if self.down:
+            self.down = False
+            self.since = now
+            logger.info("the ledger answers again: heartbeats are judged again in %g s", self.seconds)
+
+    def judges(self, now: float) -> bool:
+        """Whether heartbeats read now say something about the workers."""
+        return not self.down and now - self.since >= self.seconds

@@ -266,7 +266,7 @@ class ScrapeSources:
                 self._wanted = False
                 errors = dict(self._reading.errors)
             reading = _Reading(at=time.monotonic(), errors=errors)
-            reading.workers = self._guard(reading, "ledger", self._read_workers)
+            reading.workers = self._guard(reading, "ledger", self._read_ledger)
             reading.depths = self._guard(reading, "broker", self._read_depths)
             with self._lock:
                 self._reading = reading
@@ -286,6 +286,22 @@ class ScrapeSources:
             if source == "ledger" and self._db is not None:
                 self._db.close()  # a broken connection: open a new one next time
             return None
+
+    def _read_ledger(self) -> list[tuple[str, str, int, int]] | None:
+        """The workers' values, through a new connection if the one kept from the last read broke.
+
+        A connection kept between two scrapes fails on its first use after
+        the database restarted (an outage no scrape saw, or the first
+        scrape after one): that says nothing about the database now.
+        """
+        reused = self._db is not None and not self._db.is_closed()
+        try:
+            return self._read_workers()
+        except Exception:
+            if not reused:
+                raise
+            self._db.close()
+            return self._read_workers()
 
     def _read_workers(self) -> list[tuple[str, str, int, int]] | None:
         if not self.database_url:

@@ -32,11 +32,13 @@ that only *record* a pending signal for the loop to act on.  Each pass
 The processes are managed without the ledger: when its database is down,
 workers are still reaped and restarted, a dead worker's messages still go
 back to their queues (without the poison check, which needs the ledger's
-counts), and the row updates wait in a queue until it is back.  Workers
-are started in sessions of their own, so a terminal's Ctrl-C reaches only
-the supervisor, which then stops them in order; each worker also watches
-the supervisor's pid and stops when it is gone (after a ``kill -9`` of the
-supervisor).
+counts), and the row updates wait in a queue until it is back.  Heartbeats
+(steps 3 and 6) are judged only once the workers have had time to write
+again after the ledger came back (see
+:class:`~watchtower.records.HeartbeatGrace`).  Workers are started in
+sessions of their own, so a terminal's Ctrl-C reaches only the supervisor,
+which then stops them in order; each worker also watches the supervisor's
+pid and stops when it is gone (after a ``kill -9`` of the supervisor).
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ class Supervisor:
         self._spawned = 0
         self._todo: collections.deque[tuple[str, LedgerAction]] = collections.deque(maxlen=100_000)
         self._db_retry_at = 0.0
-        self._db_ok_since = 0.0
+        self._heartbeat_grace = records.HeartbeatGrace(settings.heartbeat_timeout, clock())
         self._due = {"heartbeats": 0.0, "inbox": 0.0, "cleanup": 0.0}
         self._last_warning: dict[str, float] = {}
         self._run_dir: str | None = None
@@ -219,7 +221,7 @@ class Supervisor:
         try:
             self._run_dir = tempfile.mkdtemp(prefix=f"watchtower-{self.name}-")
             self._pruner = AutoPruner(self.settings, owner=f"{self.hostname}/{self.name}/{os.getpid()}", db=self._db)
-            self._db_ok_since = self.clock()
+            self._heartbeat_grace = records.HeartbeatGrace(self.settings.heartbeat_timeout, self.clock())
             self._slots = [
                 Slot(kind=SlotKind.POOL, queues=self.config.queues, options=worker_options(self.config))
                 for _ in range(self.config.min_processes)
@@ -296,6 +298,8 @@ class Supervisor:
             return
         try:
             step(*args)
+            if what != "inbox":
+                self._heartbeat_grace.answered(self.clock())
         except (peewee.PeeweeException, DatabaseUnavailable) as error:
             self._db_failed(what, error)
         except WatchtowerError as error:  # the bus
@@ -471,8 +475,8 @@ class Supervisor:
         beats = records.heartbeats(watched)
         wall = now_ms()
         # Heartbeats read while the ledger was recovering from an outage may
-        # be old for no fault of the workers: judge only after a full period.
-        trust = now - self._db_ok_since >= self.settings.heartbeat_timeout
+        # be old for no fault of the workers.
+        trust = self._heartbeat_grace.judges(now)
         for worker_id, (slot, child) in watched.items():
             if now - child.started >= self.policy.quick and slot.crashloop_row is not None:
                 records.retire_crashloop(slot.crashloop_row)  # it is healthy again
@@ -521,9 +525,10 @@ class Supervisor:
     # Housekeeping ---------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        records.clean_stale_workers(
-            self.settings.heartbeat_timeout, keep=set(self.children()), rescue=self._rescue_stale
-        )
+        if self._heartbeat_grace.judges(self.clock()):
+            records.clean_stale_workers(
+                self.settings.heartbeat_timeout, keep=set(self.children()), rescue=self._rescue_stale
+            )
         if self._pruner is not None:
             self._pruner.tick()  # returns at once: a due prune runs in a thread of its own
         self._unknown.tick()  # jobs whose last events never came (see watchtower.stuck)
@@ -599,12 +604,14 @@ class Supervisor:
                 return
             except Exception:
                 logger.exception("supervisor %s: recording %s failed", self.name, what)
+            else:
+                self._heartbeat_grace.answered(self.clock())
             self._todo.popleft()
 
     def _db_failed(self, what: str, error: Exception) -> None:
         now = self.clock()
         self._db_retry_at = now + DB_RETRY
-        self._db_ok_since = self._db_retry_at
+        self._heartbeat_grace.failed()
         self._warn("db", "supervisor %s: the ledger is unavailable (%s: %s); %d updates wait",
                    self.name, what, " ".join(str(error).split()), len(self._todo))
         self._rescue_without_ledger()

@@ -47,14 +47,18 @@ Exit codes:
 0   graceful stop (signal, ``stop`` command, parent gone): stay stopped
 1   unexpected failure, or killed by a second signal
 2   bad arguments or settings, unknown supervisor, app module fails to import
-3   the command bus (or its database) cannot be reached at start
+3   reserved (earlier releases: the command bus could not be reached at start)
 64  memory limit exceeded: recycled, a fresh process should take over
 65  ``restart`` command: stopped gracefully, a fresh process should take over
 ==  =========================================================================
 
-On codes 2 and 3 the worker writes one ``Error: ...`` line to stderr and, if
-the ledger's database is reachable and the worker id is known, its row gets
+On code 2 the worker writes one ``Error: ...`` line to stderr and, if the
+ledger's database is reachable and the worker id is known, its row gets
 status ``stopped`` with the exit code and reason.
+
+A command bus that does not answer at start is no reason to exit: the
+worker logs a warning, runs its jobs, and takes its commands once the bus
+answers.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ from .bus import CommandBus, WorkerCommand, worker_command_key
 from .config import Settings, SupervisorSettings
 from .dramatiq_internals import set_max_retries, set_time_limit
 from .errors import BusError, ConfigError, WatchtowerError
-from .events import WorkerEvent
+from .events import ALIVE_AS, WorkerEvent
 from .middleware import WatchtowerMiddleware
 from .models import WorkerStatus, now_ms
 from .pausable import PausableWorker, install_idle_consumers
@@ -280,8 +284,8 @@ class WorkerProcess:
             raise ConfigError(f"--parent-pid {pid}: no such process") from None
 
     def boot(self) -> None:
-        """Check the bus, emit process_boot, write the row and start consuming."""
-        self.bus.ping()
+        """Emit process_boot, write the row and start consuming (with the bus down, too)."""
+        self._check_bus()
         apply_limits(self.broker, self.options)
         if self.parent_pid is not None:
             # Before the first fetch (see watchtower.rescue).  Only under a
@@ -352,6 +356,22 @@ class WorkerProcess:
             return int(self._process.memory_info().rss)
         except psutil.Error:
             return None
+
+    def _check_bus(self) -> None:
+        """Say so if the command bus does not answer; the worker runs without it meanwhile.
+
+        Exiting would cost its pool a process for as long as the bus is
+        down (its supervisor would restart it into the same outage), and
+        jobs need only the broker.  No command can be sent meanwhile (the
+        API answers 503); the loop reads the bus as usual and takes the
+        commands sent once it is back.
+        """
+        try:
+            self.bus.ping()
+        except BusError as error:
+            self._last_bus_warning = time.monotonic()
+            logger.warning("worker %s starts without its commands: %s; it takes them once the bus answers",
+                           self.worker_id, error)
 
     # The loop -------------------------------------------------------------
 
@@ -489,6 +509,7 @@ class WorkerProcess:
         self.rss = self._measure_rss()
         fields: dict[str, object] = self.middleware.worker_counts()
         fields["memory_rss"] = self.rss
+        fields[ALIVE_AS] = self.status  # a row wrongly marked lost comes back with it
         self.recorder.record_worker(WorkerEvent(self.worker_id, fields))
         threshold, limit = self._recycle_at, self.options.memory
         if threshold is not None and self.rss is not None and self.rss > threshold and self._memory_reason is None:

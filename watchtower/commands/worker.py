@@ -44,8 +44,9 @@ def worker(
     """Run one Dramatiq worker process for QUEUES (default: the app's or the supervisor's queues).
 
     Exit codes: 0 stopped gracefully, 1 failed, 2 bad arguments or app import
-    failure, 3 command bus unreachable, 64 recycled past --memory, 65 stopped
-    gracefully by the restart command (start it again).
+    failure, 64 recycled past --memory, 65 stopped gracefully by the restart
+    command (start it again).  A command bus that does not answer is waited
+    for: the worker runs its jobs meanwhile.
     """
     from ..app import add_import_paths, load_app
     from ..bus import open_bus
