@@ -304,7 +304,7 @@ def test_the_outage_warning_counts_what_waits_in_the_process(
                                          actor="a", connection="redis", queued_at=at // 1000))
             recorder.record_worker(WorkerEvent("w-1", {"last_heartbeat": now_ms()}))
             said = wait_until(lambda: [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()
-                                       and r.getMessage().endswith(": 300 job events, 1 worker rows")], 60,
+                                       and r.getMessage().endswith(": 300 job events (0 more in the spool), 1 worker rows")], 60,
                               message="the outage warning")
             assert f"waiting in process {os.getpid()}:" in said[0]
             assert recorder.stats().buffered == 300
