@@ -1,12 +1,14 @@
 """Failure storm: the drain rate of failing jobs, bare Dramatiq against Dramatiq with Watchtower recording.
 
-    python3 benchmarks/storm.py [--messages 10000] [--rounds 5] [--threads 8] [--retries 0,2]
+    python3 benchmarks/storm.py [--messages 10000] [--rounds 5] [--threads 8] [--retries 0,2,throws]
                                 [--variants bare,sqlite,postgresql] [--logging off|file]
 
 benchmarks/throughput.py drains jobs that succeed; this drains jobs whose
 actor raises, the moment a team most needs its workers to keep up.  For each
 ``--retries`` value R (the actor's ``max_retries``) the variants run in
-rounds, each in a fresh child process, the order rotating by round.  A child
+rounds, each in a fresh child process, the order rotating by round
+(``throws``: the actor declares ``throws=(RuntimeError,)``, so each message
+fails once and Retries neither retries nor formats anything).  A child
 enqueues ``--messages`` messages to a real Redis broker (its own namespace;
 untimed, the ledger variants wait for those rows), then drains them with one
 ``dramatiq.Worker`` of ``--threads`` threads: every message fails R + 1
@@ -62,7 +64,7 @@ def _bill(i: int) -> None:
     _charge(i)
 
 
-def child(variant: str, database_url: str | None, messages: int, threads: int, retries: int,
+def child(variant: str, database_url: str | None, messages: int, threads: int, retries: str,
           logging_mode: str, log_path: str) -> dict[str, Any]:
     """One measurement, in this process."""
     import logging
@@ -89,7 +91,9 @@ def child(variant: str, database_url: str | None, messages: int, threads: int, r
         Job.delete().execute()  # the PostgreSQL database is shared by the rounds
     broker.emit_after("process_boot")
 
-    @dramatiq.actor(queue_name=QUEUE, broker=broker, max_retries=retries, min_backoff=5, max_backoff=10)
+    options: dict[str, Any] = {"throws": (RuntimeError,)} if retries == "throws" else {"max_retries": int(retries)}
+
+    @dramatiq.actor(queue_name=QUEUE, broker=broker, min_backoff=5, max_backoff=10, **options)
     def pay(i: int) -> None:
         _bill(i)
 
@@ -114,7 +118,7 @@ def child(variant: str, database_url: str | None, messages: int, threads: int, r
             lag_start = time.perf_counter()
             middleware.recorder.flush(timeout=120)
             ledger_lag = time.perf_counter() - lag_start
-            check_ledger(messages, retries)
+            check_ledger(messages, attempts(retries))
         worker.stop()
         return {
             "rate": messages / elapsed,
@@ -126,12 +130,17 @@ def child(variant: str, database_url: str | None, messages: int, threads: int, r
         delete_namespace(namespace)
 
 
-def check_ledger(messages: int, retries: int) -> None:
-    """Every message failed after ``retries + 1`` attempts, its row holding the final traceback."""
+def attempts(retries: str) -> int:
+    """How many times each message runs: ``max_retries + 1``, or once when the actor throws."""
+    return 1 if retries == "throws" else int(retries) + 1
+
+
+def check_ledger(messages: int, attempts: int) -> None:
+    """Every message failed after ``attempts`` attempts, its row holding the final traceback."""
     from watchtower.models import Job, JobStatus
 
     rows = Job.select(Job.payload, Job.exception).where(
-        (Job.status == JobStatus.FAILED) & (Job.attempts == retries + 1)
+        (Job.status == JobStatus.FAILED) & (Job.attempts == attempts)
     )
     complete = 0
     for row in rows.iterator():
@@ -148,7 +157,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--retries", default="0,2", help="comma-separated max_retries values, one table row group each")
+    parser.add_argument("--retries", default="0,2,throws",
+                        help="comma-separated max_retries values (or throws), one group of table rows each")
     parser.add_argument("--variants", default="bare,sqlite,postgresql")
     parser.add_argument("--logging", choices=("off", "file"), default="off")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -157,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        result = child(args.child, args.database_url, args.messages, args.threads, int(args.retries),
+        result = child(args.child, args.database_url, args.messages, args.threads, args.retries,
                        args.logging, args.log_path)
         print(json.dumps(result))
         return
@@ -168,14 +178,16 @@ def main() -> None:
     unknown = set(variants) - {"bare", "sqlite", "postgresql"}
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}: choose from bare, sqlite, postgresql")
-    retry_counts = [int(value) for value in args.retries.split(",")]
+    retry_counts = args.retries.split(",")
+    if any(value != "throws" and not value.isdigit() for value in retry_counts):
+        parser.error(f"--retries takes max_retries values or throws, not {args.retries!r}")
     cleanups = []
     postgres_url = None
     if "postgresql" in variants:
         postgres_url, drop = _postgres_database()
         cleanups.append(drop)
 
-    def child_args(retries: int) -> Any:
+    def child_args(retries: str) -> Any:
         def arguments(variant: str, sqlite_url: str) -> list[str]:
             url = {"bare": None, "sqlite": sqlite_url, "postgresql": postgres_url}[variant]
             return ["--messages", str(args.messages), "--threads", str(args.threads), "--retries", str(retries),
@@ -186,7 +198,7 @@ def main() -> None:
     results = {}
     try:
         for retries in retry_counts:
-            print(f"max_retries={retries}:", file=sys.stderr, flush=True)
+            print(f"max_retries={retries}:" if retries != "throws" else "throws:", file=sys.stderr, flush=True)
             results[retries] = rotating_rounds(__file__, variants, args.rounds, child_args(retries))
     finally:
         for cleanup in cleanups:
@@ -206,7 +218,7 @@ def main() -> None:
         for variant in variants:
             runs = by_variant[variant]
             rate = median(runs, "rate")
-            print(f"| {retries} | {variant} | {rate:.0f} | {rate * (retries + 1):.0f} "
+            print(f"| {retries} | {variant} | {rate:.0f} | {rate * attempts(retries):.0f} "
                   f"| {paired_ratio(runs, bare, 'rate'):.2f} | {median(runs, 'process_us'):.0f} "
                   f"| {median(runs, 'flusher_us'):.0f} | {median(runs, 'ledger_lag'):.2f} |")
 
