@@ -63,6 +63,11 @@ PARTS: dict[str, tuple[str, list[str], list[str]]] = {
         [],
         ["--processes", "4", "--dead", "10", "--runs", "5"],
     ),
+    "storm": (
+        "7. A storm of failing jobs: drain rate against bare Dramatiq (budget: at least 0.90 of bare)",
+        ["--messages", "3000", "--rounds", "5"],
+        ["--messages", "300", "--rounds", "1", "--variants", "bare,sqlite", "--retries", "0"],
+    ),
 }
 # Parts measured by a second script too: a real supervisor's /metrics.
 MORE: dict[str, tuple[str, list[str], list[str]]] = {
@@ -130,6 +135,12 @@ def budgets(name: str, output: str) -> list[tuple[str, str, str]]:
         for cells in found[0][1:]:
             worst = float(cells[2])
             rows.append((f"{cells[0]} within 2 s", f"median {float(cells[1]):.2f} s, max {worst:.2f} s", met(worst < 2)))
+    elif name == "storm" and found:
+        for cells in found[0][1:]:
+            if cells[1] != "bare":
+                ratio = float(cells[4])
+                group = "throws" if cells[0] == "throws" else f"max_retries={cells[0]}"
+                rows.append((f"{cells[1]} drain rate ({group}) ≥ 0.90 of bare", f"{ratio:.2f}", met(ratio >= 0.90)))
     elif name == "scrape":
         for table in found:
             for cells in table[1:]:

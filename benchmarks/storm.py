@@ -1,7 +1,7 @@
 """Failure storm: the drain rate of failing jobs, bare Dramatiq against Dramatiq with Watchtower recording.
 
     python3 benchmarks/storm.py [--messages 10000] [--rounds 5] [--threads 8] [--retries 0,2,throws]
-                                [--variants bare,sqlite,postgresql] [--logging off|file]
+                                [--variants bare,sqlite,postgresql] [--logging off|file] [--baseline DIR]
 
 benchmarks/throughput.py drains jobs that succeed; this drains jobs whose
 actor raises, the moment a team most needs its workers to keep up.  For each
@@ -28,6 +28,11 @@ message's row is failed after R + 1 attempts with the final traceback.
 Dramatiq formats one traceback per attempt (Retries'); ``--logging file``
 logs as a worker does (warnings and errors, each failure's traceback from
 the worker's own error log, into a file), which both variants pay.
+
+``--baseline DIR`` adds a variant ``sqlite baseline``: the sqlite variant
+with the watchtower package of another checkout (an earlier commit: ``git
+worktree add DIR COMMIT``), in the same rounds, so that a change is measured
+against what it replaces under the same load.
 
 Servers: Redis at WT_BENCH_REDIS, PostgreSQL at WT_BENCH_POSTGRES (see
 benchmarks/throughput.py).
@@ -65,7 +70,7 @@ def _bill(i: int) -> None:
 
 
 def child(variant: str, database_url: str | None, messages: int, threads: int, retries: str,
-          logging_mode: str, log_path: str) -> dict[str, Any]:
+          logging_mode: str, log_path: str, root: Path = ROOT) -> dict[str, Any]:
     """One measurement, in this process."""
     import logging
 
@@ -80,7 +85,7 @@ def child(variant: str, database_url: str | None, messages: int, threads: int, r
     broker = RedisBroker(url=REDIS_URL, namespace=namespace)
     middleware = None
     if variant != "bare":
-        sys.path.insert(0, str(ROOT))
+        sys.path.insert(0, str(root))
         from watchtower import WatchtowerMiddleware, store
         from watchtower.config import Settings
         from watchtower.models import Job
@@ -161,6 +166,7 @@ def main() -> None:
                         help="comma-separated max_retries values (or throws), one group of table rows each")
     parser.add_argument("--variants", default="bare,sqlite,postgresql")
     parser.add_argument("--logging", choices=("off", "file"), default="off")
+    parser.add_argument("--baseline", type=Path, help="another checkout: its sqlite variant runs beside this one's")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--log-path", help=argparse.SUPPRESS)
@@ -168,7 +174,7 @@ def main() -> None:
 
     if args.child:
         result = child(args.child, args.database_url, args.messages, args.threads, args.retries,
-                       args.logging, args.log_path)
+                       args.logging, args.log_path, args.baseline.resolve() if args.baseline else ROOT)
         print(json.dumps(result))
         return
 
@@ -178,6 +184,10 @@ def main() -> None:
     unknown = set(variants) - {"bare", "sqlite", "postgresql"}
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}: choose from bare, sqlite, postgresql")
+    if args.baseline is not None:
+        if not (args.baseline / "watchtower" / "middleware.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no watchtower package there")
+        variants.append("sqlite baseline")
     retry_counts = args.retries.split(",")
     if any(value != "throws" and not value.isdigit() for value in retry_counts):
         parser.error(f"--retries takes max_retries values or throws, not {args.retries!r}")
@@ -189,10 +199,11 @@ def main() -> None:
 
     def child_args(retries: str) -> Any:
         def arguments(variant: str, sqlite_url: str) -> list[str]:
-            url = {"bare": None, "sqlite": sqlite_url, "postgresql": postgres_url}[variant]
+            url = {"bare": None, "sqlite": sqlite_url, "postgresql": postgres_url, "sqlite baseline": sqlite_url}[variant]
             return ["--messages", str(args.messages), "--threads", str(args.threads), "--retries", str(retries),
                     "--logging", args.logging, "--log-path", sqlite_url.removeprefix("sqlite:///") + ".log",
-                    *(["--database-url", url] if url else [])]
+                    *(["--database-url", url] if url else []),
+                    *(["--baseline", str(args.baseline)] if variant == "sqlite baseline" else [])]
         return arguments
 
     results = {}
