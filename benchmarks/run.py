@@ -1,6 +1,6 @@
 """Every benchmark in one run, as one Markdown report.
 
-    python3 benchmarks/run.py                 # all parts, full size (20 to 25 minutes on a 2-core machine)
+    python3 benchmarks/run.py                 # all parts, full size (25 to 35 minutes on a 2-core machine)
     python3 benchmarks/run.py --quick         # all parts, small sizes (a smoke run)
     python3 benchmarks/run.py --only supervisor,scrape
     python3 benchmarks/run.py --write         # also replace benchmarks/RESULTS.md
