@@ -33,7 +33,6 @@ second table: one fill serves both (benchmarks/run.py uses this).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -46,3 +46,16 @@ def test_write_refuses_a_partial_or_quick_run() -> None:
         assert result.returncode == 2, result.stderr
         assert "--write keeps one whole full-size run" in result.stderr
     assert results.read_bytes() == before
+
+
+def test_the_storm_part_drains_failing_jobs_into_a_complete_ledger() -> None:
+    """Each ledger child checks that every failed row holds its traceback, so a run that prints its table had them all."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "storm"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "## 7. A storm of failing jobs" in result.stdout
+    assert re.search(r"^\| 0 \| sqlite \| \d+ \| \d+ \| \d+\.\d\d \| \d+ \| \d+ \| \d+\.\d\d \|$", result.stdout, re.M), result.stdout
+    assert re.search(r"^\| 7 storm: sqlite drain rate \(max_retries=0\) ≥ 0.90 of bare \| \d+\.\d\d \| (yes|\*\*no\*\*) \|$",
+                     result.stdout, re.M), result.stdout

@@ -10,6 +10,8 @@ Where the outcome of an attempt is decided:
 - ``after_process_message`` runs before Retries has looked at the exception
   when this middleware is added after it (the usual case: ``after_*`` hooks
   run in reverse order), so it only notes the exception and the end time;
+  the traceback is written in the ack's hooks, where the text Retries wrote
+  is there to reuse (see :mod:`watchtower.tracebacks`);
 - ``after_ack`` / ``after_nack`` see the final word: an ack after an
   exception means Retries scheduled another attempt, a nack means the
   message was dead-lettered (retries exhausted, ``throws``, age limit).
@@ -28,7 +30,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -45,13 +46,12 @@ from .events import ALIVE_AS, JobEvent, Kind, SendEncoder, WorkerEvent, encode_m
 from .models import WorkerStatus
 from .recorder import Recorder
 from .spool import spool_directory
+from .tracebacks import EXCEPTION_LIMIT, format_exception, within
+from .tracebacks import cap as _cap
 
 __all__ = ["WatchtowerMiddleware", "EXCEPTION_LIMIT", "broker_kind"]
 
 logger = logging.getLogger(__name__)
-
-#: Tracebacks are kept up to this many characters (their last part).
-EXCEPTION_LIMIT = 16_384
 
 # The key under which a MessageProxy's __dict__ holds its _Attempt.
 _STATE = "_watchtower_attempt"
@@ -65,7 +65,7 @@ class _Attempt:
     raises AttributeError there, which costs more than the rest of a hook.
     """
 
-    __slots__ = ("number", "started", "clock", "finished", "duration", "exception", "skipped", "given_up")
+    __slots__ = ("number", "started", "clock", "finished", "duration", "raised", "exception", "skipped", "given_up")
 
     def __init__(self, number: int | None = None, started: int | None = None, clock: float | None = None) -> None:
         self.number = number  # the attempt, set when it started here
@@ -73,7 +73,8 @@ class _Attempt:
         self.clock = clock  # perf_counter() at the start
         self.finished: int | None = None  # epoch ms
         self.duration: float | None = None  # seconds
-        self.exception: str | None = None  # the traceback, capped
+        self.raised = False  # the attempt ended in an exception
+        self.exception: str | None = None  # its traceback, capped, when written before the outcome
         self.skipped = False
         self.given_up = False  # lost max_lost times: dead-lettered without running
 
@@ -116,20 +117,6 @@ def broker_kind(broker: dramatiq.Broker) -> str:
             if kind in name:
                 return kind
     return type(broker).__name__.lower().removesuffix("broker")
-
-
-def format_exception(exception: BaseException) -> str:
-    """The traceback of ``exception``, capped to its last EXCEPTION_LIMIT characters."""
-    text = "".join(traceback.format_exception(exception))
-    if len(text) > EXCEPTION_LIMIT:
-        text = "...(truncated)...\n" + text[-EXCEPTION_LIMIT:]
-    return text
-
-
-def _cap(text: str | None) -> str | None:
-    if text is not None and len(text) > EXCEPTION_LIMIT:
-        return "...(truncated)...\n" + text[-EXCEPTION_LIMIT:]
-    return text
 
 
 def _use_send_encoder() -> None:
@@ -420,7 +407,12 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             with self._counts_lock:
                 self.in_progress -= 1
         if exception is not None:
-            state.exception = format_exception(exception)
+            state.raised = True
+            if proxy_exception(message) is not exception:
+                # The worker keeps its exception on the message until the ack,
+                # whose hook writes the traceback (see _traceback); one that
+                # came some other way is written now, while it is at hand.
+                state.exception = format_exception(exception)
         return state
 
     @_guarded
@@ -431,7 +423,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         state = _attempt(message)
         if state is not None and state.skipped:
             kind = Kind.SKIPPED
-        elif state is not None and state.exception is not None:
+        elif state is not None and state.raised:
             kind = Kind.RETRIED if self._retries else Kind.FAILED
         else:
             kind = Kind.COMPLETED
@@ -451,10 +443,8 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         if attempt is None:  # never started: skipped before it ran, or no such actor
             attempt = options.get("retries", 0) + 1
         exception = state.exception
-        if exception is None and kind is Kind.FAILED:
-            failure = proxy_exception(message)
-            if failure is not None:
-                exception = format_exception(failure)
+        if exception is None and (state.raised or kind is Kind.FAILED):
+            exception = self._traceback(message, options, state)
         if exception is None:
             # The last failure's traceback, which the row keeps: the event
             # that ends an attempt must carry every value that older events
@@ -478,3 +468,21 @@ class WatchtowerMiddleware(dramatiq.Middleware):
             duration=state.duration,
             exception=exception,
         ))
+
+    def _traceback(self, message: Any, options: dict[str, Any], state: _Attempt) -> str | None:
+        """The traceback of the exception that ended this attempt, capped (see :mod:`watchtower.tracebacks`).
+
+        Runs in the ack's hooks, after every ``after_process_message``: by
+        then Retries has written the attempt's traceback into the options
+        (and counted the attempt in ``retries``) unless it let the exception
+        through (``throws``).  That text is kept when no traceback of the
+        chain is deeper than the 30 frames Retries writes; otherwise the
+        traceback is written here, on the worker's thread, once.
+        """
+        failure = proxy_exception(message)
+        if failure is None:
+            return None
+        text = options.get("traceback")
+        if text is not None and state.number is not None and options.get("retries") == state.number and within(failure):
+            return _cap(text)
+        return format_exception(failure)
