@@ -48,6 +48,11 @@ __all__ = [
     "RetryResource",
     "job_summary",
     "job_detail",
+    "list_jobs",
+    "find_job",
+    "retry_job",
+    "delete_failed",
+    "retryable_failed",
     "SUMMARY_COLUMNS",
     "SEARCH_WINDOW",
     "MAX_PAGE",
@@ -224,6 +229,29 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
     return found, complete
 
 
+def retryable_failed(
+    services: Services, *, queue: str | None, search: str | None, limit: int
+) -> tuple[list[str], int, bool]:
+    """The failed jobs not yet retried that ``queue`` and ``search`` select, as a list filter selects them.
+
+    Returns the message ids of the oldest ``limit`` of them, how many there
+    are, and whether that count is complete: a search looks through the
+    ``SEARCH_WINDOW`` newest failed jobs only (as the lists' searches do).
+    """
+    services.ledger()
+    where: list[Any] = [Job.status == JobStatus.FAILED, Job.retried_by.is_null()]
+    if queue is not None:
+        where.append(Job.queue == queue)
+    if search is None:
+        count = Job.select(Job.id).where(*where).count()
+        rows = Job.select(Job.message_id).where(*where).order_by(Job.id).limit(limit).tuples()
+        return [message_id for (message_id,) in rows], count, True
+    ids, complete = _search(services, where, search, SEARCH_WINDOW)
+    oldest = sorted(ids)[:limit]
+    found = Job.select(Job.message_id).where(Job.id.in_(oldest)).order_by(Job.id).tuples() if oldest else []
+    return [message_id for (message_id,) in found], len(ids), complete
+
+
 def _like(column: peewee.ColumnBase, operator: str, text: str) -> peewee.ColumnBase:
     """``column LIKE '%text%'`` with the text's own wildcards taken literally ('!' escapes)."""
     literal = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
@@ -242,7 +270,8 @@ def _arguments_match(services: Services, payload: str | None, needle_escaped: st
     return needle_escaped in json.dumps(shown, separators=(",", ":")).casefold()
 
 
-def _find(services: Services, raw_id: str) -> Job:
+def find_job(services: Services, raw_id: str) -> Job:
+    """The job whose message id is ``raw_id`` (checked: 400 if it cannot be one), or JobNotFound."""
     message_id = params.job_id(raw_id)
     services.ledger()
     job = Job.find(message_id)
@@ -284,7 +313,7 @@ class JobResource:
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = job_detail(_find(self.services, job_id), self.services)
+        resp.media = job_detail(find_job(self.services, job_id), self.services)
 
 
 class FailedJobsResource:
@@ -306,11 +335,16 @@ class FailedJobResource:
         self.services = services
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        job = _find(self.services, job_id)
-        if job.status != JobStatus.FAILED:
-            raise JobConflict(f"job {job.message_id} is {job.status}: only failed jobs can be deleted here")
-        Job.delete().where((Job.id == job.id) & (Job.status == JobStatus.FAILED)).execute()
-        resp.media = {"id": job.message_id, "deleted": True}
+        resp.media = delete_failed(self.services, job_id)
+
+
+def delete_failed(services: Services, raw_id: str) -> dict[str, Any]:
+    """Forget failed job ``raw_id``'s record (JobConflict if it is not failed); the API's answer."""
+    job = find_job(services, raw_id)
+    if job.status != JobStatus.FAILED:
+        raise JobConflict(f"job {job.message_id} is {job.status}: only failed jobs can be deleted here")
+    Job.delete().where((Job.id == job.id) & (Job.status == JobStatus.FAILED)).execute()
+    return {"id": job.message_id, "deleted": True}
 
 
 class RetryResource:
@@ -320,20 +354,25 @@ class RetryResource:
         self.services = services
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        from ..retry import retry_failed
-
-        message_id = params.job_id(job_id)
-        self.services.ledger()
-        # Check the job before loading the app, so that an unknown id is a
-        # 404 even where the app's broker cannot be loaded.
-        if Job.find(message_id, Job.id) is None:
-            raise JobNotFound(f"no job has the id {message_id!r}")
-        result = retry_failed(message_id, broker=self.services.broker())
         resp.status = falcon.HTTP_202
-        resp.media = {
-            "id": result.new_id,
-            "retried_from": result.failed_id,
-            "queue": result.queue,
-            "actor": result.actor,
-            "dead_letter_removed": result.dead_letter_removed,
-        }
+        resp.media = retry_job(self.services, job_id)
+
+
+def retry_job(services: Services, raw_id: str) -> dict[str, Any]:
+    """Retry failed job ``raw_id`` (see :func:`watchtower.retry.retry_failed`); the API's answer."""
+    from ..retry import retry_failed
+
+    message_id = params.job_id(raw_id)
+    services.ledger()
+    # Check the job before loading the app, so that an unknown id is a
+    # 404 even where the app's broker cannot be loaded.
+    if Job.find(message_id, Job.id) is None:
+        raise JobNotFound(f"no job has the id {message_id!r}")
+    result = retry_failed(message_id, broker=services.broker())
+    return {
+        "id": result.new_id,
+        "retried_from": result.failed_id,
+        "queue": result.queue,
+        "actor": result.actor,
+        "dead_letter_removed": result.dead_letter_removed,
+    }
