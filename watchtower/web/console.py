@@ -217,11 +217,12 @@ class Console:
         login = None
         if isinstance(error, falcon.HTTPUnauthorized):
             login = getattr(req.context, "base_path", "") + CONSOLE_LOGIN
-        self.render(req, resp, "error.html", status=error.status, title=title, description=description,
-                    status_code=error.status, login=login)
-        for name, value in (error.headers or {}).items():
-            if name.lower() == "retry-after":
-                resp.set_header(name, value)
+        status = str(error.status)  # Falcon's errors carry "404 Not Found" (an int for custom codes)
+        self.render(req, resp, "error.html", status=status, title=title, description=description,
+                    status_code=status, login=login)
+        retry_after = dict(error.headers or {}).get("Retry-After")
+        if retry_after is not None:
+            resp.set_header("Retry-After", retry_after)
 
     def outcome(self, req: falcon.Request, resp: falcon.Response, title: str, message: str, *,
                 links: list[tuple[str, str]] | None = None, kind: str = "ok") -> None:
@@ -284,7 +285,7 @@ def _queue_names(services: Services) -> list[str]:
 class JobsPage(_Page):
     """``GET /console/jobs?status=&queue=&search=&before=`` (and ``/console/failed``, without status)."""
 
-    query_params = ("status", "queue", "search", "before")
+    query_params: tuple[str, ...] = ("status", "queue", "search", "before")
 
     def __init__(self, console: Console, *, failed: bool = False) -> None:
         super().__init__(console)
@@ -294,20 +295,18 @@ class JobsPage(_Page):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = JobStatus.FAILED if self.failed else params.query_choice(req, "status", JobStatus.ALL)
-        filters = {
-            "status": None if self.failed else status,
-            "queue": params.query_queue(req),
-            "search": params.query_search(req, "search", max_length=jobs.MAX_SEARCH),
-            "before": params.query_cursor(req, "before"),
-        }
-        listing = jobs.list_jobs(self.services, status=status, queue=filters["queue"], search=filters["search"],
-                                 page=1, per_page=jobs.PER_PAGE, before=filters["before"])
+        queue = params.query_queue(req)
+        search = params.query_search(req, "search", max_length=jobs.MAX_SEARCH)
+        before = params.query_cursor(req, "before")
+        filters = {"status": None if self.failed else status, "queue": queue, "search": search, "before": before}
+        listing = jobs.list_jobs(self.services, status=status, queue=queue, search=search,
+                                 page=1, per_page=jobs.PER_PAGE, before=before)
         page = "failed" if self.failed else "jobs"
         heading = "Failed jobs" if self.failed else (f"Jobs: {status}" if status else "Jobs")
         self.console.render(
             req, resp, "jobs.html", current=page, page=page, heading=heading, listing=listing,
             filters=filters, statuses=JobStatus.ALL, queues=_queue_names(self.services),
-            caption=f"{heading}, newest first" + (" (older pages follow the cursor)" if filters["before"] else ""),
+            caption=f"{heading}, newest first" + (" (older pages follow the cursor)" if before else ""),
         )
 
 

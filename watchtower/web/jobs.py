@@ -244,12 +244,12 @@ def retryable_failed(
         where.append(Job.queue == queue)
     if search is None:
         count = Job.select(Job.id).where(*where).count()
-        rows = Job.select(Job.message_id).where(*where).order_by(Job.id).limit(limit).tuples()
-        return [message_id for (message_id,) in rows], count, True
+        rows = Job.select(Job.message_id).where(*where).order_by(Job.id).limit(limit)
+        return [job.message_id for job in rows], count, True
     ids, complete = _search(services, where, search, SEARCH_WINDOW)
     oldest = sorted(ids)[:limit]
-    found = Job.select(Job.message_id).where(Job.id.in_(oldest)).order_by(Job.id).tuples() if oldest else []
-    return [message_id for (message_id,) in found], len(ids), complete
+    found = list(Job.select(Job.message_id).where(Job.id.in_(oldest)).order_by(Job.id)) if oldest else []
+    return [job.message_id for job in found], len(ids), complete
 
 
 def _like(column: peewee.ColumnBase, operator: str, text: str) -> peewee.ColumnBase:
