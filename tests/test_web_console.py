@@ -24,6 +24,7 @@ import redis
 from conftest import REDIS_URL, ROOT
 from console_support import BROWSER_ACCEPT, CONSOLE, Browser, csrf_of, text_of
 from dramatiq.brokers.redis import RedisBroker
+from test_web_host_auth import log_in, start_host  # noqa: F401  (start_host is a fixture)
 from web_support import AUTH, TOKEN, seed_job, table_fingerprint, web_settings
 
 from watchtower import store
@@ -516,3 +517,43 @@ def test_the_package_ships_the_templates_and_static_files(tmp_path: Path) -> Non
     shipped = {f"watchtower/web/{folder}/{path.name}" for folder in ("templates", "static")
                for path in (web / folder).iterdir()}
     assert len(shipped) >= 10 and shipped <= names, shipped - names
+
+
+# Inside host applications ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["flask", "django-wsgi", "starlette"])
+def test_in_a_host_app_its_login_decides_who_sees_the_pages_and_who_acts(
+    start_host: Any, queue_name: str, host: str
+) -> None:
+    import httpx
+
+    failed = seed_job(status=JobStatus.FAILED, queue=queue_name, actor="flaky", args=("t1",))
+    served = start_host()
+    retry = f"{CONSOLE}/failed/{failed.message_id}/retry"
+
+    def form(http: httpx.Client, path: str, **fields: str) -> httpx.Response:
+        page = http.get(f"{CONSOLE}/failed")
+        return http.post(path, data={"csrf": csrf_of(page.text), **fields},
+                         headers={"Sec-Fetch-Site": "same-origin"})
+
+    stranger = served.visitor()
+    refused = stranger.get(CONSOLE, headers={"Accept": BROWSER_ACCEPT})
+    assert refused.status_code == 403 and "authorize hook refused" in text_of(refused.text)
+
+    bob = served.visitor()  # may look, not act
+    assert log_in(bob, "bob", "bob-pw").status_code == 303
+    page = bob.get(f"{CONSOLE}/failed")
+    assert page.status_code == 200 and failed.message_id in page.text
+    assert f'href="{CONSOLE}/jobs/{failed.message_id}"' in page.text  # links carry the mount point
+    assert bob.cookies.get("watchtower_csrf", path=CONSOLE)
+    assert form(bob, retry).status_code == 403
+
+    ada = served.visitor()  # an admin
+    assert log_in(ada, "ada", "ada-pw").status_code == 303
+    assert ada.post(retry, data={"csrf": "forged"}, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 403
+    answer = form(ada, retry, next=f"{CONSOLE}/failed")
+    assert answer.status_code == 200, answer.text
+    assert "was sent again" in text_of(answer.text)
+    assert Job.get_by_id(failed.id).retried_by is not None
+    assert ada.get("/").text == "hello ada"  # the host's session is untouched
