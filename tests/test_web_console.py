@@ -192,8 +192,6 @@ def test_every_form_needs_its_csrf_token_and_a_request_from_the_console_itself(
                           {"Sec-Fetch-Site": "cross-site", "Origin": "http://127.0.0.1"},
                           {"Sec-Fetch-Site": "", "Origin": "http://evil.example"}):
             headers = {key: value for key, value in elsewhere.items() if value}
-            if not headers.get("Sec-Fetch-Site"):
-                browser.headers.pop("Sec-Fetch-Site", None)
             answer = browser.client.simulate_post(
                 path, body="&".join(f"{k}={v}" for k, v in {**fields, "csrf": token}.items()),
                 headers={**browser._headers(None), "Content-Type": "application/x-www-form-urlencoded",
@@ -243,10 +241,8 @@ def test_the_hosts_authorize_hook_decides_for_the_pages_too(ledger: str, redis_n
         role = req.cookies.get("host-role")
         return role == "admin" or (role == "viewer" and req.method in ("GET", "HEAD"))
 
-    app = console_app(ledger, redis_namespace, broker, **{"http.token": None})
     api = create_app(web_settings(ledger, redis_namespace, **{"http.token": None}), authorize=authorize,
                      broker=broker)
-    del app
     stranger = Browser(api)
     refused = stranger.get(CONSOLE)
     assert refused.status_code == 403 and "authorize hook refused" in text_of(refused.text)
@@ -471,6 +467,28 @@ def test_bulk_retry_counts_what_the_filter_selects_asks_and_retries_them(ledger:
     assert "No failed job that has not been retried yet matches" in text_of(browser.get(link).text)
     bad = browser.act(f"{CONSOLE}/failed/retry", queue="no spaces")
     assert bad.status_code == 422 and "'queue' must be a queue name" in text_of(bad.text)
+
+
+def test_bulk_retry_counts_only_so_far_and_retries_the_oldest_each_press(
+    ledger: str, redis_namespace: str, broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watchtower.web import console
+
+    monkeypatch.setattr(console, "BULK_COUNT_UP_TO", 3)
+    monkeypatch.setattr(console, "MAX_BULK_RETRY", 2)
+    jobs = [seed_job(status=JobStatus.FAILED, queue="emails") for _ in range(5)]
+    browser = logged_in(console_app(ledger, redis_namespace, broker))
+    ask = text_of(browser.get(f"{CONSOLE}/failed/retry?queue=emails").text)
+    assert "More than 3 failed jobs not retried yet match on queue emails." in ask
+    assert "One press retries the 2 oldest of them" in ask and "Retry 2 jobs" in ask
+    first = text_of(browser.act(f"{CONSOLE}/failed/retry", queue="emails").text)
+    assert "2 failed jobs sent again as new jobs. More than 1 more match: press Retry again for them." in first
+    assert [bool(Job.get_by_id(job.id).retried_by) for job in jobs] == [True, True, False, False, False]
+    second = text_of(browser.act(f"{CONSOLE}/failed/retry", queue="emails").text)
+    assert "2 failed jobs sent again as new jobs. 1 more match: press Retry again for them." in second
+    last = text_of(browser.act(f"{CONSOLE}/failed/retry", queue="emails").text)
+    assert "1 failed job sent again as new job." in last and "more match" not in last
+    assert all(Job.get_by_id(job.id).retried_by for job in jobs)
 
 
 def test_worker_forms_send_the_apis_commands_and_start_requests(ledger: str, redis_namespace: str) -> None:

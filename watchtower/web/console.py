@@ -57,6 +57,8 @@ FRAGMENT_HEADER = "X-Watchtower-Fragment"
 REFRESH_SECONDS = 3
 #: Failed jobs one press of the bulk retry sends at most (a request stays short).
 MAX_BULK_RETRY = 500
+#: How far the bulk retry's page counts the failed jobs a filter selects ("more than" past it).
+BULK_COUNT_UP_TO = 1000
 #: The console's static files.
 STATIC_FILES = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 
@@ -415,7 +417,8 @@ class BulkRetryPage(_Page):
     """``GET /console/failed/retry?queue=&search=``: how many failed jobs a filter selects; ``POST``: retry them.
 
     The selection is the failed list's (queue and search), less the jobs
-    retried already; one POST retries the ``MAX_BULK_RETRY`` oldest.
+    retried already; the page counts it up to ``BULK_COUNT_UP_TO``, and one
+    POST retries the ``MAX_BULK_RETRY`` oldest.
     """
 
     query_params = ("queue", "search")
@@ -423,9 +426,10 @@ class BulkRetryPage(_Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         filters = {"queue": params.query_queue(req),
                    "search": params.query_search(req, "search", max_length=jobs.MAX_SEARCH)}
-        _, count, complete = jobs.retryable_failed(self.services, limit=0, **filters)
-        self.console.render(req, resp, "bulk_retry.html", current="failed", filters=filters, count=count,
-                            complete=complete, window=jobs.SEARCH_WINDOW, limit=MAX_BULK_RETRY)
+        selection = jobs.retryable_failed(self.services, limit=0, count_up_to=BULK_COUNT_UP_TO, **filters)
+        self.console.render(req, resp, "bulk_retry.html", current="failed", filters=filters,
+                            count=selection.count, more=selection.more, complete=selection.complete,
+                            window=jobs.SEARCH_WINDOW, limit=MAX_BULK_RETRY)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         from ..errors import JobConflict
@@ -437,21 +441,23 @@ class BulkRetryPage(_Page):
         search = form.get("search") or None
         if search is not None and len(search) > jobs.MAX_SEARCH:
             raise params.bad_request(f"the search is {len(search)} characters long; at most {jobs.MAX_SEARCH}")
-        ids, count, _ = jobs.retryable_failed(self.services, queue=queue, search=search, limit=MAX_BULK_RETRY)
+        selection = jobs.retryable_failed(self.services, queue=queue, search=search, limit=MAX_BULK_RETRY,
+                                          count_up_to=BULK_COUNT_UP_TO)
         retried, refused = 0, []
-        for message_id in ids:
+        for message_id in selection.ids:
             try:
                 jobs.retry_job(self.services, message_id)
             except JobConflict as conflict:  # retried or deleted by someone else meanwhile
                 refused.append(str(conflict))
             else:
                 retried += 1
-        left = max(0, count - len(ids))
-        message = f"{retried} failed job{'s' if retried != 1 else ''} sent again as new jobs."
+        left = selection.count - len(selection.ids)
+        plural = "s" if retried != 1 else ""
+        message = f"{retried} failed job{plural} sent again as new job{plural}."
         if refused:
             message += f" {len(refused)} could not be: {refused[0]}" + (" (and others)" if len(refused) > 1 else "")
-        if left:
-            message += f" {left} more match: press Retry again for them."
+        if left > 0 or selection.more:
+            message += f" {'More than ' if selection.more else ''}{left:,} more match: press Retry again for them."
         logger.info("console bulk retry (queue %s, search %r): %d retried, %d refused", queue, search, retried,
                     len(refused))
         self.console.outcome(req, resp, "Retried", message, kind="ok" if not refused else "error")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import falcon
 import peewee
@@ -53,6 +53,7 @@ __all__ = [
     "retry_job",
     "delete_failed",
     "retryable_failed",
+    "Selection",
     "SUMMARY_COLUMNS",
     "SEARCH_WINDOW",
     "MAX_PAGE",
@@ -229,27 +230,40 @@ def _search(services: Services, where: list[Any], text: str, wanted: int) -> tup
     return found, complete
 
 
+class Selection(NamedTuple):
+    """The failed jobs a filter selects for a bulk retry (see :func:`retryable_failed`)."""
+
+    ids: list[str]  # message ids of the oldest ones, at most the limit asked for
+    count: int  # how many match, counted up to the cap asked for
+    more: bool  # whether more than ``count`` match (the count stopped at the cap)
+    complete: bool  # False when a search stopped at the SEARCH_WINDOW newest failed jobs
+
+
 def retryable_failed(
-    services: Services, *, queue: str | None, search: str | None, limit: int
-) -> tuple[list[str], int, bool]:
+    services: Services, *, queue: str | None, search: str | None, limit: int, count_up_to: int
+) -> Selection:
     """The failed jobs not yet retried that ``queue`` and ``search`` select, as a list filter selects them.
 
-    Returns the message ids of the oldest ``limit`` of them, how many there
-    are, and whether that count is complete: a search looks through the
-    ``SEARCH_WINDOW`` newest failed jobs only (as the lists' searches do).
+    The count stops at ``count_up_to`` (counting every match would cost as
+    many rows as match, which grows with the table); the ids are those of
+    the oldest ``limit`` matches.
     """
     services.ledger()
     where: list[Any] = [Job.status == JobStatus.FAILED, Job.retried_by.is_null()]
     if queue is not None:
         where.append(Job.queue == queue)
     if search is None:
-        count = Job.select(Job.id).where(*where).count()
-        rows = Job.select(Job.message_id).where(*where).order_by(Job.id).limit(limit)
-        return [job.message_id for job in rows], count, True
-    ids, complete = _search(services, where, search, SEARCH_WINDOW)
-    oldest = sorted(ids)[:limit]
-    found = list(Job.select(Job.message_id).where(Job.id.in_(oldest)).order_by(Job.id)) if oldest else []
-    return [job.message_id for job in found], len(ids), complete
+        count = Job.select(Job.id).where(*where).limit(count_up_to + 1).count()
+        rows = Job.select(Job.message_id).where(*where).order_by(Job.id).limit(limit) if limit else []
+        complete = True
+        ids = [job.message_id for job in rows]
+    else:
+        found, complete = _search(services, where, search, count_up_to + 1)
+        count = len(found)
+        oldest = sorted(found)[:limit]
+        ids = [job.message_id for job in Job.select(Job.message_id).where(Job.id.in_(oldest)).order_by(Job.id)] \
+            if oldest else []
+    return Selection(ids, min(count, count_up_to), count > count_up_to, complete)
 
 
 def _like(column: peewee.ColumnBase, operator: str, text: str) -> peewee.ColumnBase:
