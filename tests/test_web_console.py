@@ -364,13 +364,33 @@ def test_the_dashboard_counts_and_refreshes_its_live_part_alone(ledger: str, red
     text = text_of(page.text)
     for expected in ("Completed 7", "Failed 2", "Pending 3", "Processing 0", "Total 12", "Running 1", "Paused 1"):
         assert expected in text, expected
-    assert re.search(r'<tr data-queue="emails">.*?<td class="num">3</td>', page.text, re.S)
+    assert re.search(r'<tr data-queue="emails">.*?<td class="num" data-depth="pending">3</td>', page.text, re.S)
+    assert 'data-depth="ready"' not in page.text and 'id="broker-note"' not in page.text  # no broker to ask
     assert 'data-refresh="3"' in page.text
     live = browser.get(CONSOLE, headers={"X-Watchtower-Fragment": "live"})
     assert live.status_code == 200 and not live.text.lstrip().startswith("<!doctype")
     assert "<html" not in live.text and "Completed 7" in text_of(live.text)
     seed_job(status=JobStatus.COMPLETED, queue="emails")
     assert "Completed 8" in text_of(browser.get(CONSOLE, headers={"X-Watchtower-Fragment": "live"}).text)
+
+
+def test_the_dashboard_shows_the_brokers_queue_depths_when_it_has_a_broker(
+    ledger: str, redis_namespace: str, broker: RedisBroker
+) -> None:
+    import dramatiq
+
+    broker.declare_queue("emails")
+    for n in range(2):
+        broker.enqueue(dramatiq.Message(queue_name="emails", actor_name="send", args=(n,), kwargs={}, options={}))
+    page = logged_in(console_app(ledger, redis_namespace, broker)).get(CONSOLE).text
+    row = re.search(r'<tr data-queue="emails">(.*?)</tr>', page, re.S).group(1)
+    assert '<td class="num" data-depth="ready">2</td>' in row and '<td class="num" data-depth="dead">0</td>' in row
+    # An app that cannot be imported: the page says so and shows the rest.
+    broken = logged_in(console_app(ledger, redis_namespace, app="no_such_module_here"))
+    answer = broken.get(CONSOLE)
+    assert answer.status_code == 200
+    assert "No broker counts: the app's broker cannot be loaded: cannot import app module 'no_such_module_here'" \
+        in text_of(answer.text)
 
 
 def test_pages_are_not_cached_framed_or_scripted_from_elsewhere(ledger: str, redis_namespace: str) -> None:

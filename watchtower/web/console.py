@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
@@ -42,7 +43,9 @@ from urllib.parse import urlencode
 import falcon
 import jinja2
 
+from ..errors import AppImportError
 from ..models import JobStatus, WorkerStatus
+from ..scrape import queue_depths_for
 from . import jobs, params, session, workers
 from .auth import CONSOLE, CONSOLE_LOGIN, is_console, wants_html
 from .context import Services
@@ -59,6 +62,8 @@ REFRESH_SECONDS = 3
 MAX_BULK_RETRY = 500
 #: How far the bulk retry's page counts the failed jobs a filter selects ("more than" past it).
 BULK_COUNT_UP_TO = 1000
+#: Seconds before an app that could not be imported is tried again for the dashboard's queue depths.
+BROKER_RETRY_SECONDS = 60.0
 #: The console's static files.
 STATIC_FILES = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 
@@ -160,11 +165,36 @@ class Console:
             query=_query,
             pretty=_pretty,
         )
+        self._broker_refusal: tuple[float, str] | None = None
         grafana = services.settings.grafana_url
         self.grafana = grafana.rstrip("/") if grafana else None
         self._versions = {
             name: hashlib.sha256(self.static_file(name)).hexdigest()[:12] for name in STATIC_FILES
         }
+
+    def broker_depths(self) -> tuple[dict[str, dict[str, int]] | None, str | None]:
+        """The broker's messages per queue and state, or None and why not (None when there is no broker to ask).
+
+        An app that cannot be imported is tried again a minute later, not on every refresh.
+        """
+        if not self.services.broker_known():
+            return None, None
+        now = time.monotonic()
+        if self._broker_refusal is not None and now - self._broker_refusal[0] < BROKER_RETRY_SECONDS:
+            return None, self._broker_refusal[1]
+        try:
+            broker = self.services.broker()
+        except AppImportError as error:
+            self._broker_refusal = (now, f"the app's broker cannot be loaded: {error}")
+            return None, self._broker_refusal[1]
+        reader = queue_depths_for(broker)
+        if reader is None:
+            return None, f"a {type(broker).__name__} does not tell its queue depths"
+        try:
+            return reader.depths(), None
+        except Exception as error:  # any client error means the broker did not answer
+            logger.warning("the console could not read the broker's queue depths: %s", error)
+            return None, f"the broker did not answer: {type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
     @staticmethod
     def static_file(name: str) -> bytes:
@@ -270,12 +300,17 @@ class DashboardPage(_Page):
         stats = collector.get_stats()
         minutes = collector.get_recent_throughput(60)
         recent = jobs.list_jobs(self.services, status=JobStatus.FAILED, queue=None, search=None, page=1, per_page=5)
+        in_broker, broker_note = self.console.broker_depths()
+        depths = {depth["queue"]: depth for depth in collector.get_queue_depths()}
+        for queue in in_broker or {}:
+            depths.setdefault(queue, {"queue": queue, "pending": 0, "processing": 0})
         self.console.render(
             req, resp, "dashboard.html", current="dashboard",
             stats=stats, statuses=JobStatus.ALL, minutes=minutes,
             peak=max((minute["total"] for minute in minutes), default=0),
             workers=collector.get_worker_stats(), worker_statuses=WorkerStatus.ALL,
-            depths=collector.get_queue_depths(), recent_failed=recent["data"],
+            depths=[depths[queue] for queue in sorted(depths)], in_broker=in_broker, broker_note=broker_note,
+            recent_failed=recent["data"],
         )
 
 
