@@ -463,7 +463,7 @@ class BulkRetryPage(_Page):
                    "search": params.query_search(req, "search", max_length=jobs.MAX_SEARCH)}
         selection = jobs.retryable_failed(self.services, limit=0, count_up_to=BULK_COUNT_UP_TO, **filters)
         self.console.render(req, resp, "bulk_retry.html", current="failed", filters=filters,
-                            count=selection.count, more=selection.more, complete=selection.complete,
+                            count=selection.matched, more=selection.more, complete=selection.complete,
                             window=jobs.SEARCH_WINDOW, limit=MAX_BULK_RETRY)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -486,7 +486,7 @@ class BulkRetryPage(_Page):
                 refused.append(str(conflict))
             else:
                 retried += 1
-        left = selection.count - len(selection.ids)
+        left = selection.matched - len(selection.ids)
         plural = "s" if retried != 1 else ""
         message = f"{retried} failed job{plural} sent again as new job{plural}."
         if refused:

@@ -234,8 +234,8 @@ class Selection(NamedTuple):
     """The failed jobs a filter selects for a bulk retry (see :func:`retryable_failed`)."""
 
     ids: list[str]  # message ids of the oldest ones, at most the limit asked for
-    count: int  # how many match, counted up to the cap asked for
-    more: bool  # whether more than ``count`` match (the count stopped at the cap)
+    matched: int  # how many match, counted up to the cap asked for
+    more: bool  # whether more than ``matched`` match (the count stopped at the cap)
     complete: bool  # False when a search stopped at the SEARCH_WINDOW newest failed jobs
 
 
