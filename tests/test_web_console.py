@@ -595,3 +595,27 @@ def test_in_a_host_app_its_login_decides_who_sees_the_pages_and_who_acts(
     assert "was sent again" in text_of(answer.text)
     assert Job.get_by_id(failed.id).retried_by is not None
     assert ada.get("/").text == "hello ada"  # the host's session is untouched
+
+
+def test_a_supervisor_serves_the_console_beside_its_metrics(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str
+) -> None:
+    import httpx
+    from conftest import wait_until
+    from supervision import app_env, config, metrics_url, rows, running, start_supervisor
+
+    path = config(tmp_path, sqlite_url, redis_namespace, queues=[queue_name], min_processes=1)
+    db = store.connect(sqlite_url)
+    log = tmp_path / "supervisor.log"
+    with running(start_supervisor(path, "default", log, **app_env(redis_namespace, queue_name)), log):
+        base = wait_until(lambda: metrics_url(log).removesuffix("/metrics"), 60, message="the supervisor's server")
+        worker = wait_until(lambda: rows("default", WorkerStatus.RUNNING), 60, message="the pool's worker")[0]
+        # No token configured: the console answers this machine, as the API does.
+        with httpx.Client(base_url=base, timeout=30, headers={"Accept": BROWSER_ACCEPT}) as http:
+            entry = http.get("/watchtower/")
+            assert entry.status_code == 303 and entry.headers["location"] == CONSOLE
+            page = http.get(CONSOLE + "/workers")
+            assert page.status_code == 200
+            assert f'data-worker="{worker.worker_id}" data-status="running"' in page.text
+            assert f"Supervisor default on {worker.hostname}" in text_of(page.text)
+    db.close()
