@@ -443,7 +443,8 @@ def test_retry_and_delete_say_what_they_did_or_give_the_apis_error(ledger: str, 
     answer = browser.act(f"{CONSOLE}/failed/{failed.message_id}/retry", next=here)
     assert answer.status_code == 200, answer.text
     new_id = Job.get_by_id(failed.id).retried_by
-    assert new_id and f"Job {failed.message_id} was sent again to queue default as job {new_id}." in text_of(answer.text)
+    assert new_id
+    assert f"Job {failed.message_id} was sent again to queue default as job {new_id}." in text_of(answer.text)
     assert f'href="{CONSOLE}/jobs/{new_id}"' in answer.text and f'href="{here}"' in answer.text
     assert broker.client.llen(f"{redis_namespace}:default") == 1  # really enqueued
 

@@ -242,7 +242,8 @@ def test_another_sites_form_posted_with_the_session_cookie_is_refused(
             page.goto(f"http://127.0.0.1:{attacker.server_address[1]}/")
         response = answered.value
         assert response.status == 403
-        expect(page.locator(".error-text")).to_contain_text("a POST from another site is refused (Sec-Fetch-Site: same-site)")
+        expect(page.locator(".error-text")).to_contain_text(
+            "a POST from another site is refused (Sec-Fetch-Site: same-site)")
         assert "watchtower_session=" in response.request.all_headers().get("cookie", "")
         # From "localhost", another site for the browser: the cookie stays home.
         with page.expect_response(retry) as answered:

@@ -245,7 +245,8 @@ class Authorization:
         if self._token is not None and self._bearer_matches(req):
             req.context.console_via = "token"
             return  # no browser sends a bearer token by itself: nothing to forge
-        if self.sessions is not None and any(map(self.sessions.valid, req.get_cookie_values(session.SESSION_COOKIE) or [])):
+        cookies = req.get_cookie_values(session.SESSION_COOKIE) or []
+        if self.sessions is not None and any(map(self.sessions.valid, cookies)):
             req.context.console_via = "session"
         elif self.authorize is not None and self.authorize(req):
             req.context.console_via = "hook"
@@ -341,7 +342,8 @@ def _read_form(req: falcon.Request) -> dict[str, str]:
     if content_type != "application/x-www-form-urlencoded":
         raise falcon.HTTPUnsupportedMediaType(
             title="Unsupported Media Type",
-            description=f"the console's forms are sent as application/x-www-form-urlencoded, not {content_type or 'nothing'!r}",
+            description="the console's forms are sent as application/x-www-form-urlencoded, "
+            f"not {content_type or 'nothing'!r}",
         )
     length = req.content_length
     raw = req.bounded_stream.read(MAX_BODY_BYTES + 1) if length is None or length <= MAX_BODY_BYTES else b""

@@ -371,7 +371,8 @@ class WorkersPage(_Page):
         settings = self.services.settings
         self.console.render(
             req, resp, "workers.html", current="workers", view=view,
-            groups=[{"supervisor": sup, "hostname": host, "workers": rows} for (sup, host), rows in sorted(groups.items())],
+            groups=[{"supervisor": supervisor, "hostname": host, "workers": rows}
+                    for (supervisor, host), rows in sorted(groups.items())],
             alive=WorkerStatus.ALIVE, commands=workers.COMMANDS, queues=_queue_names(self.services),
             supervisors=sorted(settings.supervisors), default_supervisor=_default_supervisor(self.services),
         )
