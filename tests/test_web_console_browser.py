@@ -241,6 +241,7 @@ def test_another_sites_form_posted_with_the_session_cookie_is_refused(
         with page.expect_response(retry) as answered:
             page.goto(f"http://127.0.0.1:{attacker.server_address[1]}/")
         response = answered.value
+        page.wait_for_url(retry, wait_until="load")  # the post's answer is the page now shown
         assert response.status == 403
         expect(page.locator(".error-text")).to_contain_text(
             "a POST from another site is refused (Sec-Fetch-Site: same-site)")
@@ -248,6 +249,7 @@ def test_another_sites_form_posted_with_the_session_cookie_is_refused(
         # From "localhost", another site for the browser: the cookie stays home.
         with page.expect_response(retry) as answered:
             page.goto(f"http://localhost:{attacker.server_address[1]}/")
+        page.wait_for_url(retry, wait_until="load")
         assert answered.value.status == 401
         assert "watchtower_session=" not in answered.value.request.all_headers().get("cookie", "")
     finally:
