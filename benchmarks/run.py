@@ -48,6 +48,11 @@ PARTS: dict[str, tuple[str, list[str], list[str]]] = {
         [],
         ["--small", "1000", "--large", "5000", "--runs", "3", "--databases", "sqlite"],
     ),
+    "console": (
+        "2c. The console's pages at 10k and 1M job rows (budget: the API's, under 50 ms, 1M/10k at most 1.5)",
+        ["--runs", "30"],
+        ["--small", "1000", "--large", "5000", "--runs", "3", "--databases", "sqlite"],
+    ),
     "prune": (
         "3. Prune of 1M rows while a recorder writes (budget: under 10 s, no write stall over 0.5 s)",
         ["--rounds", "1"],
@@ -115,8 +120,10 @@ def budgets(name: str, output: str) -> list[tuple[str, str, str]]:
                 for side, column in (("enqueue", 2), ("drain", 4)):
                     ratio = float(cells[column])
                     rows.append((f"{cells[0]} {side} rate ≥ 0.90 of bare", f"{ratio:.2f}", met(ratio >= 0.90)))
-    elif name in ("api", "collector") and found:
+    elif name in ("api", "collector", "console") and found:
         table = found[0]
+        if name == "console":  # the bulk retry's count is shown for what it costs, outside the lists' budget
+            table = [cells for cells in table if not cells[0].startswith("bulk retry count")]
         large = table[0][3].split(" rows")[0]
         for cells in table[1:]:
             p50, ratio = number(cells[3]), float(cells[4])

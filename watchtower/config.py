@@ -119,6 +119,9 @@ class Settings:
     # the client, for the token-less loopback-only mode.
     http_trusted_proxies: tuple[str, ...] = ()
     metrics_dir: str | None = None
+    # Where the Grafana that shows the shipped dashboards answers
+    # (http://grafana:3000); the console links to them when it is set.
+    grafana_url: str | None = None
     redact: tuple[str, ...] = ("password", "passwd", "token", "secret", "authorization", "api_key", "apikey")
     heartbeat_interval: float = 1.0
     # A worker whose heartbeat is older than this is hung (its supervisor
@@ -178,6 +181,7 @@ KEYS: dict[str, tuple[str, type]] = {
     "http.token": ("http_token", str),
     "http.trusted_proxies": ("http_trusted_proxies", list),
     "metrics_dir": ("metrics_dir", str),
+    "grafana_url": ("grafana_url", str),
     "redact": ("redact", list),
     "heartbeat_interval": ("heartbeat_interval", float),
     "heartbeat_timeout": ("heartbeat_timeout", float),
@@ -531,6 +535,12 @@ def _check(settings: Settings) -> None:
                 f"setting 'http.trusted_proxies' from {settings.sources.get('http.trusted_proxies', 'the defaults')} "
                 f"must list IP addresses or networks (127.0.0.1, 10.0.0.0/8), not {proxy!r}"
             ) from None
+    grafana = settings.grafana_url
+    if grafana is not None and (not grafana.startswith(("http://", "https://")) or len(grafana.split("://", 1)[1]) == 0):
+        raise ConfigError(
+            f"setting 'grafana_url' from {settings.sources.get('grafana_url', 'the defaults')} must be the address "
+            f"of a Grafana such as http://grafana.example:3000, not {grafana!r}"
+        )
     prefix = settings.http_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(

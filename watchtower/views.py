@@ -46,6 +46,7 @@ __all__ = [
     "job_summary",
     "job_detail",
     "list_jobs",
+    "search_ids",
     "worker_record",
     "worker_rows",
     "list_workers",
@@ -154,7 +155,7 @@ def list_jobs(
             query = query.where(*where)
         rows = list(query.order_by(Job.id.desc()).offset(offset).limit(per_page + 1))
     else:
-        ids, complete = _search(redactor, where, search, offset + per_page + 1)
+        ids, complete = search_ids(redactor, where, search, offset + per_page + 1)
         ids = ids[offset:]
         rows = list(Job.select(*SUMMARY_COLUMNS).where(Job.id.in_(ids)).order_by(Job.id.desc())) if ids else []
         answer.update(search_window=SEARCH_WINDOW, search_complete=complete)
@@ -165,7 +166,7 @@ def list_jobs(
     return answer
 
 
-def _search(redactor: Redactor, where: list[Any], text: str, wanted: int) -> tuple[list[int], bool]:
+def search_ids(redactor: Redactor, where: list[Any], text: str, wanted: int) -> tuple[list[int], bool]:
     """Row ids, newest first, of up to ``wanted`` jobs matching ``text``; and whether the window covered all rows."""
     floor_query = Job.select(Job.id)
     if where:

@@ -44,7 +44,8 @@ from ..errors import (
     WorkerError,
     WorkerGone,
 )
-from .auth import Authorization
+from .auth import Authorization, is_console
+from .console import Console, ConsoleEntry, add_console_routes
 from .context import Services
 from .params import KnownParams
 from .jobs import FailedJobResource, FailedJobsResource, JobResource, JobsResource, RetryResource
@@ -108,14 +109,14 @@ def create_app(
     services = Services(settings=settings, broker=broker, manager=manager, database=database, supervisor=supervisor)
     # In this order: the prefix comes off before the token is checked
     # against the route, and unknown parameters are refused after routing.
-    middleware: list[Any] = [
-        PrefixRouter(prefix),
-        Authorization(token=settings.http_token, authorize=authorize, trusted_proxies=settings.http_trusted_proxies),
-        KnownParams(),
-    ]
+    authorization = Authorization(
+        token=settings.http_token, authorize=authorize, trusted_proxies=settings.http_trusted_proxies
+    )
+    console = Console(services, signer=authorization.sessions, hook=authorize is not None)
+    middleware: list[Any] = [PrefixRouter(prefix), ConsoleEntry(), authorization, KnownParams()]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
-    app.set_error_serializer(_serialize_error)
+    app.set_error_serializer(lambda req, resp, error: _serialize_error(req, resp, error, console))
     _add_error_handlers(app, services)
 
     app.add_route("/api/poll", PollResource(services))
@@ -130,6 +131,7 @@ def create_app(
     app.add_route("/metrics", MetricsResource(services))
     app.add_route("/health", HealthResource(services))
     app.add_route("/openapi.json", OpenApiResource(services))
+    add_console_routes(app, console)
     return app
 
 
@@ -155,8 +157,8 @@ class PrefixRouter:
         raise falcon.HTTPNotFound(title="Not Found", description=f"the Watchtower API answers under {mount + self.prefix}/")
 
 
-def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
-    """Every error as JSON, whatever the client accepts (the API speaks JSON only)."""
+def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError, console: Console) -> None:
+    """Every error as JSON, whatever the client accepts (the API speaks JSON only); the console's as a page."""
     description = error.description
     if description is None:  # Falcon's own routing errors carry none
         if isinstance(error, falcon.HTTPMethodNotAllowed):
@@ -167,8 +169,12 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.H
             description = f"nothing answers at this path; the routes are listed in {base}/openapi.json"
         else:
             description = error.title or str(error.status)
+    title = error.title or str(error.status)
+    if is_console(req.path):  # the console's pages and forms: a page, whatever the client accepts
+        console.render_error(req, resp, error, title, description)
+        return
     resp.content_type = falcon.MEDIA_JSON
-    resp.media = {"title": error.title or str(error.status), "description": description}
+    resp.media = {"title": title, "description": description}
 
 
 def _where(req: falcon.Request) -> str:

@@ -39,6 +39,17 @@ without a token.
 ``/health`` and ``/metrics`` are always open: load balancers and Prometheus
 call them without credentials.  Otherwise a refusal is 401 with a
 ``WWW-Authenticate: Bearer`` challenge when a token would help, else 403.
+
+The console's pages (``/console...``, see :mod:`watchtower.web.console`)
+are let in by the same rules, fit for a browser: with a token, its login
+page trades the token for a session cookie, which then opens the pages
+(and only them: the JSON routes still want the token); a page asked for
+without one sends the browser to the login page.  The hook and the
+loopback rule apply as above.  Every state change of the console is
+checked against cross-site forgery, whoever let it in but the bearer
+token: a CSRF token in the form and the browser's word on where the
+request comes from (see :mod:`watchtower.web.session`).  The login page
+and the console's static files are open.
 """
 
 from __future__ import annotations
@@ -49,16 +60,28 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import falcon
 
 from ..errors import ConfigError
+from . import session
+from .params import MAX_BODY_BYTES, bad_request
 
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["Authorization", "FORWARDING_HEADERS", "HOST_REQUEST", "PUBLIC_PATHS", "check_bind", "is_loopback_host"]
+__all__ = [
+    "Authorization",
+    "CONSOLE",
+    "FORWARDING_HEADERS",
+    "HOST_REQUEST",
+    "PUBLIC_PATHS",
+    "check_bind",
+    "is_console",
+    "is_loopback_host",
+    "wants_html",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +96,24 @@ HOST_REQUEST = "watchtower.host_request"
 #: Methods that change nothing: a cross-site request of these is harmless.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+#: Where the console's pages live (after the prefix); its login page and static files need no credentials.
+CONSOLE = "/console"
+CONSOLE_LOGIN = CONSOLE + "/login"
+CONSOLE_STATIC = CONSOLE + "/static/"
+
 #: Headers by which a proxy says for whom it forwards a request.
 FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
+def is_console(path: str) -> bool:
+    """Whether ``path`` (after the prefix) is one of the console's."""
+    return path == CONSOLE or path.startswith(CONSOLE + "/")
+
+
+def wants_html(req: falcon.Request) -> bool:
+    """Whether the client asks for a page rather than JSON (a browser navigating)."""
+    accept = req.get_header("Accept")
+    return accept is not None and req.client_prefers(["application/json", "text/html"]) == "text/html"
 
 
 def _forwarded_for(req: falcon.Request) -> list[str]:
@@ -161,10 +200,16 @@ class Authorization:
         self._token = token.encode("utf-8") if token else None
         self.authorize = authorize
         self._trusted = tuple(ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies)
+        #: Signs and checks the console's session cookies (None without a token: no login then).
+        self.sessions = session.SessionSigner(token) if token else None
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.host_request = req.env.get(HOST_REQUEST)
+        req.context.console_via = None
         if req.path in PUBLIC_PATHS:
+            return
+        if is_console(req.path):
+            self._admit_to_console(req)
             return
         if self._token is not None and self._bearer_matches(req):
             return
@@ -193,6 +238,58 @@ class Authorization:
             description="send the API token as 'Authorization: Bearer <token>'",
             challenges=['Bearer realm="watchtower"'],
         )
+
+    def _admit_to_console(self, req: falcon.Request) -> None:
+        """Let a console request in (``req.context.console_via`` says how) or refuse it."""
+        public = req.path == CONSOLE_LOGIN or req.path.startswith(CONSOLE_STATIC)
+        if self._token is not None and self._bearer_matches(req):
+            req.context.console_via = "token"
+            return  # no browser sends a bearer token by itself: nothing to forge
+        cookies = req.get_cookie_values(session.SESSION_COOKIE) or []
+        if self.sessions is not None and any(map(self.sessions.valid, cookies)):
+            req.context.console_via = "session"
+        elif self.authorize is not None and self.authorize(req):
+            req.context.console_via = "hook"
+        elif self._token is None and self.authorize is None:
+            why = self._not_local(req)
+            if why is not None:
+                raise falcon.HTTPForbidden(
+                    title="Forbidden",
+                    description=f"this console has no token configured and answers direct clients on loopback "
+                    f"only, and {why}: set http.token (WATCHTOWER_API_TOKEN)",
+                )
+            req.context.console_via = "loopback"
+        elif not public:
+            if self._token is None:
+                raise falcon.HTTPForbidden(
+                    title="Forbidden", description="the host application's authorize hook refused this request"
+                )
+            if req.method in SAFE_METHODS:
+                base = getattr(req.context, "base_path", "")
+                target = base + req.path + (f"?{req.query_string}" if req.query_string else "")
+                raise falcon.HTTPSeeOther(f"{base}{CONSOLE_LOGIN}?{urlencode({'next': target})}")
+            raise falcon.HTTPUnauthorized(
+                title="Unauthorized",
+                description="your console session has expired (or was never opened): log in again with the API token",
+            )
+        if req.method not in SAFE_METHODS:
+            self._check_console_form(req)
+
+    def _check_console_form(self, req: falcon.Request) -> None:
+        """Refuse a console state change that another site may have made (see the module's docstring)."""
+        why = _cross_site(req)
+        if why is not None:
+            raise falcon.HTTPForbidden(
+                title="Forbidden",
+                description=f"a {req.method} from another site is refused ({why}): use the console's own pages",
+            )
+        req.context.form = _read_form(req)
+        if not session.csrf_matches(req, req.context.form.get(session.CSRF_FIELD)):
+            raise falcon.HTTPForbidden(
+                title="Forbidden",
+                description="this form's CSRF token is missing or out of date (it must come from a page of this "
+                "console): reload the page and try again",
+            )
 
     def _not_local(self, req: falcon.Request) -> str | None:
         """None for a direct loopback client; otherwise why the request is not one."""
@@ -237,3 +334,25 @@ class Authorization:
         # refuses non-ASCII).
         given = credentials.strip().encode("utf-8", "surrogateescape")
         return hmac.compare_digest(given, self._token)
+
+
+def _read_form(req: falcon.Request) -> dict[str, str]:
+    """A console form's fields (``application/x-www-form-urlencoded``, at most MAX_BODY_BYTES); one value each."""
+    content_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise falcon.HTTPUnsupportedMediaType(
+            title="Unsupported Media Type",
+            description="the console's forms are sent as application/x-www-form-urlencoded, "
+            f"not {content_type or 'nothing'!r}",
+        )
+    length = req.content_length
+    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1) if length is None or length <= MAX_BODY_BYTES else b""
+    if (length is not None and length > MAX_BODY_BYTES) or len(raw) > MAX_BODY_BYTES:
+        raise falcon.HTTPContentTooLarge(
+            title="Content Too Large", description=f"a console form is at most {MAX_BODY_BYTES} bytes"
+        )
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=64)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise bad_request(f"the form cannot be read: {error}") from None
+    return dict(pairs)

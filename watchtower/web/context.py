@@ -91,6 +91,10 @@ class Services:
 
         return self._once("_broker", lambda: load_app(self.settings.app))
 
+    def broker_known(self) -> bool:
+        """Whether there is a broker to ask: one given to create_app, or an ``app`` to load it from."""
+        return self._broker is not None or bool(self.settings.app)
+
     def manager(self) -> WorkerManager:
         """The WorkerManager on this app's bus and ledger (start requests, commands)."""
         from ..manager import WorkerManager

@@ -6,7 +6,7 @@ functions of :mod:`watchtower.views`, which the command line shares.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import falcon
 
@@ -27,6 +27,11 @@ __all__ = [
     "job_summary",
     "job_detail",
     "list_jobs",
+    "find_job",
+    "retry_job",
+    "delete_failed",
+    "retryable_failed",
+    "Selection",
     "SUMMARY_COLUMNS",
     "SEARCH_WINDOW",
     "MAX_PAGE",
@@ -50,13 +55,69 @@ def _page(req: falcon.Request) -> tuple[int, int]:
     return page, per_page
 
 
-def _find(services: Services, raw_id: str) -> Job:
+class Selection(NamedTuple):
+    """The failed jobs a filter selects for a bulk retry (see :func:`retryable_failed`)."""
+
+    ids: list[str]  # message ids of the oldest ones, at most the limit asked for
+    matched: int  # how many match, counted up to the cap asked for
+    more: bool  # whether more than ``matched`` match (the count stopped at the cap)
+    complete: bool  # False when a search stopped at the SEARCH_WINDOW newest failed jobs
+
+
+def retryable_failed(
+    services: Services, *, queue: str | None, search: str | None, limit: int, count_up_to: int
+) -> Selection:
+    """The failed jobs not yet retried that ``queue`` and ``search`` select, as a list filter selects them.
+
+    The count stops at ``count_up_to`` (counting every match would cost as
+    many rows as match, which grows with the table); the ids are those of
+    the oldest ``limit`` matches.
+    """
+    services.ledger()
+    where: list[Any] = [Job.status == JobStatus.FAILED, Job.retried_by.is_null()]
+    if queue is not None:
+        where.append(Job.queue == queue)
+    if search is None:
+        count = Job.select(Job.id).where(*where).limit(count_up_to + 1).count()
+        rows = Job.select(Job.message_id).where(*where).order_by(Job.id).limit(limit) if limit else []
+        complete = True
+        ids = [job.message_id for job in rows]
+    else:
+        found, complete = views.search_ids(services.redactor, where, search, count_up_to + 1)
+        count = len(found)
+        oldest = sorted(found)[:limit]
+        ids = [job.message_id for job in Job.select(Job.message_id).where(Job.id.in_(oldest)).order_by(Job.id)] \
+            if oldest else []
+    return Selection(ids, min(count, count_up_to), count > count_up_to, complete)
+
+
+def _like(column: peewee.ColumnBase, operator: str, text: str) -> peewee.ColumnBase:
+    """``column LIKE '%text%'`` with the text's own wildcards taken literally ('!' escapes)."""
+    literal = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return peewee.NodeList((column, peewee.SQL(operator), f"%{literal}%", peewee.SQL("ESCAPE '!'")), parens=True)
+
+
+def _arguments_match(services: Services, payload: str | None, needle_escaped: str) -> bool:
+    """Whether the redacted arguments of a stored message contain the (JSON-escaped) needle."""
+    if not payload or payload.startswith("base64:"):
+        return False  # another encoder's bytes: only the actor can match
+    try:
+        message = json.loads(payload)
+        shown = services.redactor.redact([message.get("args"), message.get("kwargs")])
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return needle_escaped in json.dumps(shown, separators=(",", ":")).casefold()
+
+
+def find_job(services: Services, raw_id: str) -> Job:
+    """The job whose message id is ``raw_id`` (checked: 400 if it cannot be one), or JobNotFound."""
     message_id = params.job_id(raw_id)
     services.ledger()
     job = Job.find(message_id)
     if job is None:
         raise JobNotFound(f"no job has the id {message_id!r}")
     return job
+
 
 
 class JobsResource:
@@ -92,7 +153,7 @@ class JobResource:
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = job_detail(_find(self.services, job_id), self.services)
+        resp.media = job_detail(find_job(self.services, job_id), self.services)
 
 
 class FailedJobsResource:
@@ -114,11 +175,16 @@ class FailedJobResource:
         self.services = services
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        job = _find(self.services, job_id)
-        if job.status != JobStatus.FAILED:
-            raise JobConflict(f"job {job.message_id} is {job.status}: only failed jobs can be deleted here")
-        Job.delete().where((Job.id == job.id) & (Job.status == JobStatus.FAILED)).execute()
-        resp.media = {"id": job.message_id, "deleted": True}
+        resp.media = delete_failed(self.services, job_id)
+
+
+def delete_failed(services: Services, raw_id: str) -> dict[str, Any]:
+    """Forget failed job ``raw_id``'s record (JobConflict if it is not failed); the API's answer."""
+    job = find_job(services, raw_id)
+    if job.status != JobStatus.FAILED:
+        raise JobConflict(f"job {job.message_id} is {job.status}: only failed jobs can be deleted here")
+    Job.delete().where((Job.id == job.id) & (Job.status == JobStatus.FAILED)).execute()
+    return {"id": job.message_id, "deleted": True}
 
 
 class RetryResource:
@@ -128,20 +194,25 @@ class RetryResource:
         self.services = services
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        from ..retry import retry_failed
-
-        message_id = params.job_id(job_id)
-        self.services.ledger()
-        # Check the job before loading the app, so that an unknown id is a
-        # 404 even where the app's broker cannot be loaded.
-        if Job.find(message_id, Job.id) is None:
-            raise JobNotFound(f"no job has the id {message_id!r}")
-        result = retry_failed(message_id, broker=self.services.broker())
         resp.status = falcon.HTTP_202
-        resp.media = {
-            "id": result.new_id,
-            "retried_from": result.failed_id,
-            "queue": result.queue,
-            "actor": result.actor,
-            "dead_letter_removed": result.dead_letter_removed,
-        }
+        resp.media = retry_job(self.services, job_id)
+
+
+def retry_job(services: Services, raw_id: str) -> dict[str, Any]:
+    """Retry failed job ``raw_id`` (see :func:`watchtower.retry.retry_failed`); the API's answer."""
+    from ..retry import retry_failed
+
+    message_id = params.job_id(raw_id)
+    services.ledger()
+    # Check the job before loading the app, so that an unknown id is a
+    # 404 even where the app's broker cannot be loaded.
+    if Job.find(message_id, Job.id) is None:
+        raise JobNotFound(f"no job has the id {message_id!r}")
+    result = retry_failed(message_id, broker=services.broker())
+    return {
+        "id": result.new_id,
+        "retried_from": result.failed_id,
+        "queue": result.queue,
+        "actor": result.actor,
+        "dead_letter_removed": result.dead_letter_removed,
+    }
