@@ -47,7 +47,7 @@ from ..errors import AppImportError
 from ..models import JobStatus, WorkerStatus
 from ..scrape import queue_depths_for
 from . import jobs, params, session, workers
-from .auth import CONSOLE, CONSOLE_LOGIN, is_console, wants_html
+from .auth import CONSOLE, CONSOLE_LOGIN, wants_html
 from .context import Services
 
 __all__ = ["Console", "ConsoleEntry", "add_console_routes", "FRAGMENT_HEADER", "MAX_BULK_RETRY", "REFRESH_SECONDS"]

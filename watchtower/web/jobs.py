@@ -91,24 +91,6 @@ def retryable_failed(
     return Selection(ids, min(count, count_up_to), count > count_up_to, complete)
 
 
-def _like(column: peewee.ColumnBase, operator: str, text: str) -> peewee.ColumnBase:
-    """``column LIKE '%text%'`` with the text's own wildcards taken literally ('!' escapes)."""
-    literal = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
-    return peewee.NodeList((column, peewee.SQL(operator), f"%{literal}%", peewee.SQL("ESCAPE '!'")), parens=True)
-
-
-def _arguments_match(services: Services, payload: str | None, needle_escaped: str) -> bool:
-    """Whether the redacted arguments of a stored message contain the (JSON-escaped) needle."""
-    if not payload or payload.startswith("base64:"):
-        return False  # another encoder's bytes: only the actor can match
-    try:
-        message = json.loads(payload)
-        shown = services.redactor.redact([message.get("args"), message.get("kwargs")])
-    except (ValueError, AttributeError, RecursionError):
-        return False
-    return needle_escaped in json.dumps(shown, separators=(",", ":")).casefold()
-
-
 def find_job(services: Services, raw_id: str) -> Job:
     """The job whose message id is ``raw_id`` (checked: 400 if it cannot be one), or JobNotFound."""
     message_id = params.job_id(raw_id)
