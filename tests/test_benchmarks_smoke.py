@@ -57,5 +57,5 @@ def test_the_storm_part_drains_failing_jobs_into_a_complete_ledger() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "## 8. A storm of failing jobs" in result.stdout
     assert re.search(r"^\| 0 \| sqlite \| \d+ \| \d+ \| \d+\.\d\d \| \d+ \| \d+ \| \d+\.\d\d \|$", result.stdout, re.M), result.stdout
-    assert re.search(r"^\| 7 storm: sqlite drain rate \(max_retries=0\) ≥ 0.90 of bare \| \d+\.\d\d \| (yes|\*\*no\*\*) \|$",
+    assert re.search(r"^\| 8 storm: sqlite drain rate \(max_retries=0\) ≥ 0.90 of bare \| \d+\.\d\d \| (yes|\*\*no\*\*) \|$",
                      result.stdout, re.M), result.stdout
