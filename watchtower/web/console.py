@@ -503,13 +503,7 @@ class WorkerCommandAction(_Page):
     """``POST /console/workers/{id}/{command}``: the API's worker commands (``workers.COMMANDS``)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, worker_id: str, command: str) -> None:
-        if command not in workers.COMMANDS:
-            raise falcon.HTTPNotFound(
-                title="Not Found",
-                description=f"workers take the commands {', '.join(workers.COMMANDS)}, not {command[:32]!r}",
-            )
-        wid = params.worker_id(worker_id)
-        getattr(self.services.manager(), f"{command}_worker")(wid)  # as WorkerCommandResource does
+        wid = workers.send_command(self.services, worker_id, command)
         self.console.outcome(req, resp, "Sent", f"Worker {wid} was told to {command}; it does within about a second.")
 
 

@@ -119,12 +119,20 @@ class WorkerCommandResource:
         self.services = services
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, worker_id: str, command: str) -> None:
-        if command not in COMMANDS:
-            raise falcon.HTTPNotFound(
-                title="Not Found", description=f"workers take the commands {', '.join(COMMANDS)}, not {command[:32]!r}"
-            )
-        wid = params.worker_id(worker_id)
-        manager = self.services.manager()
-        getattr(manager, f"{command}_worker")(wid)  # UnknownWorker -> 404, WorkerGone -> 409 (see app)
+        wid = send_command(self.services, worker_id, command)
         resp.status = falcon.HTTP_202
         resp.media = {"id": wid, "command": command}
+
+
+def send_command(services: Services, raw_id: str, command: str) -> str:
+    """Send ``command`` (one of COMMANDS, else 404) to worker ``raw_id`` through the manager; its checked id.
+
+    The manager's UnknownWorker answers 404 and WorkerGone 409 (see the app's error handlers).
+    """
+    if command not in COMMANDS:
+        raise falcon.HTTPNotFound(
+            title="Not Found", description=f"workers take the commands {', '.join(COMMANDS)}, not {command[:32]!r}"
+        )
+    wid = params.worker_id(raw_id)
+    getattr(services.manager(), f"{command}_worker")(wid)
+    return wid
