@@ -33,7 +33,8 @@ def main() -> None:
     from fill import as_version_1
 
     from watchtower import store
-    from watchtower.models import Job, Meta, day_of
+    from watchtower.clock import day_of
+    from watchtower.models import Job, Meta
 
     print(f"\n{args.rows:,} job rows migrated from schema 1 to 2\n")
     print("| database | seconds | rows with their day |")

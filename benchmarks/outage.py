@@ -112,7 +112,8 @@ def main() -> None:
     import redis
 
     from watchtower import store
-    from watchtower.models import Job, JobStatus, Rollup
+    from watchtower.models import Job, Rollup
+    from watchtower.statuses import JobStatus
     from watchtower.multiproc import read_metrics
 
     namespace = f"wtbench-{uuid.uuid4().hex[:8]}"

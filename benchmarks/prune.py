@@ -63,7 +63,7 @@ DAY_MS = 86_400_000
 def fill(db: Any, rows: int, keep: int) -> None:
     from fill import insert_jobs, job_row
 
-    from watchtower.models import now_ms
+    from watchtower.clock import now_ms
 
     now = now_ms()
     oldest = now - 60 * DAY_MS  # to now - 32 days: past every default retention

@@ -90,7 +90,8 @@ def supervised(processes: int, rate: float) -> Iterator[dict[str, Any]]:
 
     from watchtower import WorkerManager, store
     from watchtower.config import load_settings
-    from watchtower.models import Worker, WorkerStatus
+    from watchtower.models import Worker
+    from watchtower.statuses import WorkerStatus
 
     namespace = f"wtbench_{uuid.uuid4().hex[:10]}"
     with tempfile.TemporaryDirectory(prefix="wtbench") as tmp:

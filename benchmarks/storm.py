@@ -142,7 +142,8 @@ def attempts(retries: str) -> int:
 
 def check_ledger(messages: int, attempts: int) -> None:
     """Every message failed after ``attempts`` attempts, its row holding the final traceback."""
-    from watchtower.models import Job, JobStatus
+    from watchtower.models import Job
+    from watchtower.statuses import JobStatus
 
     rows = Job.select(Job.payload, Job.exception).where(
         (Job.status == JobStatus.FAILED) & (Job.attempts == attempts)

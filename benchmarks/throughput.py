@@ -88,7 +88,8 @@ def run_variant(variant: str, database_url: str | None, messages: int, threads: 
             lag_start = time.perf_counter()
             middleware.recorder.flush(timeout=120)
             ledger_lag = time.perf_counter() - lag_start
-            from watchtower.models import Job, JobStatus
+            from watchtower.models import Job
+            from watchtower.statuses import JobStatus
 
             completed = Job.select().where(Job.status == JobStatus.COMPLETED).count()
             if completed != messages:

@@ -14,7 +14,9 @@ from typing import Any
 import peewee
 
 from watchtower.events import JobEvent, Kind
-from watchtower.models import Job, JobStatus, day_of, now_ms
+from watchtower.clock import day_of, now_ms
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 from watchtower.store import dialect, driver
 
 _COLUMNS = (

@@ -21,7 +21,8 @@ from supervision import wait_exit
 
 from watchtower import store
 from watchtower.config import load_settings
-from watchtower.models import Job, JobStatus, Worker, WorkerStatus
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -20,7 +20,8 @@ from conftest import fresh_database, wait_until
 from supervision import children, wait_exit
 
 from watchtower import store
-from watchtower.models import Job, JobStatus, Worker, WorkerStatus
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 pytestmark = pytest.mark.timeout(300)
 

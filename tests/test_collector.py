@@ -12,7 +12,8 @@ import pytest
 from watchtower import MetricsCollector, derived
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import mark_lost, write_batch
-from watchtower.models import Job, JobCount, Worker, WorkerStatus
+from watchtower.models import Job, JobCount, Worker
+from watchtower.statuses import WorkerStatus
 from watchtower.store import connect, dialect
 
 NOW = 1_800_000_000.0  # the collector's clock, epoch seconds

@@ -21,7 +21,8 @@ import redis
 from conftest import REDIS_URL, ROOT, fresh_database, subprocess_env, unique, wait_until
 from watchtower import store
 from watchtower.errors import DatabaseDriverError, DatabaseUnavailable, DatabaseURLError
-from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
+from watchtower.models import Job, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 BLOCKERS = ROOT / "tests" / "blockers"
 COUNT = 100  # add messages; a tenth as many refuse messages, and one report_driver

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from conftest import unique
 from watchtower import WatchtowerMiddleware, load_settings
-from watchtower.events import BASE64_PREFIX, SendEncoder, decode_message, encode_message
+from watchtower.payload import BASE64_PREFIX, SendEncoder, decode_message, encode_message
 from watchtower.models import Job
 
 json_values = st.recursive(

@@ -38,7 +38,7 @@ from web_support import serve_api
 
 from watchtower import http_server, metrics, store
 from watchtower.config import Settings, load_settings
-from watchtower.models import WorkerStatus
+from watchtower.statuses import WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -26,7 +26,9 @@ from dramatiq.brokers.stub import StubBroker
 
 from conftest import RABBITMQ_URL, REDIS_URL, make_database_url, unique, wait_until
 from watchtower import WatchtowerMiddleware, load_settings, models, store
-from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms, to_ms
+from watchtower.clock import now_ms, to_ms
+from watchtower.models import Job, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 CASES = [
     ("redis", "sqlite"),

@@ -21,7 +21,8 @@ from dramatiq.brokers.redis import RedisBroker
 from conftest import REDIS_URL, subprocess_env, wait_until
 from watchtower import WatchtowerMiddleware, load_settings, store
 from watchtower.ledger import mark_lost
-from watchtower.models import Job, JobStatus, Rollup
+from watchtower.models import Job, Rollup
+from watchtower.statuses import JobStatus
 
 
 def test_a_killed_workers_job_is_lost_then_completed_by_another(

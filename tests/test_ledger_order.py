@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_database_url
-from watchtower import models, store
+from watchtower import clock, models, store
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import mark_lost, write_batch
 from watchtower.models import Job, LostMark, Rollup
@@ -211,13 +211,13 @@ def row_of(job: Job) -> dict[str, Any]:
         "status": job.status,
         "attempts": job.attempts,
         "worker_id": job.worker_id,
-        "started_at": models.to_ms(job.started_at),
-        "completed_at": models.to_ms(job.completed_at),
+        "started_at": clock.to_ms(job.started_at),
+        "completed_at": clock.to_ms(job.completed_at),
         "exception": job.exception,
-        "eta": models.to_ms(job.eta),
+        "eta": clock.to_ms(job.eta),
         "broker_message_id": job.broker_message_id,
         "payload": job.payload,
-        "queued_at": models.to_ms(job.queued_at),
+        "queued_at": clock.to_ms(job.queued_at),
         "queue": job.queue,
         "actor": job.actor,
     }

@@ -26,7 +26,8 @@ from dramatiq.brokers.redis import RedisBroker
 
 from conftest import REDIS_URL, make_database_url, unique, wait_until
 from watchtower import WatchtowerMiddleware, load_settings, models, store
-from watchtower.models import Job, JobStatus, Rollup
+from watchtower.models import Job, Rollup
+from watchtower.statuses import JobStatus
 from watchtower.recorder import Recorder
 
 #: How long the database stays away (at least), while jobs keep running.

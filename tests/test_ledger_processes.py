@@ -20,7 +20,8 @@ import redis
 
 from conftest import REDIS_URL, subprocess_env, wait_until
 from watchtower import store
-from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
+from watchtower.models import Job, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 PRODUCERS = 4
 PER_PRODUCER = 400

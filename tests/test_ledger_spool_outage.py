@@ -29,7 +29,8 @@ from private_postgres import PrivatePostgres
 from test_ledger_outage import Jobs, completed, job_events_written
 from watchtower import models, store
 from watchtower.events import WorkerEvent
-from watchtower.models import Job, JobStatus, Worker
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus
 from watchtower.multiproc import read_metrics
 from watchtower.recorder import Recorder
 from watchtower.spool import HEADER_SIZE, spool_directory

@@ -22,7 +22,9 @@ from watchtower.config import Settings, load_settings
 from watchtower.errors import UnknownWorker, WorkerError, WorkerGone
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import write_batch
-from watchtower.models import CommandEntry, Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms, to_ms
+from watchtower.clock import now_ms, to_ms
+from watchtower.models import CommandEntry, Job, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 
 def make_settings(tmp_path: Path, database_url: str, bus: str, prefix: str, **supervisors: dict) -> Settings:

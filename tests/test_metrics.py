@@ -467,7 +467,8 @@ def test_worker_gauges_count_live_rows_and_only_recent_exits(database_url: str):
     import time
 
     from watchtower import store
-    from watchtower.models import Worker, WorkerStatus
+    from watchtower.models import Worker
+    from watchtower.statuses import WorkerStatus
     from watchtower.scrape import RECENT_EXITS_SECONDS, ScrapeSources
 
     store.connect(database_url)

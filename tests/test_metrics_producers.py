@@ -23,7 +23,8 @@ from test_metrics_supervisor import scrape
 from test_metrics import value
 
 from watchtower import store
-from watchtower.models import Job, JobStatus, WorkerStatus
+from watchtower.models import Job
+from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.multiproc import file_pid
 
 pytestmark = pytest.mark.timeout(240)

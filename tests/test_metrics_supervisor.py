@@ -20,7 +20,8 @@ from supervision import app_env, config, enqueue, metrics_url, rows, running, st
 from test_metrics import parse, promtool_check, value
 
 from watchtower import store
-from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
+from watchtower.models import Job, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -17,7 +17,8 @@ from test_metrics import parse, promtool_check, value
 from watchtower import metrics
 from watchtower.config import load_settings, replace
 from watchtower.ledger import mark_lost
-from watchtower.models import Job, JobStatus, Rollup, Worker
+from watchtower.models import Job, Rollup, Worker
+from watchtower.statuses import JobStatus
 from watchtower.store import connect
 
 

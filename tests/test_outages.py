@@ -45,7 +45,9 @@ from watchtower.config import load_settings
 from watchtower.errors import BusError, WorkerGone
 from watchtower.events import ALIVE_AS, JobEvent, Kind, WorkerEvent
 from watchtower.ledger import write_batch
-from watchtower.models import Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
+from watchtower.clock import now_ms
+from watchtower.models import Job, LostMark, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.records import HeartbeatGrace, clean_stale_workers
 from watchtower.recorder import MAX_BACKOFF, Recorder
 from watchtower.scrape import ScrapeSources

@@ -47,7 +47,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervision import write_config
 
 from watchtower import store
-from watchtower.models import Job, JobStatus, Worker
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -20,7 +20,9 @@ from fill import completed_job_events, insert_jobs, job_row
 
 from watchtower import Recorder, derived, store
 from watchtower.cli import cli
-from watchtower.models import HourlyRollup, Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
+from watchtower.clock import now_ms
+from watchtower.models import HourlyRollup, Job, LostMark, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.prune import DAY_MS, Retention, plan, prune
 
 from conftest import subprocess_env, wait_until

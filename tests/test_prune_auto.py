@@ -14,7 +14,9 @@ from fill import insert_jobs, job_row
 from watchtower import store
 from watchtower.config import Settings
 from watchtower.lease import acquire, free_at
-from watchtower.models import Job, JobStatus, now_ms
+from watchtower.clock import now_ms
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 from watchtower.prune import DAY_MS, LEASE_NAME, AutoPruner, PruneResult, Retention, prune, prune_if_due
 
 from conftest import REDIS_URL, wait_until

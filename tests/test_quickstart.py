@@ -33,7 +33,8 @@ from conftest import REDIS_URL, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchtower import store
-from watchtower.models import Job, JobStatus
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -33,7 +33,9 @@ def test_the_mount_recipes_are_the_ones_the_host_apps_run() -> None:
 def test_the_ledger_example_prints_rows_not_sql(tmp_path: Path) -> None:
     """The README's Python block runs as written against a real SQLite ledger, and prints what its comments say."""
     from watchtower import store
-    from watchtower.models import Job, JobStatus, Worker, WorkerStatus, day_of, now_ms
+    from watchtower.clock import day_of, now_ms
+    from watchtower.models import Job, Worker
+    from watchtower.statuses import JobStatus, WorkerStatus
 
     readme = (ROOT / "README.md").read_text()
     block = readme[readme.index("<!-- ledger example -->"):].split("```python\n", 1)[1].split("```", 1)[0]

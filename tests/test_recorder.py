@@ -18,7 +18,8 @@ import pytest
 from conftest import make_database_url, subprocess_env, unique, wait_until
 from watchtower import models, store
 from watchtower.events import JobEvent, Kind, WorkerEvent
-from watchtower.models import Job, Rollup, Worker, now_ms
+from watchtower.clock import now_ms
+from watchtower.models import Job, Rollup, Worker
 from watchtower.recorder import Recorder
 
 

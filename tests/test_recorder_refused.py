@@ -23,7 +23,8 @@ import pytest
 
 from conftest import REDIS_URL, subprocess_env, unique, wait_until
 from watchtower import store
-from watchtower.models import Job, JobStatus, Worker
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus
 from watchtower.multiproc import read_metrics
 from watchtower.recorder import is_outage
 from watchtower.web import create_app

@@ -24,7 +24,9 @@ from watchtower import dramatiq_internals as internals
 from watchtower import store
 from watchtower.events import PHASE_STARTED
 from watchtower.ledger import mark_lost
-from watchtower.models import Job, JobStatus, day_of, now_ms
+from watchtower.clock import day_of, now_ms
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 from watchtower.rescue import PutBack, Rescuer, name_consumers
 
 

@@ -32,7 +32,8 @@ from supervision import children, config, metrics_url, pid_gone, rows, running, 
 
 from watchtower import dramatiq_internals as internals
 from watchtower import store
-from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
+from watchtower.models import Job, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 pytestmark = pytest.mark.timeout(300)
 

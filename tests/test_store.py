@@ -11,11 +11,13 @@ import pytest
 
 from conftest import subprocess_env
 from fill import as_version_1
-from watchtower import models, store
+from watchtower import clock, models, store
 from watchtower.errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.ledger import write_batch
-from watchtower.models import Job, JobStatus, Meta, Worker, WorkerStatus, now_ms
+from watchtower.clock import now_ms
+from watchtower.models import Job, Meta, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 
 @pytest.mark.parametrize(
@@ -111,7 +113,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_every_row(database_url: str) -
     db = store.connect(database_url)
     as_version_1(db, kind)
     table = Job._meta.table_name
-    day = models.DAY_MS
+    day = clock.DAY_MS
     # Around a day's edges: the last and first millisecond of a UTC day.
     queued = {"m-early": 20_000 * day - 1, "m-edge": 20_000 * day, "m-later": 20_003 * day + 5}
     for message_id, at in queued.items():
@@ -125,7 +127,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_every_row(database_url: str) -
     db = store.connect(database_url)  # the next start migrates
     assert Meta.get(Meta.key == "schema_version").value == "2"
     assert {job.message_id: job.queued_day for job in Job.select()} == {
-        message_id: models.day_of(at) for message_id, at in queued.items()}
+        message_id: clock.day_of(at) for message_id, at in queued.items()}
     indexes = {index.name: (index.columns, index.unique) for index in db.get_indexes(table)}
     assert f"{table}_message_id" not in indexes
     assert indexes[f"{table}_queued_day_message_id"] == (["queued_day", "message_id"], True)
@@ -147,7 +149,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_every_row(database_url: str) -
 
 def test_find_looks_on_every_day_that_has_jobs(sqlite_url: str) -> None:
     db = store.connect(sqlite_url)
-    day = models.DAY_MS
+    day = clock.DAY_MS
     events = [
         JobEvent(message_id=f"m-{n}", kind=Kind.ENQUEUED, attempt=1, at=(n * 7 * day + 3) * 1000, queue="default",
                  actor="a", connection="redis", queued_at=n * 7 * day + 3)

@@ -11,7 +11,9 @@ from web_support import client, web_settings
 from watchtower import store
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import write_batch
-from watchtower.models import Job, JobStatus, now_ms
+from watchtower.clock import now_ms
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 from watchtower.stuck import UnknownMarker, mark_unknown
 from watchtower.web import create_app
 

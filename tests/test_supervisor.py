@@ -28,7 +28,8 @@ from supervision import (
 
 from watchtower import WorkerManager, store
 from watchtower.config import load_settings
-from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
+from watchtower.models import Job, Rollup, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -29,7 +29,8 @@ from dramatiq.middleware import Retries
 from conftest import REDIS_URL, wait_until
 from watchtower import WatchtowerMiddleware, load_settings, store
 from watchtower.events import JobEvent, Kind
-from watchtower.models import Job, JobStatus
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 from watchtower.tracebacks import EXCEPTION_LIMIT, RETRIES_FRAMES, format_exception, within
 
 TRUNCATED = "...(truncated)...\n"

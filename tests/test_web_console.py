@@ -31,7 +31,9 @@ from watchtower import store
 from watchtower.bus import supervisor_inbox_key
 from watchtower.config import load_settings
 from watchtower.errors import ConfigError
-from watchtower.models import Job, JobStatus, Worker, WorkerStatus, now_ms
+from watchtower.clock import now_ms
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.web import create_app
 from watchtower.web.session import SESSION_SECONDS, SessionSigner
 

@@ -27,7 +27,8 @@ from conftest import ROOT, unique, wait_until
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 from web_support import DEADLINE, TOKEN, ServedAPI, World, serve_api, world  # noqa: F401 (fixture)
 
-from watchtower.models import Job, JobStatus, WorkerStatus
+from watchtower.models import Job
+from watchtower.statuses import JobStatus, WorkerStatus
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -22,7 +22,8 @@ from conftest import REDIS_URL, subprocess_env
 from web_support import DEADLINE, TOKEN, seed_job, web_settings
 
 from watchtower import store
-from watchtower.models import Job, JobStatus
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 
 #: name -> (server kind, app); Django under both.
 HOSTS = {

@@ -17,7 +17,8 @@ import pytest
 from web_support import client, seed_job, seed_many, table_fingerprint, web_settings
 
 from watchtower import store
-from watchtower.models import Job, JobStatus
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 from watchtower.web import create_app
 from watchtower import views
 from watchtower.web import jobs as jobs_module

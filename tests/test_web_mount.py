@@ -12,7 +12,7 @@ import pytest
 from web_support import AUTH, seed_job, web_settings
 
 from watchtower import store
-from watchtower.models import JobStatus
+from watchtower.statuses import JobStatus
 from watchtower.web import create_app
 
 # Starlette 1.x asks for httpx2 in its TestClient; httpx still works.

@@ -14,7 +14,8 @@ from dramatiq.brokers.redis import RedisBroker
 from web_support import client, seed_job, table_fingerprint, web_settings
 
 from watchtower import store
-from watchtower.models import Job, JobStatus
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 from watchtower.store import check_database_url
 from watchtower.web import create_app
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import unique
 from web_support import DEADLINE, AUTH, TOKEN, World, client, seed_job, serve_api, web_settings, world  # noqa: F401 (fixture)
 
-from watchtower.models import Job, JobStatus
+from watchtower.models import Job
+from watchtower.statuses import JobStatus
 from watchtower.web import create_app
 
 

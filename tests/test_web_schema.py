@@ -22,7 +22,9 @@ from dramatiq.brokers.redis import RedisBroker
 from web_support import AUTH, seed_job, web_settings
 
 from watchtower import store
-from watchtower.models import JobStatus, Worker, WorkerStatus, now_ms
+from watchtower.clock import now_ms
+from watchtower.models import Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.web import create_app
 from watchtower.web.system import openapi_document
 

@@ -11,7 +11,8 @@ from conftest import wait_until
 from supervision import app_env, config, metrics_url, rows, running, start_supervisor
 
 from watchtower import store
-from watchtower.models import Worker, WorkerStatus
+from watchtower.models import Worker
+from watchtower.statuses import WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -25,7 +25,8 @@ from web_support import (  # noqa: F401  (world is a fixture)
 )
 
 from watchtower.bus import supervisor_inbox_key
-from watchtower.models import Job, JobStatus, Worker, WorkerStatus
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.web import create_app
 
 Call = Callable[[str, str, Any], tuple[int, Any]]

@@ -31,7 +31,8 @@ from watchtower import WorkerManager, store
 from watchtower.bus import CommandBus, worker_command_key
 from watchtower.bus.database import DatabaseCommandBus
 from watchtower.bus.redis import RedisCommandBus
-from watchtower.models import Job, JobStatus, Worker, WorkerStatus
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.web import create_app
 from watchtower.worker import EXIT_MEMORY, EXIT_RESTART, EXIT_USAGE, recycle_threshold
 

@@ -20,8 +20,10 @@ from dramatiq.brokers.redis import RedisBroker
 
 from watchtower import store
 from watchtower.config import Settings, load_settings
-from watchtower.events import encode_message
-from watchtower.models import Job, JobStatus, Worker, day_of, now_ms
+from watchtower.payload import encode_message
+from watchtower.clock import day_of, now_ms
+from watchtower.models import Job, Worker
+from watchtower.statuses import JobStatus
 
 TOKEN = "s3cret-token-for-tests"
 #: Seconds to wait for anything a worker process does.

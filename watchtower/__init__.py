@@ -9,7 +9,8 @@ from .config import Settings, SupervisorSettings, load_settings
 from .errors import ConfigError, WatchtowerError
 from .manager import WorkerManager
 from .middleware import WatchtowerMiddleware
-from .models import Job, JobStatus, Worker, WorkerStatus
+from .models import Job, Worker
+from .statuses import JobStatus, WorkerStatus
 from .recorder import Recorder
 from .store import connect
 

@@ -11,55 +11,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 import click
 
-from .config import Settings, load_settings
+from . import commands
+from .commands.context import EXIT_FAILED, EXIT_USAGE, State, settings_from
 from .errors import AppImportError, ConfigError, WatchtowerError
 
-__all__ = ["main", "cli", "pass_settings", "settings_from", "import_path_option"]
-
-#: Exit codes: 0 ok, 1 refused or failed, 2 bad configuration or input.
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class State:
-    """What the root group hands to every command."""
-
-    def __init__(self, config: str | None, overrides: dict[str, Any]) -> None:
-        self.config = config
-        self.overrides = overrides
-        self._settings: Settings | None = None
-
-    def settings(self, **more: Any) -> Settings:
-        """The settings, with this command's own flags applied on top."""
-        if more:
-            return load_settings(self.config, overrides={**self.overrides, **more})
-        if self._settings is None:
-            self._settings = load_settings(self.config, overrides=self.overrides)
-        return self._settings
-
-
-pass_state = click.make_pass_decorator(State)
-
-
-def settings_from(ctx: click.Context, **more: Any) -> Settings:
-    """Load the settings for a command (its flags given as dotted keys in ``more``)."""
-    return ctx.ensure_object(State).settings(**more) if ctx.obj else load_settings(overrides=more)
-
-
-pass_settings = pass_state
-
-
-def import_path_option(command: Any) -> Any:
-    """``--path DIR`` / ``-P DIR`` (repeatable), as Dramatiq's: where the app is imported from."""
-    return click.option(
-        "--path", "-P", "paths", multiple=True, metavar="DIR", type=click.Path(file_okay=False),
-        help="Put DIR first on sys.path to import the app (repeatable; default: the current directory).",
-    )(command)
-
+__all__ = ["main", "cli"]
 
 @click.group()
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
@@ -119,6 +78,5 @@ def migrate(ctx: click.Context) -> None:
     click.echo(f"ledger ready at {settings.database_url} (schema version {SCHEMA_VERSION})")
 
 
-# Command families register themselves on ``cli`` when imported; each lives
-# in its own module so that the families stay independent.
-from . import commands  # noqa: E402,F401  (registers the commands)
+for command in commands.ALL:
+    cli.add_command(command)

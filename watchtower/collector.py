@@ -29,7 +29,8 @@ import peewee
 
 from . import derived
 from .config import Settings
-from .models import HourlyRollup, JobStatus, Rollup, Worker, WorkerStatus
+from .models import HourlyRollup, Rollup, Worker
+from .statuses import JobStatus, WorkerStatus
 from .store import dialect, open_database
 
 __all__ = ["MetricsCollector"]

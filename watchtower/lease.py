@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import peewee
 
 from .models import Lease as LeaseRow
-from .models import now_ms
+from .clock import now_ms
 from .store import dialect
 
 __all__ = ["Lease", "acquire", "free_at"]

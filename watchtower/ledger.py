@@ -39,7 +39,9 @@ import peewee
 
 from . import models
 from .events import ALIVE_AS, PHASE_FINISHED, PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
-from .models import Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
+from .clock import now_ms
+from .models import Job, LostMark, Rollup, Worker
+from .statuses import JobStatus, WorkerStatus
 from .store import SQLITE_BUSY_TIMEOUT, dialect, driver
 
 __all__ = [

@@ -32,7 +32,9 @@ from . import store
 from .bus import COMMAND_TTL, CommandBus, WorkerCommand, open_bus, supervisor_inbox_key, worker_command_key
 from .config import Settings
 from .errors import BusError, UnknownWorker, WorkerError, WorkerGone
-from .models import Job, Worker, WorkerStatus, now_ms, to_ms
+from .clock import now_ms, to_ms
+from .models import Job, Worker
+from .statuses import WorkerStatus
 from .pool import check_options, check_queues
 from .records import clean_stale_workers
 from .rescue import Rescuer

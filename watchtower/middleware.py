@@ -42,8 +42,9 @@ from .config import Settings, load_settings
 from .dramatiq_internals import REDIS_MESSAGE_ID, consumer_whitelist, proxy_exception, redelivered
 from .dramatiq_internals import proxy_state as _proxy_state
 from .dramatiq_internals import unwrap_proxy as _unwrap
-from .events import ALIVE_AS, JobEvent, Kind, SendEncoder, WorkerEvent, encode_message
-from .models import WorkerStatus
+from .events import ALIVE_AS, JobEvent, Kind, WorkerEvent
+from .payload import SendEncoder, encode_message
+from .statuses import WorkerStatus
 from .recorder import Recorder
 from .spool import spool_directory
 from .tracebacks import EXCEPTION_LIMIT, format_exception, within
@@ -124,7 +125,7 @@ def _use_send_encoder() -> None:
 
     Same bytes as the default JSONEncoder, so brokers, workers and other
     processes see no difference; the producer's hook then reuses the text
-    the broker had encoded (see :class:`~watchtower.events.SendEncoder`).
+    the broker had encoded (see :class:`~watchtower.payload.SendEncoder`).
     An app that sets its own encoder (before or after) keeps it, and the
     hook encodes the payload itself.
     """

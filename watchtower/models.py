@@ -18,71 +18,19 @@ give the relation in Python.
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import peewee
 
-__all__ = ["Job", "day_of", "queued_days", "JobCount", "HourlyRollup", "Worker", "LostMark", "Command", "CommandEntry", "Rollup", "Meta", "Lease", "JobStatus", "WorkerStatus", "database"]
+from .clock import now_ms, to_datetime, to_ms
+from .payload import decode_message
+from .statuses import JobStatus, WorkerStatus
+
+__all__ = ["Job", "queued_days", "JobCount", "HourlyRollup", "Worker", "LostMark", "Command", "CommandEntry", "Rollup", "Meta", "Lease", "database"]
 
 #: Every model is bound to this proxy; ``store.connect`` initialises it.
 database = peewee.DatabaseProxy()
-
-
-class JobStatus:
-    """The statuses a job row can have."""
-
-    PENDING = "pending"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    #: Pending or processing with no news for ``unknown_after`` seconds: its
-    #: last events never reached the ledger (see watchtower.stuck).  Any
-    #: later event of the job replaces it.
-    UNKNOWN = "unknown"
-
-    ALL = (PENDING, PROCESSING, COMPLETED, FAILED, SKIPPED, UNKNOWN)
-    FINISHED = (COMPLETED, FAILED, SKIPPED)
-
-
-class WorkerStatus:
-    """The statuses a worker row can have."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    LOST = "lost"
-    CRASHLOOPING = "crashlooping"
-
-    ALL = (STARTING, RUNNING, PAUSED, STOPPING, STOPPED, LOST, CRASHLOOPING)
-    ALIVE = (STARTING, RUNNING, PAUSED, STOPPING)
-
-
-def now_ms() -> int:
-    """The current time in epoch milliseconds, the unit of every time column."""
-    return time.time_ns() // 1_000_000
-
-
-def to_datetime(ms: int | None) -> datetime | None:
-    """Epoch milliseconds to an aware UTC datetime."""
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-def to_ms(value: datetime | int | float | None) -> int | None:
-    """An aware or naive-UTC datetime, or a number of ms, to epoch milliseconds."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return int(value.timestamp() * 1000)
-    return int(value)
 
 
 class TimestampField(peewee.BigIntegerField):
@@ -349,8 +297,6 @@ class Job(BaseModel):
 
     def get_payload(self) -> dict[str, Any] | None:
         """The stored message as a dict (Dramatiq's own encoding), if it was kept."""
-        from .events import decode_message
-
         return None if self.payload is None else decode_message(self.payload)
 
     @property
@@ -387,14 +333,6 @@ class LostMark(BaseModel):
     class Meta:
         table_name = "watchtower_lost_marks"
         indexes = ((("worker_id", "message_id"), False), (("queued_day", "message_id"), False))
-
-
-DAY_MS = 86_400_000
-
-
-def day_of(ms: int) -> int:
-    """The UTC day number of epoch milliseconds ``ms``, truncated toward zero as SQL's integer division is."""
-    return ms // DAY_MS if ms >= 0 else -(-ms // DAY_MS)
 
 
 def _distinct_walk(column: str) -> str:

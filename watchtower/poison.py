@@ -32,7 +32,8 @@ import peewee
 
 from .events import PHASE_STARTED
 from .ledger import LOSS_FIELDS, LOST_PREFIX, mark_attempt_lost
-from .models import Job, JobStatus, Worker
+from .models import Job, Worker
+from .statuses import JobStatus
 
 __all__ = ["poison_jobs", "give_up_reason", "check_redelivered", "LOSS_WAIT"]
 

@@ -64,7 +64,9 @@ import peewee
 
 from .config import Settings
 from .lease import Lease, acquire, free_at
-from .models import DAY_MS, HourlyRollup, Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
+from .clock import DAY_MS, now_ms
+from .models import HourlyRollup, Job, LostMark, Rollup, Worker
+from .statuses import JobStatus, WorkerStatus
 from .store import dialect
 
 __all__ = ["Retention", "PruneResult", "prune", "plan", "prune_if_due", "AutoPruner"]

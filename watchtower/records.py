@@ -18,7 +18,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 import peewee
 
 from .ledger import mark_lost
-from .models import Job, JobStatus, Worker, WorkerStatus, database, now_ms, to_ms
+from .clock import now_ms, to_ms
+from .models import Job, Worker, database
+from .statuses import JobStatus, WorkerStatus
 
 __all__ = [
     "register_process",

@@ -49,7 +49,7 @@ import psutil
 from dramatiq.common import dq_name, q_name
 
 from . import dramatiq_internals as internals
-from .events import encode_message
+from .payload import encode_message
 from .ledger import give_up
 from .metrics import record_given_up
 from .middleware import broker_kind

@@ -30,9 +30,11 @@ from dramatiq.common import q_name
 
 from . import dramatiq_internals as internals
 from .errors import BrokerError, JobConflict, JobNotFound
-from .events import encode_message
+from .payload import encode_message
 from .middleware import READY_AT_OPTION
-from .models import Job, JobStatus, database, day_of
+from .clock import day_of
+from .models import Job, database
+from .statuses import JobStatus
 
 __all__ = ["RetryResult", "retry_failed", "remove_dead_letter", "retryable_failed_ids", "RESET_OPTIONS"]
 

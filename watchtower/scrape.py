@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import dramatiq_internals as internals
-from .models import Worker, WorkerStatus
+from .models import Worker
+from .statuses import WorkerStatus
 
 __all__ = ["QueueDepths", "RedisQueueDepths", "RabbitmqQueueDepths", "ScrapeSources", "queue_depths_for", "sources_for"]
 

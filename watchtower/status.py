@@ -28,7 +28,9 @@ from typing import Any, cast
 import peewee
 
 from .collector import MetricsCollector
-from .models import Job, JobStatus, Rollup, Worker, WorkerStatus, now_ms
+from .clock import now_ms
+from .models import Job, Rollup, Worker
+from .statuses import JobStatus, WorkerStatus
 
 __all__ = ["status_report", "HOUR_MS"]
 

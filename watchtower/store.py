@@ -35,6 +35,7 @@ from typing import Any
 import peewee
 
 from . import derived, models
+from .clock import DAY_MS
 from .errors import DatabaseDriverError, DatabaseUnavailable, DatabaseURLError, SchemaError
 
 __all__ = [
@@ -470,7 +471,7 @@ def _migrate_to_2(db: peewee.Database, kind: str) -> None:
     """Version 1 to 2: the job table's unique key becomes (queued_day, message_id).
 
     Adds and fills ``queued_day`` (the UTC day of ``queued_at``, truncated
-    as :func:`watchtower.models.day_of` does), makes the new unique index and
+    as :func:`watchtower.clock.day_of` does), makes the new unique index and
     drops the one on ``message_id``.  Each step can run again, so an
     interrupted migration finishes on the next start.  Processes of the
     older release must be stopped first: their upserts name the old key.
@@ -482,7 +483,7 @@ def _migrate_to_2(db: peewee.Database, kind: str) -> None:
         if "queued_day" not in {column.name for column in db.get_columns(table)}:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN queued_day BIGINT NOT NULL DEFAULT 0")
         divide = "DIV" if kind == "mysql" else "/"
-        db.execute_sql(f"UPDATE {table} SET queued_day = queued_at {divide} {models.DAY_MS}")
+        db.execute_sql(f"UPDATE {table} SET queued_day = queued_at {divide} {DAY_MS}")
         db.execute_sql(
             f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_queued_day_message_id ON {table} (queued_day, message_id)"
         )

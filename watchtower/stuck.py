@@ -32,7 +32,9 @@ from collections.abc import Callable
 
 import peewee
 
-from .models import Job, JobStatus, now_ms
+from .clock import now_ms
+from .models import Job
+from .statuses import JobStatus
 
 __all__ = ["mark_unknown", "UnknownMarker", "RECONCILE_EVERY"]
 

@@ -64,7 +64,9 @@ from .app import find_app
 from .bus import CommandBus, open_bus, supervisor_inbox_key
 from .config import Settings, replace
 from .errors import ConfigError, DatabaseUnavailable, WatchtowerError, WorkerError
-from .models import Job, Worker, WorkerStatus, now_ms
+from .clock import now_ms
+from .models import Job, Worker
+from .statuses import WorkerStatus
 from .oom import OomCounter
 from .pool import (
     WORKER_OPTIONS,

@@ -37,7 +37,8 @@ from typing import Any, cast
 
 import peewee
 
-from .models import Job, Worker, WorkerStatus, actor_names, database
+from .models import Job, Worker, actor_names, database
+from .statuses import WorkerStatus
 from .redact import Redactor
 from .store import dialect
 

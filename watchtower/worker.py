@@ -84,7 +84,8 @@ from .dramatiq_internals import set_max_retries, set_time_limit
 from .errors import BusError, ConfigError, WatchtowerError
 from .events import ALIVE_AS, WorkerEvent
 from .middleware import WatchtowerMiddleware
-from .models import WorkerStatus, now_ms
+from .clock import now_ms
+from .statuses import WorkerStatus
 from .pausable import PausableWorker, install_idle_consumers
 from .rescue import name_consumers
 

@@ -38,7 +38,8 @@ import peewee
 
 from .. import store
 from ..errors import BusError, WatchtowerError
-from ..models import Command, CommandEntry, now_ms
+from ..clock import now_ms
+from ..models import Command, CommandEntry
 from . import DEFAULT_TTL
 
 __all__ = ["DatabaseCommandBus", "PURGE_INTERVAL"]

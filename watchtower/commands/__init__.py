@@ -1,9 +1,21 @@
-"""The command families of ``watchtower``; importing this package registers them.
+"""The command families of ``watchtower``, one module each; :data:`ALL` is what the root group adds."""
 
-Each module adds its commands to :data:`watchtower.cli.cli`.
-"""
-from . import worker  # noqa: F401
-from . import prune  # noqa: F401
-from . import supervise  # noqa: F401
-from . import jobs, serve, spool  # noqa: F401
-from . import look, steer  # noqa: F401
+from . import jobs, look, prune, serve, spool, steer, supervise, worker
+
+ALL = (
+    jobs.retry,
+    jobs.workers,
+    look.jobs,
+    look.failed,
+    look.show,
+    look.status,
+    prune.prune_command,
+    serve.serve,
+    spool.spool_command,
+    steer.pause,
+    steer.resume,
+    steer.stop,
+    steer.restart,
+    supervise.supervise,
+    worker.worker,
+)

@@ -7,13 +7,13 @@ from datetime import datetime, timezone
 
 import click
 
-from ..cli import cli, import_path_option, settings_from
+from .context import import_path_option, settings_from
 from ..errors import JobConflict
 
 __all__ = ["retry", "workers"]
 
 
-@cli.command("retry")
+@click.command("retry")
 @click.argument("job_id", required=False)
 @click.option("--all-failed", is_flag=True, help="Retry every failed job not retried yet (oldest first).")
 @click.option("--queue", default=None, help="With --all-failed: only the failed jobs of this queue.")
@@ -63,7 +63,7 @@ def _age(value: datetime | None) -> str:
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
-@cli.command("workers")
+@click.command("workers")
 @click.option("--all", "show_all", is_flag=True, help="Also list stopped and lost workers.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per worker instead of a table.")
 @click.pass_context

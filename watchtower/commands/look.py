@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from ..cli import cli, import_path_option, settings_from
+from .context import import_path_option, settings_from
 from ..config import Settings
 from ..errors import JobNotFound
-from ..models import JobStatus
+from ..statuses import JobStatus
 from ..views import MAX_PAGE, MAX_PER_PAGE, MAX_SEARCH, PER_PAGE, SEARCH_WINDOW
 from .output import age, echo_json, table
 
@@ -82,7 +82,7 @@ def _print_page(answer: dict[str, Any], *, failed: bool, command: str) -> None:
         click.echo(f"the search looked through the {answer['search_window']:,} newest jobs only", err=True)
 
 
-@cli.command("jobs")
+@click.command("jobs")
 @click.option("--status", type=click.Choice(JobStatus.ALL), default=None, help="Only the jobs in this status.")
 @_list_options
 @click.pass_context
@@ -96,7 +96,7 @@ def jobs(ctx: click.Context, status: str | None, queue: str | None, search: str 
     _print_page(answer, failed=False, command="watchtower jobs")
 
 
-@cli.command("failed")
+@click.command("failed")
 @_list_options
 @click.pass_context
 def failed(ctx: click.Context, queue: str | None, search: str | None, page: int, limit: int, before: int | None,
@@ -109,7 +109,7 @@ def failed(ctx: click.Context, queue: str | None, search: str | None, page: int,
     _print_page(answer, failed=True, command="watchtower failed")
 
 
-@cli.command("show")
+@click.command("show")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="The record as the API answers it (GET /jobs/{id}).")
 @click.pass_context
@@ -156,7 +156,7 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         click.echo(detail["exception"].rstrip())
 
 
-@cli.command("status")
+@click.command("status")
 @click.option("--app", "app_module", default=None,
               help="Module that sets your broker (setting app): the broker's queue depths are shown too.")
 @import_path_option

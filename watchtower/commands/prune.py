@@ -7,7 +7,7 @@ import sys
 import click
 import peewee
 
-from ..cli import cli, settings_from
+from .context import settings_from
 from ..prune import Retention, plan, prune
 from ..errors import DatabaseUnavailable
 from ..store import connect, redact_url
@@ -15,7 +15,7 @@ from ..store import connect, redact_url
 __all__ = ["prune_command"]
 
 
-@cli.command("prune")
+@click.command("prune")
 @click.option("--completed", "completed_days", type=float, default=None, metavar="DAYS",
               help="Keep completed jobs this many days (setting retention.completed_days, default 7).")
 @click.option("--failed", "failed_days", type=float, default=None, metavar="DAYS",

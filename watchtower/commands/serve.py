@@ -16,14 +16,14 @@ from types import FrameType
 
 import click
 
-from ..cli import EXIT_FAILED, cli, import_path_option, settings_from
+from .context import EXIT_FAILED, import_path_option, settings_from
 
 __all__ = ["serve"]
 
 logger = logging.getLogger(__name__)
 
 
-@cli.command("serve")
+@click.command("serve")
 @click.option("--host", default=None, help="Address to listen on (setting http.host, default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Port to listen on (setting http.port, default 9192; 0 picks a free one).")

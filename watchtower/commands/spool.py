@@ -7,7 +7,7 @@ import json
 import click
 import peewee
 
-from ..cli import cli, settings_from
+from .context import settings_from
 from ..errors import DatabaseUnavailable
 from ..recorder import Recorder
 from ..spool import describe, spool_directory
@@ -16,7 +16,7 @@ from ..store import redact_url
 __all__ = ["spool_command"]
 
 
-@cli.command("spool")
+@click.command("spool")
 @click.option("--replay", is_flag=True, help="Write the spools of processes that are gone into the ledger now.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context

@@ -25,9 +25,10 @@ from typing import Any
 
 import click
 
-from ..cli import cli, settings_from
+from .context import settings_from
 from ..errors import WatchtowerError, WorkerGone
-from ..models import Worker, WorkerStatus
+from ..models import Worker
+from ..statuses import WorkerStatus
 from .output import echo_json
 
 __all__ = ["pause", "resume", "stop", "restart"]
@@ -138,7 +139,7 @@ def _report(command: str, done: str, sent: list[Worker], skipped: list[dict[str,
         click.echo("a supervisor starts a fresh process in the place of each (a new id and pid)")
 
 
-@cli.command("pause")
+@click.command("pause")
 @_targets
 @click.pass_context
 def pause(ctx: click.Context, worker_id: str | None, supervisor: str | None, every: bool, wait: bool,
@@ -147,7 +148,7 @@ def pause(ctx: click.Context, worker_id: str | None, supervisor: str | None, eve
     _steer(ctx, "pause", worker_id, supervisor, every, wait, as_json)
 
 
-@cli.command("resume")
+@click.command("resume")
 @_targets
 @click.pass_context
 def resume(ctx: click.Context, worker_id: str | None, supervisor: str | None, every: bool, wait: bool,
@@ -156,7 +157,7 @@ def resume(ctx: click.Context, worker_id: str | None, supervisor: str | None, ev
     _steer(ctx, "resume", worker_id, supervisor, every, wait, as_json)
 
 
-@cli.command("stop")
+@click.command("stop")
 @_targets
 @click.pass_context
 def stop(ctx: click.Context, worker_id: str | None, supervisor: str | None, every: bool, wait: bool,
@@ -169,7 +170,7 @@ def stop(ctx: click.Context, worker_id: str | None, supervisor: str | None, ever
     _steer(ctx, "stop", worker_id, supervisor, every, wait, as_json)
 
 
-@cli.command("restart")
+@click.command("restart")
 @_targets
 @click.pass_context
 def restart(ctx: click.Context, worker_id: str | None, supervisor: str | None, every: bool, wait: bool,

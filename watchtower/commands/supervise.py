@@ -22,7 +22,7 @@ from typing import IO
 import click
 import psutil
 
-from ..cli import State, cli, import_path_option, settings_from
+from .context import State, import_path_option, settings_from
 from ..config import Settings, as_text, env_name, pool_key, value_of
 from ..errors import ConfigError, WatchtowerError
 
@@ -31,7 +31,7 @@ __all__ = ["supervise", "worker_environment"]
 logger = logging.getLogger(__name__)
 
 
-@cli.command("supervise")
+@click.command("supervise")
 @click.argument("app_arg", metavar="[APP]", required=False)
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=None, metavar="N",
               help="A pool of N worker processes (sets min_processes and max_processes; default 1).")

@@ -6,11 +6,11 @@ import os
 
 import click
 
-from ..cli import cli, import_path_option, settings_from
+from .context import import_path_option, settings_from
 from ..errors import AppImportError, BusError, ConfigError, DatabaseUnavailable, WatchtowerError
 
 
-@cli.command("worker")
+@click.command("worker")
 @click.argument("queues", nargs=-1)
 @click.option("--app", "app", default=None, help="The app module that sets the broker and declares the actors (setting app).")
 @click.option("--worker-id", default=None, help="This worker's id (default HOSTNAME-PID).")

@@ -44,7 +44,7 @@ import falcon
 import jinja2
 
 from ..errors import AppImportError
-from ..models import JobStatus, WorkerStatus
+from ..statuses import JobStatus, WorkerStatus
 from ..scrape import queue_depths_for
 from . import jobs, params, session, workers
 from .auth import CONSOLE, CONSOLE_LOGIN, wants_html

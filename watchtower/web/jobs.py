@@ -12,7 +12,8 @@ import falcon
 
 from .. import views
 from ..errors import JobConflict, JobNotFound
-from ..models import Job, JobStatus
+from ..models import Job
+from ..statuses import JobStatus
 from ..views import MAX_PAGE, MAX_PER_PAGE, MAX_SEARCH, PER_PAGE, SEARCH_WINDOW, SUMMARY_COLUMNS, iso, job_summary
 from . import params
 from .context import Services

@@ -16,7 +16,7 @@ from typing import Any
 
 import falcon
 
-from ..models import WorkerStatus
+from ..statuses import WorkerStatus
 from ..views import list_workers, worker_record, worker_rows
 from . import params
 from .context import Services
