@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 def measure(calls: int = 100_000) -> None:
     from watchtower.events import JobEvent, Kind
-    from watchtower.metrics import JobMetrics, process_metrics
+    from watchtower.metric_listeners import JobMetrics
+    from watchtower.metrics import process_metrics
 
     process_metrics(os.environ.get("WATCHTOWER_METRICS_DIR"))
     listen = JobMetrics()

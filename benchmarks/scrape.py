@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 CHILD = """
 import sys
 from watchtower.events import JobEvent, Kind
-from watchtower.metrics import JobMetrics
+from watchtower.metric_listeners import JobMetrics
 queues, actors = int(sys.argv[1]), int(sys.argv[2])
 listen = JobMetrics()
 for q in range(queues):
@@ -71,13 +71,14 @@ def main() -> None:
 
     import os
 
-    from watchtower import metrics, scrape
+    from watchtower import multiproc, scrape
     from watchtower.config import load_settings, replace
+    from watchtower.metrics_server import start_metrics_server
     from watchtower.models import Worker
     from watchtower.store import connect
 
     with tempfile.TemporaryDirectory() as work:
-        held = metrics.prepare_multiprocess_dir(Path(work) / "metrics")
+        held = multiproc.prepare_multiprocess_dir(Path(work) / "metrics")
         env = {**os.environ, **held.env(), "PYTHONPATH": str(ROOT)}
 
         def child(stay: str) -> subprocess.Popen[str]:
@@ -92,7 +93,7 @@ def main() -> None:
         for _ in range(args.dead):
             gone = child("exit")
             gone.wait()
-            metrics.mark_process_dead(gone.pid, held.path)
+            multiproc.mark_process_dead(gone.pid, held.path)
         live = [child("stay") for _ in range(args.processes)]
         print(f"  {args.dead} dead and {args.processes} live processes in {time.perf_counter() - started:.1f}s",
               file=sys.stderr)
@@ -103,7 +104,7 @@ def main() -> None:
             Worker.insert(worker_id=f"w{n}", supervisor="default", hostname="bench", status="running").execute()
         db.close()
         settings = replace(load_settings(overrides={"database_url": url}, env={}), metrics_dir=str(held.path))
-        server = metrics.start_metrics_server(settings, port=0)
+        server = start_metrics_server(settings, port=0)
         try:
             with urllib.request.urlopen(server.url, timeout=30) as response:
                 body = response.read()

@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def serve_metrics(app: ModuleType, host: str, port: int) -> str:
     """Serve this process's own metrics; returns the URL."""
-    from watchtower.metrics import start_metrics_server
+    from watchtower.metrics_server import start_metrics_server
 
     # Only what this process counts: worker and queue-depth gauges come from
     # the supervisors' scrapes, and serving them here too (they are read

@@ -36,7 +36,7 @@ from conftest import REDIS_URL, subprocess_env, wait_until
 from supervision import app_env, config, metrics_url, rows, running, start_supervisor, wait_exit
 from web_support import serve_api
 
-from watchtower import http_server, metrics, store
+from watchtower import http_server, metrics_server, store
 from watchtower.config import Settings, load_settings
 from watchtower.statuses import WorkerStatus
 
@@ -230,7 +230,7 @@ def test_past_its_connection_limit_a_server_queues_new_connections_until_idle_on
 
 
 def test_the_metrics_server_listens_on_ipv6_loopback_on_a_free_port(settings_sqlite: Settings) -> None:
-    server = metrics.start_metrics_server(settings_sqlite, host="::1", port=0)
+    server = metrics_server.start_metrics_server(settings_sqlite, host="::1", port=0)
     try:
         assert server.host == "::1" and server.port > 0
         assert server.url == f"http://[::1]:{server.port}/metrics"
@@ -238,7 +238,7 @@ def test_the_metrics_server_listens_on_ipv6_loopback_on_a_free_port(settings_sql
         assert status == 200 and b"\nwatchtower_build_info{" in body
     finally:
         server.stop()
-    again = metrics.start_metrics_server(settings_sqlite, host="::1", port=server.port)  # stop() freed the port
+    again = metrics_server.start_metrics_server(settings_sqlite, host="::1", port=server.port)  # stop() freed the port
     again.stop()
 
 

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import subprocess_env, wait_until
-from watchtower import metrics
+from watchtower import exposition, metric_listeners, metrics_server, multiproc
 from watchtower.config import load_settings, replace
 from watchtower.errors import MetricsDirInUse, MetricsServerError
 from watchtower.events import JobEvent, Kind
@@ -58,7 +58,8 @@ def settings(sqlite_url: str):
 CHILD = textwrap.dedent("""
     import sys
     from watchtower.events import JobEvent, Kind
-    from watchtower.metrics import JobMetrics, process_metrics
+    from watchtower.metric_listeners import JobMetrics
+    from watchtower.metrics import process_metrics
     process_metrics(sys.argv[3])  # the values in files there, as a middleware with metrics_dir does
     listen = JobMetrics()
     def event(kind, **fields):
@@ -87,7 +88,8 @@ def start_child(directory: str, started: int, finished: int) -> subprocess.Popen
 
 def test_importing_watchtower_imports_no_prometheus_client():
     code = (
-        "import sys, watchtower, watchtower.cli, watchtower.metrics, watchtower.scrape;"
+        "import sys, watchtower, watchtower.cli, watchtower.metrics, watchtower.metric_listeners,"
+        " watchtower.exposition, watchtower.metrics_server, watchtower.scrape;"
         "assert 'prometheus_client' not in sys.modules, 'imported'"
     )
     subprocess.run([sys.executable, "-c", code], env=subprocess_env(), check=True, timeout=60)
@@ -101,31 +103,31 @@ def test_prepare_wipes_only_metric_files_and_locks_the_directory(tmp_path: Path)
     for name in ("counter_4190012.db", "gauge_livesum_watchtower-4190012.db", "histogram_4190099.db",
                  "counter_dead.db", "notes.txt", live):
         (directory / name).write_bytes(b"x")
-    held = metrics.prepare_multiprocess_dir(directory)
+    held = multiproc.prepare_multiprocess_dir(directory)
     try:
         assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == [live, "notes.txt"]
         assert held.env() == {"WATCHTOWER_METRICS_DIR": str(directory), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
         with pytest.raises(MetricsDirInUse, match=f"pid {os.getpid()}.*metrics_dir"):
-            metrics.prepare_multiprocess_dir(directory)
+            multiproc.prepare_multiprocess_dir(directory)
     finally:
         held.release()
-    again = metrics.prepare_multiprocess_dir(directory)  # free once released
+    again = multiproc.prepare_multiprocess_dir(directory)  # free once released
     again.release()
 
 
 def test_prepare_creates_a_missing_directory(tmp_path: Path):
-    held = metrics.prepare_multiprocess_dir(tmp_path / "a" / "b")
+    held = multiproc.prepare_multiprocess_dir(tmp_path / "a" / "b")
     held.release()
     assert (tmp_path / "a" / "b").is_dir()
 
 
 def test_processes_add_up_and_a_dead_process_leaves_the_live_gauge(tmp_path: Path, settings):
-    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    held = multiproc.prepare_multiprocess_dir(tmp_path / "mp")
     settings = replace(settings, metrics_dir=str(held.path))
     first = start_child(str(held.path), started=3, finished=1)
     second = start_child(str(held.path), started=2, finished=2)
     try:
-        samples = parse(metrics.exposition(settings)[0])
+        samples = parse(exposition.exposition(settings)[0])
         job = {"queue": "q1", "actor": "work"}
         assert value(samples, "watchtower_jobs_enqueued_total", **job) == 5
         assert value(samples, "watchtower_jobs_started_total", **job) == 5
@@ -137,8 +139,8 @@ def test_processes_add_up_and_a_dead_process_leaves_the_live_gauge(tmp_path: Pat
 
         first.kill()
         first.wait(timeout=30)
-        metrics.mark_process_dead(first.pid, held.path)
-        samples = parse(metrics.exposition(settings)[0])
+        multiproc.mark_process_dead(first.pid, held.path)
+        samples = parse(exposition.exposition(settings)[0])
         assert value(samples, "watchtower_jobs_in_progress", **job) == 0  # the dead one's 2 are gone
         assert value(samples, "watchtower_jobs_started_total", **job) == 5  # its counters stay
         assert value(samples, "watchtower_jobs_completed_total", **job) == 3
@@ -150,8 +152,8 @@ def test_processes_add_up_and_a_dead_process_leaves_the_live_gauge(tmp_path: Pat
 
         second.kill()
         second.wait(timeout=30)
-        metrics.mark_process_dead(second.pid, held.path)
-        samples = parse(metrics.exposition(settings)[0])
+        multiproc.mark_process_dead(second.pid, held.path)
+        samples = parse(exposition.exposition(settings)[0])
         assert value(samples, "watchtower_jobs_started_total", **job) == 5
         assert value(samples, "watchtower_job_duration_seconds_sum", **job) == pytest.approx(0.06)
         assert not {f"counter_watchtower-{first.pid}.db", f"counter_watchtower-{second.pid}.db"} & \
@@ -165,11 +167,11 @@ def test_processes_add_up_and_a_dead_process_leaves_the_live_gauge(tmp_path: Pat
 
 
 def test_exposition_passes_promtool(tmp_path: Path, settings):
-    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    held = multiproc.prepare_multiprocess_dir(tmp_path / "mp")
     child = start_child(str(held.path), started=2, finished=1)
     try:
-        metrics.record_restart("default", "exit")
-        body, content_type = metrics.exposition(replace(settings, metrics_dir=str(held.path)))
+        metric_listeners.record_restart("default", "exit")
+        body, content_type = exposition.exposition(replace(settings, metrics_dir=str(held.path)))
         assert content_type.startswith("text/plain; version=0.0.4")
         samples = parse(body)
         assert value(samples, "watchtower_worker_restarts_total", supervisor="default", reason="exit") >= 1
@@ -182,7 +184,7 @@ def test_exposition_passes_promtool(tmp_path: Path, settings):
 
 
 def test_the_listener_counts_a_retried_job_once_and_never_goes_negative(settings):
-    listen = metrics.JobMetrics()
+    listen = metric_listeners.JobMetrics()
     queue = "q_listener"
 
     def event(kind: Kind, attempt: int, **fields) -> JobEvent:
@@ -196,7 +198,7 @@ def test_the_listener_counts_a_retried_job_once_and_never_goes_negative(settings
     listen(event(Kind.STARTED, 2, started_at=20, ready_at=15))
     listen(event(Kind.COMPLETED, 2, started_at=20, duration=0.25))
     listen(event(Kind.SKIPPED, 1))  # skipped before it started here: no in-progress change
-    samples = parse(metrics.exposition(settings)[0])
+    samples = parse(exposition.exposition(settings)[0])
     job = {"queue": queue, "actor": "flaky"}
     assert value(samples, "watchtower_jobs_enqueued_total", **job) == 1
     assert value(samples, "watchtower_jobs_started_total", **job) == 2
@@ -217,14 +219,14 @@ def fetch(url: str) -> tuple[int, str]:
 
 
 def test_two_servers_on_one_host_each_serve_their_own(tmp_path: Path, settings):
-    first_dir = metrics.prepare_multiprocess_dir(tmp_path / "one")
-    second_dir = metrics.prepare_multiprocess_dir(tmp_path / "two")
+    first_dir = multiproc.prepare_multiprocess_dir(tmp_path / "one")
+    second_dir = multiproc.prepare_multiprocess_dir(tmp_path / "two")
     one = start_child(str(first_dir.path), started=4, finished=0)
     two = start_child(str(second_dir.path), started=1, finished=0)
     servers = []
     try:
         for held in (first_dir, second_dir):
-            servers.append(metrics.start_metrics_server(replace(settings, metrics_dir=str(held.path)), port=0))
+            servers.append(metrics_server.start_metrics_server(replace(settings, metrics_dir=str(held.path)), port=0))
         assert servers[0].port != servers[1].port
         assert servers[0].host == "127.0.0.1"
         job = {"queue": "q1", "actor": "work"}
@@ -250,21 +252,21 @@ def test_a_busy_port_is_a_clear_error(settings):
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(MetricsServerError, match=f"127.0.0.1:{port}: the port is in use.*http.port"):
-            metrics.start_metrics_server(settings, port=port)
+            metrics_server.start_metrics_server(settings, port=port)
 
 
 def test_a_stopped_server_frees_its_port(settings):
-    server = metrics.start_metrics_server(settings, port=0)
+    server = metrics_server.start_metrics_server(settings, port=0)
     port = server.port
     assert fetch(server.url)[0] == 200
     server.stop()
-    again = metrics.start_metrics_server(settings, port=port)
+    again = metrics_server.start_metrics_server(settings, port=port)
     again.stop()
 
 
 def test_without_metrics_dir_each_supervisor_gets_a_temporary_directory(settings):
-    first = metrics.open_multiprocess_dir(settings)
-    second = metrics.open_multiprocess_dir(settings)
+    first = multiproc.open_multiprocess_dir(settings)
+    second = multiproc.open_multiprocess_dir(settings)
     try:
         assert first.path != second.path
         assert first.path.is_dir() and second.path.is_dir()
@@ -275,16 +277,16 @@ def test_without_metrics_dir_each_supervisor_gets_a_temporary_directory(settings
 
 
 def test_a_configured_metrics_dir_is_kept_after_release(tmp_path: Path, settings):
-    held = metrics.open_multiprocess_dir(replace(settings, metrics_dir=str(tmp_path / "mine")))
+    held = multiproc.open_multiprocess_dir(replace(settings, metrics_dir=str(tmp_path / "mine")))
     held.release()
     assert (tmp_path / "mine").is_dir()
 
 
 def test_a_live_process_files_are_not_folded(tmp_path: Path):
-    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    held = multiproc.prepare_multiprocess_dir(tmp_path / "mp")
     child = start_child(str(held.path), started=1, finished=0)
     try:
-        metrics.mark_process_dead(child.pid, held.path)  # a mistake: it still runs
+        multiproc.mark_process_dead(child.pid, held.path)  # a mistake: it still runs
         assert (held.path / f"counter_watchtower-{child.pid}.db").exists()
     finally:
         child.kill()
@@ -298,7 +300,7 @@ def test_a_scrape_never_sees_a_dead_process_twice_or_not_at_all(tmp_path: Path, 
 
     from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    held = multiproc.prepare_multiprocess_dir(tmp_path / "mp")
     settings = replace(settings, metrics_dir=str(held.path))
     key = mmap_key("watchtower_jobs_enqueued", "watchtower_jobs_enqueued_total", ["queue", "actor"],
                    ["q_fold", "a"], "Messages sent to a queue (a retry is not counted again).")
@@ -312,14 +314,14 @@ def test_a_scrape_never_sees_a_dead_process_twice_or_not_at_all(tmp_path: Path, 
 
     def scrape() -> None:
         while not done.is_set():
-            seen.append(value(parse(metrics.exposition(settings)[0]), "watchtower_jobs_enqueued_total",
+            seen.append(value(parse(exposition.exposition(settings)[0]), "watchtower_jobs_enqueued_total",
                               queue="q_fold", actor="a"))
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
     try:
         for pid in dead_pids:
-            metrics.mark_process_dead(pid, held.path)
+            multiproc.mark_process_dead(pid, held.path)
     finally:
         done.set()
         scraper.join(timeout=60)
@@ -347,7 +349,7 @@ def test_the_fast_reader_gives_what_prometheus_client_gives(tmp_path: Path):
 
     from watchtower.multiproc import read_metrics
 
-    held = metrics.prepare_multiprocess_dir(tmp_path / "mp")
+    held = multiproc.prepare_multiprocess_dir(tmp_path / "mp")
     children = [start_child(str(held.path), started=3, finished=2), start_child(str(held.path), started=1, finished=1)]
     for number in ("2", "7"):
         child = subprocess.Popen([sys.executable, "-c", OTHER_CHILD, number], stdin=subprocess.PIPE,
@@ -358,7 +360,7 @@ def test_the_fast_reader_gives_what_prometheus_client_gives(tmp_path: Path):
         gone = children.pop(0)
         gone.kill()
         gone.wait(timeout=30)
-        metrics.mark_process_dead(gone.pid, held.path)  # some values in the archive files
+        multiproc.mark_process_dead(gone.pid, held.path)  # some values in the archive files
 
         def samples(families) -> dict:
             return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
@@ -379,7 +381,7 @@ def test_recorder_metrics_count_writes_flushes_drops_and_the_buffer(sqlite_url: 
     from watchtower.recorder import Recorder
 
     def current() -> dict:
-        samples = parse(metrics.exposition(settings)[0])
+        samples = parse(exposition.exposition(settings)[0])
         return {name: value(samples, f"watchtower_recorder_{name}") or 0.0 for name in
                 ("events_written_total", "events_dropped_total", "events_buffered",
                  "flush_duration_seconds_count")}
@@ -389,7 +391,7 @@ def test_recorder_metrics_count_writes_flushes_drops_and_the_buffer(sqlite_url: 
 
     before = current()
     recorder = Recorder(sqlite_url, flush_interval=0.05)
-    counting = metrics.RecorderMetrics(recorder)
+    counting = metric_listeners.RecorderMetrics(recorder)
     recorder.write_listeners.append(counting.on_write)
     for event in events(50):
         recorder.record(event)
@@ -402,7 +404,7 @@ def test_recorder_metrics_count_writes_flushes_drops_and_the_buffer(sqlite_url: 
 
     # A database that does not answer: the buffer fills, the rest is dropped.
     away = Recorder("postgresql://postgres@127.0.0.1:1/nowhere", flush_interval=0.05, buffer_size=10)
-    counting = metrics.RecorderMetrics(away)
+    counting = metric_listeners.RecorderMetrics(away)
     try:
         for event in events(25):
             away.record(event)

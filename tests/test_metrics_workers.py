@@ -14,7 +14,7 @@ import redis
 
 from conftest import REDIS_URL, subprocess_env, unique, wait_until
 from test_metrics import parse, promtool_check, value
-from watchtower import metrics
+from watchtower import exposition, metric_listeners, multiproc
 from watchtower.config import load_settings, replace
 from watchtower.ledger import mark_lost
 from watchtower.models import Job, Rollup, Worker
@@ -89,7 +89,7 @@ def workers(
 ) -> Iterator[Workers]:
     """Worker processes of each kind in turn; the models bound to the ledger."""
     db = connect(sqlite_url)
-    held = metrics.prepare_multiprocess_dir(tmp_path / "metrics")
+    held = multiproc.prepare_multiprocess_dir(tmp_path / "metrics")
     # The producer in this process imports the same app module.
     for name, text in app_env.items():
         monkeypatch.setenv(name, text)
@@ -105,7 +105,7 @@ def workers(
 
 
 def scrape(settings, directory: Path) -> dict:
-    body, _ = metrics.exposition(replace(settings, metrics_dir=str(directory)))
+    body, _ = exposition.exposition(replace(settings, metrics_dir=str(directory)))
     return parse(body)
 
 
@@ -204,8 +204,8 @@ def test_a_killed_worker_leaves_the_in_progress_gauge_and_its_counters_stay(work
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
         # What the supervisor does for a child that died, however it died:
-        metrics.mark_process_dead(victim.pid, workers.directory)
-        metrics.record_lost(mark_lost("victim-1", "killed"))
+        multiproc.mark_process_dead(victim.pid, workers.directory)
+        metric_listeners.record_lost(mark_lost("victim-1", "killed"))
 
         samples = scrape(settings, workers.directory)
         # Its file went with it (the producer, this process, holds a zero).
@@ -214,6 +214,6 @@ def test_a_killed_worker_leaves_the_in_progress_gauge_and_its_counters_stay(work
         assert value(samples, "watchtower_jobs_enqueued_total", **job) == 1
         lost_in_ledger = sum(r.count for r in Rollup.select().where((Rollup.queue == queue) & (Rollup.kind == "lost")))
         assert value(samples, "watchtower_jobs_lost_total", **job) == lost_in_ledger == 1
-        promtool_check(metrics.exposition(replace(settings, metrics_dir=str(workers.directory)))[0])
+        promtool_check(exposition.exposition(replace(settings, metrics_dir=str(workers.directory)))[0])
     finally:
         client.close()

@@ -28,7 +28,7 @@ PACK = ROOT / "prometheus"
 RULE_FILES = sorted((PACK / "rules").glob("*.yml")) + sorted((PACK / "alerts").glob("*.yml"))
 UNIT_TESTS = sorted((PACK / "tests").glob("*.yml"))
 #: The modules that define every exported metric name (see watchtower/metrics.py).
-METRIC_MODULES = (ROOT / "watchtower" / "metrics.py", ROOT / "watchtower" / "scrape.py")
+METRIC_MODULES = tuple(ROOT / "watchtower" / name for name in ("metrics.py", "scrape.py", "exposition.py"))
 
 
 #: How the alerts' dashboard_url annotations begin: the Grafana address of watchtower:grafana:info, joined.

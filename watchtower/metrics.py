@@ -1,7 +1,8 @@
-"""Prometheus metrics that stay true across many worker processes.
+"""Watchtower's metric objects: every metric a process counts, defined once.
 
-Every metric name lives here (one place for every name).  Three kinds of
-values make up a scrape:
+Every name counted in a process lives here (one place for every name; the
+names read at scrape time are in :mod:`watchtower.scrape` and
+:mod:`watchtower.exposition`).  Three kinds of values make up a scrape:
 
 - **counted in the processes** that see the events: jobs enqueued, started,
   finished..., the job duration and queue-wait histograms, jobs in progress,
@@ -11,7 +12,19 @@ values make up a scrape:
   files at scrape time;
 - **read at scrape time** from the ledger and the broker (workers by status,
   queue depths), cached briefly: see :mod:`watchtower.scrape`;
-- **build info**, a constant.
+- **build info**, a constant (:mod:`watchtower.exposition`).
+
+The modules of the metrics, one concern each:
+
+- here, the metric objects of this process (:func:`process_metrics`) and
+  the series made at 0 before their first event (:func:`declare`,
+  :func:`declare_supervisor`);
+- :mod:`watchtower.metric_listeners`: what turns middleware, recorder and
+  supervisor events into metric updates;
+- :mod:`watchtower.instruments`: the counters, gauges and histograms
+  themselves, and :mod:`watchtower.multiproc`: the multiprocess directory;
+- :mod:`watchtower.exposition`: one scrape's text, from a fresh registry;
+- :mod:`watchtower.metrics_server`: ``/metrics`` over HTTP.
 
 How multiprocess mode is done right here (each point is a fault of
 Dramatiq's own Prometheus middleware):
@@ -28,8 +41,8 @@ Dramatiq's own Prometheus middleware):
   and the restarts of each supervisor by every reason from its start: a
   series born at 1 is invisible to ``rate()`` and ``increase()``;
 - the supervisor wipes the directory when it starts
-  (:func:`prepare_multiprocess_dir`), holds a lock on it so that a second
-  supervisor cannot share (and wipe) it, and calls :func:`mark_process_dead`
+  (:func:`~watchtower.multiproc.prepare_multiprocess_dir`), holds a lock on it so that a second
+  supervisor cannot share (and wipe) it, and calls :func:`~watchtower.multiproc.mark_process_dead`
   for every child that exits, however it died, so that the live gauges
   (``livesum``) stop counting dead processes while their counters stay;
 - the exposition comes from a fresh registry (never prometheus-client's
@@ -44,67 +57,39 @@ Dramatiq's own Prometheus middleware):
 
 What a supervisor does, in order:
 
-1. ``held = open_multiprocess_dir(settings)`` (``metrics_dir``, or a fresh
+1. ``held = multiproc.open_multiprocess_dir(settings)`` (``metrics_dir``, or a fresh
    temporary directory) before it starts any worker, then serves and passes
    down ``replace(settings, metrics_dir=str(held.path))``;
 2. starts every child with ``env.update(held.env())``, so that the child's
    prometheus-client writes there from its first import;
-3. ``server = start_metrics_server(settings, supervisor=name)`` (or with
+3. ``server = metrics_server.start_metrics_server(settings, supervisor=name)`` (or with
    ``app=`` the API app, which answers /metrics too); a MetricsServerError
    stops the supervisor before any worker starts;
-4. for every child that exits, however: ``mark_process_dead(pid, held.path)``
-   before it starts the replacement; ``record_restart(name, reason)`` per
-   restart; ``record_lost(mark_lost(...))`` for the jobs of a dead worker;
+4. for every child that exits, however: ``multiproc.mark_process_dead(pid, held.path)``
+   before it starts the replacement; ``metric_listeners.record_restart(name, reason)``
+   per restart; ``metric_listeners.record_lost(mark_lost(...))`` for the jobs of a dead worker;
 5. on exit: ``server.stop()``, then ``held.release()``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from . import multiproc
-from .events import PHASE_FINISHED, JobEvent, Kind
-from .http_server import HTTPServer, start_http_server
 from .instruments import Counter, Gauge, Histogram, Values
-from .multiproc import (
-    MULTIPROC_ENV,
-    MultiprocessDir,
-    fold_dead_processes,
-    mark_process_dead,
-    open_multiprocess_dir,
-    prepare_multiprocess_dir,
-)
-
-if TYPE_CHECKING:
-    from .config import Settings
-    from .middleware import WatchtowerMiddleware
-    from .recorder import Recorder
 
 __all__ = [
-    "CONTENT_TYPE",
-    "RESTART_REASONS",
     "DURATION_BUCKETS",
     "FLUSH_BUCKETS",
-    "JobMetrics",
-    "MetricsServer",
-    "MultiprocessDir",
+    "RESTART_REASONS",
+    "ProcessMetrics",
     "declare",
     "declare_supervisor",
-    "exposition",
-    "fold_dead_processes",
-    "install",
-    "mark_process_dead",
-    "open_multiprocess_dir",
-    "prepare_multiprocess_dir",
-    "record_given_up",
-    "record_lost",
-    "record_restart",
-    "start_metrics_server",
+    "made_process_metrics",
+    "process_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,11 +103,9 @@ DURATION_BUCKETS = (
 FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _JOB_LABELS = ("queue", "actor")
-#: The classic text format, version 0.0.4, that ``generate_latest`` writes.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-
-# This process's metric objects ----------------------------------------------
+#: The ``reason`` label of ``watchtower_worker_restarts_total``.
+RESTART_REASONS = ("exit", "crash", "killed", "hung", "memory")
 
 
 class ProcessMetrics:
@@ -233,7 +216,7 @@ _process_metrics_lock = threading.Lock()
 def process_metrics(directory: str | None = None) -> ProcessMetrics:
     """This process's metric objects, made on the first call with their values in ``directory``.
 
-    The middleware makes them (:func:`install`) with the directory of its
+    The middleware makes them (:func:`watchtower.metric_listeners.install`) with the directory of its
     settings, the supervisor in memory; a later call with another directory
     keeps the first and says so.
     """
@@ -254,288 +237,12 @@ def declare(queue: str, actor: str) -> None:
     process_metrics().for_job(queue, actor)
 
 
-# What the processes count -----------------------------------------------------
-
-
-class JobMetrics:
-    """A middleware listener that counts job events (see WatchtowerMiddleware.listeners).
-
-    Enqueues count on ENQUEUED and DELAYED only: a retry re-enqueues the same
-    message twice (REQUEUED to the delay queue, MOVED back at its eta), and
-    neither is a new job.
-    """
-
-    def __call__(self, event: JobEvent) -> None:
-        children = process_metrics().for_job(event.queue, event.actor)
-        kind = event.kind
-        if kind is Kind.ENQUEUED or kind is Kind.DELAYED:
-            children.enqueued.inc()
-        elif kind is Kind.STARTED:
-            children.started.inc()
-            children.in_progress.inc()
-            if event.started_at is not None and event.ready_at is not None:
-                # Clocks of two hosts may disagree a little: never negative.
-                children.queue_wait.observe(max(0.0, (event.started_at - event.ready_at) / 1000.0))
-        elif kind.phase == PHASE_FINISHED:  # completed, retried, failed or skipped
-            # A duration is measured only for an attempt that started in this
-            # process (started_at is also set for a message skipped unstarted).
-            if event.duration is not None:
-                children.in_progress.dec()
-                children.duration.observe(event.duration)
-            getattr(children, kind.value).inc()  # the counter named like the outcome
-
-
-class RecorderMetrics:
-    """Counts a recorder's writes and samples its buffer, spool and drops.
-
-    Sampled every RECORDER_SAMPLE_INTERVAL by the flusher thread, and once
-    more when the recorder closes, so that drops at close are counted too.
-    """
-
-    def __init__(self, recorder: Recorder) -> None:
-        self._recorder = recorder
-        self._dropped_seen = 0
-        self._lock = threading.Lock()  # the flusher thread and the closing one
-
-    def on_write(self, batch: list[JobEvent], seconds: float) -> None:
-        metrics = process_metrics()
-        metrics.recorder_written.inc(len(batch))
-        metrics.recorder_flush.observe(seconds)
-
-    def sample(self) -> None:
-        stats = self._recorder.stats()
-        metrics = process_metrics()
-        metrics.recorder_buffered.set(stats.buffered)
-        metrics.recorder_spooled.set(stats.spooled)
-        metrics.recorder_refused.set(0 if stats.refusal is None else 1)
-        with self._lock:
-            if stats.dropped > self._dropped_seen:
-                metrics.recorder_dropped.inc(stats.dropped - self._dropped_seen)
-                self._dropped_seen = stats.dropped
-
-
-#: How often a recorder's buffer and drops are sampled, seconds.
-RECORDER_SAMPLE_INTERVAL = 1.0
-
-
-def install(middleware: WatchtowerMiddleware) -> None:
-    """Count ``middleware``'s job events and its recorder's health in this process's metrics.
-
-    Called by the middleware's constructor, which fixes where this process's
-    values live: ``metrics_dir`` (under a supervisor, the supervisor's
-    directory), else ``PROMETHEUS_MULTIPROC_DIR`` as it is now, else memory.
-    Nothing the app does later moves them.
-    """
-    process_metrics(multiprocess_dir(middleware.settings))
-    middleware.listeners.append(JobMetrics())
-    recorder_metrics = RecorderMetrics(middleware.recorder)
-    middleware.recorder.write_listeners.append(recorder_metrics.on_write)
-    middleware.recorder.every(RECORDER_SAMPLE_INTERVAL, recorder_metrics.sample)
-    middleware.recorder.close_listeners.append(recorder_metrics.sample)
-
-
-def record_lost(jobs: Iterable[Any]) -> None:
-    """Count lost attempts: the jobs :func:`watchtower.ledger.mark_lost` returned.
-
-    Call it right after ``mark_lost``, with what it returned, so that the
-    counter and the ledger agree exactly.
-    """
-    metrics = process_metrics()
-    for job in jobs:
-        metrics.lost.labels(job.queue, job.actor).inc()
-
-
-def record_given_up(queue: str, actor: str, *, failed: bool) -> None:
-    """Count one job given up after max_lost losses (see :mod:`watchtower.poison`).
-
-    ``failed``: count it in ``watchtower_jobs_failed_total`` too (the
-    supervisor that gives up a job does; a worker that gives one up records
-    a failed event, which its listener counts).
-    """
-    metrics = process_metrics()
-    metrics.given_up.labels(queue, actor).inc()
-    if failed:
-        metrics.failed.labels(queue, actor).inc()
-
-
-#: The ``reason`` label of ``watchtower_worker_restarts_total``.
-RESTART_REASONS = ("exit", "crash", "killed", "hung", "memory")
+def made_process_metrics() -> ProcessMetrics | None:
+    """This process's metric objects if something made them already, else None (nothing is made)."""
+    return _process_metrics
 
 
 def declare_supervisor(supervisor: str) -> None:
     """Make ``supervisor``'s restart series, one per reason, at 0 (when it starts)."""
     for reason in RESTART_REASONS:
         process_metrics().restarts.labels(supervisor, reason)
-
-
-def record_restart(supervisor: str, reason: str) -> None:
-    """Count one restart of a worker process of ``supervisor`` (a reason of :data:`RESTART_REASONS`)."""
-    if reason not in RESTART_REASONS:
-        raise ValueError(f"restart reason {reason!r}: expected one of {', '.join(RESTART_REASONS)}")
-    process_metrics().restarts.labels(supervisor, reason).inc()
-
-
-# The exposition --------------------------------------------------------------
-
-
-def multiprocess_dir(settings: Settings) -> str | None:
-    """The directory a scrape reads: ``metrics_dir``, else PROMETHEUS_MULTIPROC_DIR, else none."""
-    return settings.metrics_dir or os.environ.get(MULTIPROC_ENV) or None
-
-
-class _Merged:
-    """Metric families from several collectors, with equal series added up.
-
-    The multiprocess files and this process's in-memory metrics may both
-    hold a family (a supervisor that imported prometheus-client too early);
-    a scrape must show each family once.  ``_created`` samples are dropped:
-    multiprocess mode has none, and they cannot be added up.
-    """
-
-    def __init__(self, collectors: Sequence[Any]) -> None:
-        self._collectors = collectors
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.metrics_core import Metric
-
-        families: dict[str, Any] = {}
-        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-        for collector in self._collectors:
-            for family in collector.collect():
-                if family.name not in families:
-                    families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-                    values[family.name] = {}
-                series = values[family.name]
-                for sample in family.samples:
-                    if sample.name.endswith("_created"):
-                        continue
-                    key = (sample.name, tuple(sorted(sample.labels.items())))
-                    series[key] = series.get(key, 0.0) + sample.value
-        for name, family in families.items():
-            for (sample_name, labels), value in values[name].items():
-                family.add_sample(sample_name, dict(labels), value)
-            yield family
-
-
-class _Files:
-    """The multiprocess directory's files (see :func:`watchtower.multiproc.read_metrics`)."""
-
-    def __init__(self, directory: str) -> None:
-        self._directory = directory
-
-    def collect(self) -> Iterator[Any]:
-        yield from multiproc.read_metrics(self._directory)
-
-
-class _Local:
-    """This process's own metric objects, unless the scraped files already hold them."""
-
-    def __init__(self, directory: str | None) -> None:
-        self._directory = directory
-
-    def collect(self) -> Iterator[Any]:
-        metrics = _process_metrics
-        if metrics is None:
-            return
-        if metrics.directory is not None and self._directory is not None and \
-                os.path.samefile(metrics.directory, self._directory):
-            return  # the files hold them
-        yield from metrics.collect()
-
-
-def exposition(settings: Settings, *, broker: Any = None, supervisor: str | None = None) -> tuple[bytes, str]:
-    """One scrape: the Prometheus text format and its content type.
-
-    Built from a fresh registry: the multiprocess directory's files (if any,
-    see :func:`multiprocess_dir`) merged with this process's own values, plus
-    the values read from the ledger and the broker (cached briefly, see
-    :mod:`watchtower.scrape`) and the build info.
-    """
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from .scrape import sources_for
-
-    registry = CollectorRegistry(auto_describe=False)
-    directory = multiprocess_dir(settings)
-    collectors: list[Any] = [_Local(directory)]
-    if directory:
-        if os.path.isdir(directory):
-            collectors.insert(0, _Files(directory))
-        else:
-            logger.warning("metrics_dir %s does not exist: serving this process's metrics only", directory)
-    registry.register(_Merged(collectors))
-    registry.register(sources_for(settings, broker=broker, supervisor=supervisor))
-    registry.register(_BuildInfo())
-    # The classic text format, version 0.0.4: every name here is a legacy
-    # name, and every Prometheus release reads it.
-    return generate_latest(registry), CONTENT_TYPE
-
-
-class _BuildInfo:
-    def collect(self) -> Iterator[Any]:
-        import dramatiq
-        from prometheus_client.core import GaugeMetricFamily
-
-        from . import __version__
-
-        family = GaugeMetricFamily(
-            "watchtower_build_info", "Versions of Watchtower, Python and Dramatiq (always 1).",
-            labels=("version", "python_version", "dramatiq_version"),
-        )
-        family.add_metric((__version__, platform.python_version(), dramatiq.__version__), 1.0)
-        yield family
-
-
-# The /metrics server ------------------------------------------------------------
-
-#: A running /metrics server: ``.host``, ``.port``, ``.url`` (ending in /metrics), ``.stop()``.
-MetricsServer = HTTPServer
-
-
-def metrics_app(settings: Settings, *, broker: Any = None, supervisor: str | None = None) -> Callable[..., Any]:
-    """A WSGI app answering ``GET /metrics`` (and 404 elsewhere)."""
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if environ.get("PATH_INFO", "") not in ("/metrics", "/metrics/"):
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"not found: Prometheus metrics are at /metrics\n"]
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
-            return [b"method not allowed\n"]
-        try:
-            body, content_type = exposition(settings, broker=broker, supervisor=supervisor)
-        except Exception:
-            logger.exception("cannot build the /metrics exposition")
-            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
-            return [b"cannot build the metrics: see the supervisor's log\n"]
-        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
-        return [body]
-
-    return app
-
-
-def start_metrics_server(
-    settings: Settings,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    broker: Any = None,
-    supervisor: str | None = None,
-    app: Callable[..., Any] | None = None,
-) -> MetricsServer:
-    """Serve ``/metrics`` on ``host:port`` (default ``http.host:http.port``) from a thread.
-
-    The server is :func:`watchtower.http_server.start_http_server`'s, with its
-    connection limit and idle timeout.  ``port=0`` picks a free port (see ``.port``).  ``app`` serves another WSGI
-    app instead (the API app, which answers /metrics too).  A port in use, or
-    an address this host does not have, raises MetricsServerError naming the
-    setting to change; the supervisor reports it, its workers never see it.
-    """
-    bind: str = settings.http_host if host is None else host
-    port = settings.http_port if port is None else port
-    server = start_http_server(app or metrics_app(settings, broker=broker, supervisor=supervisor),
-                               host=bind, port=port, path="/metrics", what="/metrics", name="watchtower-metrics")
-    if bind not in ("127.0.0.1", "::1", "localhost"):
-        logger.warning("serving /metrics on %s:%s, reachable from other hosts", bind, server.port)
-    logger.info("serving Prometheus metrics at %s", server.url)
-    return server

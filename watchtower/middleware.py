@@ -37,7 +37,7 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Retries, SkipMessage
 
-from . import metrics
+from . import metric_listeners, metrics
 from .config import Settings, load_settings
 from .dramatiq_internals import REDIS_MESSAGE_ID, consumer_whitelist, proxy_exception, redelivered
 from .dramatiq_internals import proxy_state as _proxy_state
@@ -196,8 +196,8 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         self._heartbeat_on = False
         try:
             # Prometheus counters of the events and of the recorder's health,
-            # their values kept where these settings say (see metrics.install).
-            metrics.install(self)
+            # their values kept where these settings say (see metric_listeners.install).
+            metric_listeners.install(self)
         except Exception:
             logger.exception("watchtower metrics are off in this process: they could not be set up")
 
@@ -365,7 +365,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
         state.given_up = True
         message.fail()  # Dramatiq nacks a failed message: to the dead-letter queue
         queue = q_name(raw.queue_name)
-        metrics.record_given_up(queue, raw.actor_name, failed=False)
+        metric_listeners.record_given_up(queue, raw.actor_name, failed=False)
         logger.warning("gave up job %s of %s/%s: %s", raw.message_id, queue, raw.actor_name, reason)
         return True
 

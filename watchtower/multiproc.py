@@ -53,6 +53,7 @@ __all__ = [
     "file_pid",
     "fold_dead_processes",
     "mark_process_dead",
+    "multiprocess_dir",
     "open_multiprocess_dir",
     "prepare_multiprocess_dir",
     "read_metrics",
@@ -179,6 +180,11 @@ def fold_dead_processes(directory: str | os.PathLike[str], *, skip: Collection[i
     for pid in dead:
         mark_process_dead(pid, directory)
     return len(dead)
+
+
+def multiprocess_dir(settings: Settings) -> str | None:
+    """Where this process's values go and a scrape reads: ``metrics_dir``, else PROMETHEUS_MULTIPROC_DIR, else none."""
+    return settings.metrics_dir or os.environ.get(MULTIPROC_ENV) or None
 
 
 def open_multiprocess_dir(settings: Settings) -> MultiprocessDir:

@@ -103,9 +103,9 @@ def _mark_lost_here(db: peewee.Database, job: Job) -> bool:
     holder = job.worker_id
     if not mark_attempt_lost(job, f"worker {holder} stopped holding it (the broker delivered it again)", db=db):
         return False
-    from . import metrics
+    from . import metric_listeners
 
-    metrics.record_lost([job])
+    metric_listeners.record_lost([job])
     logger.warning("job %s of %s was lost by worker %s (the broker delivered it again)",
                    job.message_id, job.queue, holder)
     return True

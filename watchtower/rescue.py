@@ -51,7 +51,7 @@ from dramatiq.common import dq_name, q_name
 from . import dramatiq_internals as internals
 from .payload import encode_message
 from .ledger import give_up
-from .metrics import record_given_up
+from .metric_listeners import record_given_up
 from .middleware import broker_kind
 from .models import Job, Worker
 from .poison import give_up_reason, poison_jobs

@@ -59,10 +59,11 @@ from typing import IO, Any
 
 import peewee
 
-from . import metrics, records, store
+from . import metric_listeners, metrics, multiproc, records, store
 from .app import find_app
 from .bus import CommandBus, open_bus, supervisor_inbox_key
 from .config import Settings, replace
+from .metrics_server import MetricsServer, start_metrics_server
 from .errors import ConfigError, DatabaseUnavailable, WatchtowerError, WorkerError
 from .clock import now_ms
 from .models import Job, Worker
@@ -176,8 +177,8 @@ class Supervisor:
         self._due = {"heartbeats": 0.0, "inbox": 0.0, "cleanup": 0.0}
         self._last_warning: dict[str, float] = {}
         self._run_dir: str | None = None
-        self._metrics_dir: metrics.MultiprocessDir | None = None
-        self._metrics_server: metrics.MetricsServer | None = None
+        self._metrics_dir: multiproc.MultiprocessDir | None = None
+        self._metrics_server: MetricsServer | None = None
         self._pruner: AutoPruner | None = None
         self._rescuer: Rescuer | None = None
         # Dead workers whose messages wait for their exit to be recorded
@@ -401,7 +402,7 @@ class Supervisor:
     def _on_exit(self, slot: Slot, child: Child, code: int, now: float) -> None:
         lifetime = now - child.started
         if self._metrics_dir is not None:
-            metrics.mark_process_dead(child.pid, self._metrics_dir.path)
+            multiproc.mark_process_dead(child.pid, self._metrics_dir.path)
         # A worker that chose to exit (stop or restart) did not fail, however young.
         chosen = code in (EXIT_OK, EXIT_RESTART) and child.kill_reason is None
         slot.failures = 0 if chosen else self.policy.failures_after(slot.failures, lifetime)
@@ -448,11 +449,11 @@ class Supervisor:
                 )
         else:
             slot.not_before = now + delay
-            metrics.record_restart(self.name, _restart_reason(code, child))
+            metric_listeners.record_restart(self.name, _restart_reason(code, child))
 
     def _record_exit(self, worker_id: str, queues: tuple[str, ...], **how: Any) -> None:
         jobs = records.record_exit(worker_id, **how)
-        metrics.record_lost(jobs)
+        metric_listeners.record_lost(jobs)
         if jobs:
             logger.warning("returned %d jobs of worker %s to pending as lost", len(jobs), worker_id)
         self._unrescued.pop(worker_id, None)
@@ -540,7 +541,7 @@ class Supervisor:
         if self._metrics_dir is None:
             return
         try:
-            folded = metrics.fold_dead_processes(self._metrics_dir.path, skip=set(self.children().values()))
+            folded = multiproc.fold_dead_processes(self._metrics_dir.path, skip=set(self.children().values()))
         except Exception:
             logger.exception("supervisor %s cannot fold the metric files of exited processes", self.name)
             return
@@ -549,7 +550,7 @@ class Supervisor:
 
     def _start_metrics(self) -> None:
         """A multiprocess directory that starts empty for the workers, and /metrics served from it."""
-        self._metrics_dir = metrics.open_multiprocess_dir(self.settings)
+        self._metrics_dir = multiproc.open_multiprocess_dir(self.settings)
         self._env.update(self._metrics_dir.env())
         metrics.declare_supervisor(self.name)
         served = replace(self.settings, metrics_dir=os.fspath(self._metrics_dir))
@@ -568,7 +569,7 @@ class Supervisor:
             except ConfigError as refusal:
                 logger.warning("supervisor %s serves /metrics only: %s", self.name, refusal)
                 self._api_refusal = str(refusal)
-            self._metrics_server = metrics.start_metrics_server(served, supervisor=self.name, app=api)
+            self._metrics_server = start_metrics_server(served, supervisor=self.name, app=api)
             if api is not None:
                 from .web.app import normalize_prefix
 

@@ -116,7 +116,7 @@ class Services:
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
-        from ..metrics import exposition
+        from ..exposition import exposition
 
         return exposition(self.settings, broker=self._broker, supervisor=self.supervisor)
 
