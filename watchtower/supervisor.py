@@ -43,7 +43,6 @@ pid and stops when it is gone (after a ``kill -9`` of the supervisor).
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
@@ -59,13 +58,13 @@ from typing import IO, Any
 
 import peewee
 
-from . import metric_listeners, metrics, multiproc, records, store
+from . import metric_listeners, records, store
 from .app import find_app
 from .bus import CommandBus, open_bus, supervisor_inbox_key
-from .config import Settings, replace
-from .metrics_server import MetricsServer, start_metrics_server
-from .errors import ConfigError, DatabaseUnavailable, WatchtowerError, WorkerError
+from .config import Settings
+from .errors import DatabaseUnavailable, WatchtowerError, WorkerError
 from .clock import now_ms
+from .ledger_queue import DeferredLedger
 from .models import Job, Worker
 from .statuses import WorkerStatus
 from .oom import OomCounter
@@ -84,6 +83,7 @@ from .prune import AutoPruner
 from .rescue import Rescuer
 from .startlog import start_block
 from .stuck import UnknownMarker
+from .supervisor_server import SupervisorServer
 from .worker import EXIT_MEMORY, EXIT_OK, EXIT_RESTART
 
 __all__ = ["Supervisor", "check_app", "TICK"]
@@ -101,13 +101,8 @@ CLEANUP_EVERY = 15.0
 SHUTDOWN_MARGIN = 30.0
 #: Assumed job time limit when a worker has none (timeout 0).
 UNLIMITED_JOB_WAIT = 60.0
-#: Seconds to leave the ledger alone after one of its operations failed.
-DB_RETRY = 5.0
 #: Seconds the supervisor keeps trying to write its last row updates when it exits.
 FINAL_WRITE_WAIT = 10.0
-
-
-LedgerAction = Callable[[], None]
 
 
 def check_app(spec: str | None) -> str:
@@ -164,21 +159,17 @@ class Supervisor:
         self._output = output
         self._import_paths = tuple(import_paths)
         self.reload_requested = False
-        self._api_url: str | None = None
-        self._api_refusal: str | None = None
         self._slots: list[Slot] = []
         self._signals: list[int] = []
         self._stopping = False
         self._deadline: float | None = None
         self._spawned = 0
-        self._todo: collections.deque[tuple[str, LedgerAction]] = collections.deque(maxlen=100_000)
-        self._db_retry_at = 0.0
         self._heartbeat_grace = records.HeartbeatGrace(settings.heartbeat_timeout, clock())
+        self._ledger = DeferredLedger(name, clock=clock, on_answer=self._ledger_answered, on_outage=self._ledger_away)
         self._due = {"heartbeats": 0.0, "inbox": 0.0, "cleanup": 0.0}
         self._last_warning: dict[str, float] = {}
         self._run_dir: str | None = None
-        self._metrics_dir: multiproc.MultiprocessDir | None = None
-        self._metrics_server: MetricsServer | None = None
+        self._server: SupervisorServer | None = None
         self._pruner: AutoPruner | None = None
         self._rescuer: Rescuer | None = None
         # Dead workers whose messages wait for their exit to be recorded
@@ -212,7 +203,8 @@ class Supervisor:
         """Run until SIGTERM or SIGINT, then stop every worker; returns the exit code (0)."""
         self.check()
         assert self._db is not None
-        self._start_metrics()
+        server = self._server = SupervisorServer.start(self.settings, name=self.name, database=self._db)
+        self._env.update(server.env())
         # After the metrics: the app the rescuer imports may add a middleware
         # that sets up this process's metrics, which must stay in memory here.
         self._rescuer = Rescuer(app=self.settings.app, max_lost=self.settings.max_lost, clock=self.clock)
@@ -231,7 +223,7 @@ class Supervisor:
             ]
             logger.info("%s", start_block(
                 self.settings, self.config, pid=os.getpid(), metrics_url=self.metrics_url,
-                api_url=self._api_url, api_refusal=self._api_refusal,
+                api_url=server.api_url, api_refusal=server.api_refusal,
             ))
             while not (self._stopping and not self.children()):
                 self._pass()
@@ -247,7 +239,7 @@ class Supervisor:
                     slot.child.popen.send_signal(signal.SIGTERM)
             if self._run_dir is not None:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._stop_metrics()
+            server.stop()
             if self._pruner is not None:
                 self._pruner.close()  # a prune in progress stops after its batch
         logger.info("supervisor %s stopped", self.name)
@@ -278,7 +270,7 @@ class Supervisor:
             if self._deadline is not None and now >= self._deadline:
                 self._kill_all(f"still running {self._grace():g} s after SIGTERM")
                 self._deadline = None
-            self._run_ledger(now)
+            self._ledger.run(now)
             return
         if now >= self._due["heartbeats"]:
             self._due["heartbeats"] = now + HEARTBEAT_CHECK_EVERY
@@ -292,19 +284,20 @@ class Supervisor:
         if now >= self._due["cleanup"]:
             self._due["cleanup"] = now + min(CLEANUP_EVERY, self.settings.heartbeat_timeout)
             self._guarded("cleanup", self._housekeeping)
-            self._fold_producers()
-        self._run_ledger(now)
+            if self._server is not None:
+                self._server.fold_producers(skip=set(self.children().values()))
+        self._ledger.run(now)
 
     def _guarded(self, what: str, step: Callable[..., None], *args: Any) -> None:
         """Run a housekeeping step; its failure is logged, never fatal to the pool."""
-        if what != "inbox" and self.clock() < self._db_retry_at:
+        if what != "inbox" and not self._ledger.available(self.clock()):
             return
         try:
             step(*args)
             if what != "inbox":
                 self._heartbeat_grace.answered(self.clock())
         except (peewee.PeeweeException, DatabaseUnavailable) as error:
-            self._db_failed(what, error)
+            self._ledger.failed(what, error)
         except WatchtowerError as error:  # the bus
             self._warn(what, "supervisor %s: %s failed: %s", self.name, what, error)
         except Exception:
@@ -339,7 +332,7 @@ class Supervisor:
             slot.failures += 1
             slot.not_before = now + max(1.0, self.policy.delay(slot.failures))
             logger.error("supervisor %s cannot start a worker: %s", self.name, error)
-            self._ledger("spawn failure", partial(
+            self._ledger.defer("spawn failure", partial(
                 records.record_refusal, worker_id, supervisor=self.name, hostname=self.hostname, queues=slot.queues,
                 why=f"cannot start the process: {error}",
             ))
@@ -349,7 +342,7 @@ class Supervisor:
         slot.processes += 1
         slot.child = child
         logger.info("started worker %s (pid %d) for %s", worker_id, popen.pid, ", ".join(slot.queues))
-        self._ledger("register", partial(
+        self._ledger.defer("register", partial(
             records.register_process, worker_id, supervisor=self.name, hostname=self.hostname, pid=popen.pid,
             queues=slot.queues, options=slot.options, restarts=slot.restarts,
         ))
@@ -401,8 +394,8 @@ class Supervisor:
 
     def _on_exit(self, slot: Slot, child: Child, code: int, now: float) -> None:
         lifetime = now - child.started
-        if self._metrics_dir is not None:
-            multiproc.mark_process_dead(child.pid, self._metrics_dir.path)
+        if self._server is not None:
+            self._server.mark_dead(child.pid)
         # A worker that chose to exit (stop or restart) did not fail, however young.
         chosen = code in (EXIT_OK, EXIT_RESTART) and child.kill_reason is None
         slot.failures = 0 if chosen else self.policy.failures_after(slot.failures, lifetime)
@@ -423,8 +416,8 @@ class Supervisor:
         log("worker %s (pid %d) exited after %.1f s: %s%s", child.worker_id, child.pid, lifetime, prefix, reason)
         own_words = code >= 0 and child.kill_reason is None  # it exited by itself: it may have said why
         self._unrescued[child.worker_id] = slot.queues
-        ledger_now = now >= self._db_retry_at and not self._todo
-        self._ledger("exit", partial(
+        ledger_now = self._ledger.caught_up(now)
+        self._ledger.defer("exit", partial(
             self._record_exit, child.worker_id, slot.queues, code=code, status=status, reason=reason,
             prefix=prefix, own_words=own_words,
         ))
@@ -435,12 +428,12 @@ class Supervisor:
         retire = self._stopping or code == EXIT_OK
         if crashlooping:
             if slot.crashloop_row not in (None, child.worker_id):
-                self._ledger("retire", partial(records.retire_crashloop, slot.crashloop_row))
+                self._ledger.defer("retire", partial(records.retire_crashloop, slot.crashloop_row))
             slot.crashloop_row = child.worker_id
         if retire:
             self._slots.remove(slot)
             if slot.crashloop_row is not None:
-                self._ledger("retire", partial(records.retire_crashloop, slot.crashloop_row))
+                self._ledger.defer("retire", partial(records.retire_crashloop, slot.crashloop_row))
             if not self._stopping and len(self._slots) < self.config.min_processes:
                 logger.warning(
                     "supervisor %s: worker %s stopped and is not replaced: %d workers run, below min_processes %d, "
@@ -517,7 +510,7 @@ class Supervisor:
                 )
         except WorkerError as error:
             logger.warning("supervisor %s refused to start worker %s: %s", self.name, worker_id, error)
-            self._ledger("refusal", partial(
+            self._ledger.defer("refusal", partial(
                 records.record_refusal, worker_id, supervisor=self.name, hostname=self.hostname, queues=(),
                 why=str(error),
             ))
@@ -536,87 +529,19 @@ class Supervisor:
             self._pruner.tick()  # returns at once: a due prune runs in a thread of its own
         self._unknown.tick()  # jobs whose last events never came (see watchtower.stuck)
 
-    def _fold_producers(self) -> None:
-        """Fold the metric files of exited processes that were not ours (producers sharing metrics_dir)."""
-        if self._metrics_dir is None:
-            return
-        try:
-            folded = multiproc.fold_dead_processes(self._metrics_dir.path, skip=set(self.children().values()))
-        except Exception:
-            logger.exception("supervisor %s cannot fold the metric files of exited processes", self.name)
-            return
-        if folded:
-            logger.debug("supervisor %s folded the metric files of %d exited processes", self.name, folded)
-
-    def _start_metrics(self) -> None:
-        """A multiprocess directory that starts empty for the workers, and /metrics served from it."""
-        self._metrics_dir = multiproc.open_multiprocess_dir(self.settings)
-        self._env.update(self._metrics_dir.env())
-        metrics.declare_supervisor(self.name)
-        served = replace(self.settings, metrics_dir=os.fspath(self._metrics_dir))
-        try:
-            from .web import create_app
-            from .web.auth import check_bind
-
-            # The whole control API beside /metrics (which it answers at the
-            # root too, counting this supervisor's workers), unless the bind
-            # goes beyond loopback without a token: then /metrics alone, as
-            # Prometheus scrapes it from other hosts.
-            api = None
-            try:
-                check_bind(served)
-                api = create_app(served, database=self._db, supervisor=self.name)
-            except ConfigError as refusal:
-                logger.warning("supervisor %s serves /metrics only: %s", self.name, refusal)
-                self._api_refusal = str(refusal)
-            self._metrics_server = start_metrics_server(served, supervisor=self.name, app=api)
-            if api is not None:
-                from .web.app import normalize_prefix
-
-                self._api_url = f"{self._metrics_server.base_url}{normalize_prefix(self.settings.http_prefix)}/"
-        except BaseException:
-            self._metrics_dir.release()
-            raise
-
-    def _stop_metrics(self) -> None:
-        if self._metrics_server is not None:
-            self._metrics_server.stop()
-        if self._metrics_dir is not None:
-            self._metrics_dir.release()
-
     @property
     def metrics_url(self) -> str | None:
         """Where /metrics is served (None before run())."""
-        return self._metrics_server.url if self._metrics_server is not None else None
+        return self._server.metrics_url if self._server is not None else None
 
-    # The ledger queue -----------------------------------------------------
+    # The ledger -----------------------------------------------------------
 
-    def _ledger(self, what: str, action: LedgerAction) -> None:
-        """Queue a row update; it runs now, or once the ledger is back."""
-        self._todo.append((what, action))
+    def _ledger_answered(self) -> None:
+        self._heartbeat_grace.answered(self.clock())
 
-    def _run_ledger(self, now: float) -> None:
-        if now < self._db_retry_at:
-            return
-        while self._todo:
-            what, action = self._todo[0]
-            try:
-                action()
-            except (peewee.PeeweeException, DatabaseUnavailable) as error:
-                self._db_failed(what, error)
-                return
-            except Exception:
-                logger.exception("supervisor %s: recording %s failed", self.name, what)
-            else:
-                self._heartbeat_grace.answered(self.clock())
-            self._todo.popleft()
-
-    def _db_failed(self, what: str, error: Exception) -> None:
-        now = self.clock()
-        self._db_retry_at = now + DB_RETRY
+    def _ledger_away(self) -> None:
+        """The ledger failed: heartbeats wait for it, dead workers' messages go back without it."""
         self._heartbeat_grace.failed()
-        self._warn("db", "supervisor %s: the ledger is unavailable (%s: %s); %d updates wait",
-                   self.name, what, " ".join(str(error).split()), len(self._todo))
         self._rescue_without_ledger()
         if self._db is not None:
             try:
@@ -646,7 +571,7 @@ class Supervisor:
             if slot.child is None:
                 self._slots.remove(slot)
                 if slot.crashloop_row is not None:
-                    self._ledger("retire", partial(records.retire_crashloop, slot.crashloop_row))
+                    self._ledger.defer("retire", partial(records.retire_crashloop, slot.crashloop_row))
                 continue
             slot.child.terminated = True
             slot.child.popen.send_signal(signal.SIGTERM)
@@ -660,16 +585,11 @@ class Supervisor:
 
     def _finish(self) -> None:
         """The last row updates; a ledger that is down gets a few seconds to come back."""
-        deadline = self.clock() + FINAL_WRITE_WAIT
-        if self._todo:
+        if self._ledger:
             self._rescue_without_ledger()
-        while self._todo and self.clock() < deadline:
-            self._db_retry_at = 0.0
-            self._run_ledger(self.clock())
-            if self._todo:
-                time.sleep(0.5)
-        if self._todo:
-            logger.error("supervisor %s: %d worker updates could not be recorded", self.name, len(self._todo))
+        left = self._ledger.drain(FINAL_WRITE_WAIT)
+        if left:
+            logger.error("supervisor %s: %d worker updates could not be recorded", self.name, left)
         if self._bus is not None:
             self._bus.close()
 
