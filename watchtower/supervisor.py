@@ -32,13 +32,19 @@ that only *record* a pending signal for the loop to act on.  Each pass
 The processes are managed without the ledger: when its database is down,
 workers are still reaped and restarted, a dead worker's messages still go
 back to their queues (without the poison check, which needs the ledger's
-counts), and the row updates wait in a queue until it is back.  Heartbeats
-(steps 3 and 6) are judged only once the workers have had time to write
-again after the ledger came back (see
-:class:`~watchtower.records.HeartbeatGrace`).  Workers are started in
+counts), and the row updates wait in a queue until it is back
+(:mod:`watchtower.ledger_queue`).  Heartbeats (steps 3 and 6) are judged only
+once the workers have had time to write again after the ledger came back
+(see :class:`~watchtower.records.HeartbeatGrace`).  Workers are started in
 sessions of their own, so a terminal's Ctrl-C reaches only the supervisor,
 which then stops them in order; each worker also watches the supervisor's
 pid and stops when it is gone (after a ``kill -9`` of the supervisor).
+
+This module is the loop and its decisions.  The processes themselves are
+:mod:`watchtower.process_pool`'s (Horizon's ProcessPool), the slots and the
+restart backoff :mod:`watchtower.pool`'s, the row updates that wait for the
+ledger :mod:`watchtower.ledger_queue`'s, and the metrics directory and HTTP
+server it runs :mod:`watchtower.supervisor_server`'s.
 """
 
 from __future__ import annotations
@@ -46,11 +52,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -76,9 +79,9 @@ from .pool import (
     SlotKind,
     check_options,
     check_queues,
-    new_worker_id,
     worker_options,
 )
+from .process_pool import ProcessPool
 from .prune import AutoPruner
 from .rescue import Rescuer
 from .startlog import start_block
@@ -155,20 +158,17 @@ class Supervisor:
         self.tick = tick
         self._bus = bus
         self._db = database
-        self._env = dict(os.environ if env is None else env)
-        self._output = output
+        self._pool = ProcessPool(name=name, hostname=self.hostname, command=self._command,
+                                 env=dict(os.environ if env is None else env), output=output)
         self._import_paths = tuple(import_paths)
         self.reload_requested = False
-        self._slots: list[Slot] = []
         self._signals: list[int] = []
         self._stopping = False
         self._deadline: float | None = None
-        self._spawned = 0
         self._heartbeat_grace = records.HeartbeatGrace(settings.heartbeat_timeout, clock())
         self._ledger = DeferredLedger(name, clock=clock, on_answer=self._ledger_answered, on_outage=self._ledger_away)
         self._due = {"heartbeats": 0.0, "inbox": 0.0, "cleanup": 0.0}
         self._last_warning: dict[str, float] = {}
-        self._run_dir: str | None = None
         self._server: SupervisorServer | None = None
         self._pruner: AutoPruner | None = None
         self._rescuer: Rescuer | None = None
@@ -195,7 +195,7 @@ class Supervisor:
 
     def children(self) -> dict[str, int]:
         """Worker id -> pid of the processes running now."""
-        return {slot.child.worker_id: slot.child.pid for slot in self._slots if slot.child is not None}
+        return self._pool.children()
 
     # The loop -------------------------------------------------------------
 
@@ -204,7 +204,7 @@ class Supervisor:
         self.check()
         assert self._db is not None
         server = self._server = SupervisorServer.start(self.settings, name=self.name, database=self._db)
-        self._env.update(server.env())
+        self._pool.env.update(server.env())
         # After the metrics: the app the rescuer imports may add a middleware
         # that sets up this process's metrics, which must stay in memory here.
         self._rescuer = Rescuer(app=self.settings.app, max_lost=self.settings.max_lost, clock=self.clock)
@@ -214,10 +214,10 @@ class Supervisor:
             handled.append(signal.SIGHUP)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
-            self._run_dir = tempfile.mkdtemp(prefix=f"watchtower-{self.name}-")
+            self._pool.open()
             self._pruner = AutoPruner(self.settings, owner=f"{self.hostname}/{self.name}/{os.getpid()}", db=self._db)
             self._heartbeat_grace = records.HeartbeatGrace(self.settings.heartbeat_timeout, self.clock())
-            self._slots = [
+            self._pool.slots = [
                 Slot(kind=SlotKind.POOL, queues=self.config.queues, options=worker_options(self.config))
                 for _ in range(self.config.min_processes)
             ]
@@ -232,13 +232,7 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            # Only after a bug: whatever still runs is asked to stop (it also
-            # stops by itself once this process is gone).
-            for slot in self._slots:
-                if slot.child is not None and slot.child.popen.poll() is None:
-                    slot.child.popen.send_signal(signal.SIGTERM)
-            if self._run_dir is not None:
-                shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._pool.close()  # only after a bug does a worker still run here
             server.stop()
             if self._pruner is not None:
                 self._pruner.close()  # a prune in progress stops after its batch
@@ -268,7 +262,7 @@ class Supervisor:
             self._rescuer.tick()  # the broker only: also while the ledger is down
         if self._stopping:
             if self._deadline is not None and now >= self._deadline:
-                self._kill_all(f"still running {self._grace():g} s after SIGTERM")
+                self._pool.kill_all(f"still running {self._grace():g} s after SIGTERM")
                 self._deadline = None
             self._ledger.run(now)
             return
@@ -278,7 +272,7 @@ class Supervisor:
         if now >= self._due["inbox"]:
             self._due["inbox"] = now + INBOX_EVERY
             self._guarded("inbox", self._drain_inbox)
-        for slot in self._slots:
+        for slot in self._pool.slots:
             if slot.child is None and now >= slot.not_before:
                 self._spawn(slot, now)
         if now >= self._due["cleanup"]:
@@ -313,21 +307,9 @@ class Supervisor:
     # Starting workers -----------------------------------------------------
 
     def _spawn(self, slot: Slot, now: float) -> None:
-        self._spawned += 1
-        worker_id = slot.next_id or new_worker_id(self.hostname, self.name, self._spawned)
-        slot.next_id = None
-        assert self._run_dir is not None
-        log_path = os.path.join(self._run_dir, f"worker-{self._spawned}.log")
+        worker_id = self._pool.next_worker_id(slot)
         try:
-            with open(log_path, "wb") as out:  # the child keeps its own descriptor
-                popen = subprocess.Popen(
-                    self._command(worker_id, slot),
-                    env=self._env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            child = self._pool.start(slot, worker_id, now)
         except OSError as error:
             slot.failures += 1
             slot.not_before = now + max(1.0, self.policy.delay(slot.failures))
@@ -337,13 +319,9 @@ class Supervisor:
                 why=f"cannot start the process: {error}",
             ))
             return
-        child = Child(worker_id, popen, started=now, log=open(log_path, "rb"), log_path=log_path)
-        slot.restarts = slot.processes
-        slot.processes += 1
-        slot.child = child
-        logger.info("started worker %s (pid %d) for %s", worker_id, popen.pid, ", ".join(slot.queues))
+        logger.info("started worker %s (pid %d) for %s", worker_id, child.pid, ", ".join(slot.queues))
         self._ledger.defer("register", partial(
-            records.register_process, worker_id, supervisor=self.name, hostname=self.hostname, pid=popen.pid,
+            records.register_process, worker_id, supervisor=self.name, hostname=self.hostname, pid=child.pid,
             queues=slot.queues, options=slot.options, restarts=slot.restarts,
         ))
 
@@ -367,30 +345,8 @@ class Supervisor:
     # Watching workers -----------------------------------------------------
 
     def _reap(self, now: float) -> None:
-        for slot in list(self._slots):
-            child = slot.child
-            if child is None:
-                continue
-            self._copy_output(child)
-            code = child.popen.poll()
-            if code is None:
-                continue
-            self._copy_output(child, final=True)
-            child.log.close()
-            os.unlink(child.log_path)
-            slot.child = None
+        for slot, child, code in self._pool.reap():
             self._on_exit(slot, child, code, now)
-
-    def _copy_output(self, child: Child, *, final: bool = False) -> None:
-        """Copy what the worker wrote since the last look to our stderr."""
-        lines = child.read_output(final=final)
-        if lines:
-            output = self._output or sys.stderr.buffer
-            try:
-                output.write(lines)
-                output.flush()
-            except (OSError, ValueError):
-                pass  # our own stderr is gone; the workers' output is not worth dying for
 
     def _on_exit(self, slot: Slot, child: Child, code: int, now: float) -> None:
         lifetime = now - child.started
@@ -431,14 +387,14 @@ class Supervisor:
                 self._ledger.defer("retire", partial(records.retire_crashloop, slot.crashloop_row))
             slot.crashloop_row = child.worker_id
         if retire:
-            self._slots.remove(slot)
+            self._pool.slots.remove(slot)
             if slot.crashloop_row is not None:
                 self._ledger.defer("retire", partial(records.retire_crashloop, slot.crashloop_row))
-            if not self._stopping and len(self._slots) < self.config.min_processes:
+            if not self._stopping and len(self._pool.slots) < self.config.min_processes:
                 logger.warning(
                     "supervisor %s: worker %s stopped and is not replaced: %d workers run, below min_processes %d, "
                     "until a start request or a restart of the supervisor",
-                    self.name, child.worker_id, len(self._slots), self.config.min_processes,
+                    self.name, child.worker_id, len(self._pool.slots), self.config.min_processes,
                 )
         else:
             slot.not_before = now + delay
@@ -466,8 +422,8 @@ class Supervisor:
             self._rescuer.rescue_stale(row, jobs, threshold=self.settings.heartbeat_timeout, hostname=self.hostname)
 
     def _check_heartbeats(self, now: float) -> None:
-        watched = {slot.child.worker_id: (slot, slot.child) for slot in self._slots if slot.child is not None}
-        records.vouch_for(slot.crashloop_row for slot in self._slots if slot.crashloop_row is not None)
+        watched = {slot.child.worker_id: (slot, slot.child) for slot in self._pool.slots if slot.child is not None}
+        records.vouch_for(slot.crashloop_row for slot in self._pool.slots if slot.crashloop_row is not None)
         beats = records.heartbeats(watched)
         wall = now_ms()
         # Heartbeats read while the ledger was recovering from an outage may
@@ -499,7 +455,7 @@ class Supervisor:
         except (ValueError, KeyError, TypeError) as error:
             logger.warning("supervisor %s ignored a malformed start request %.200r: %s", self.name, text, error)
             return
-        running = len(self._slots)
+        running = len(self._pool.slots)
         try:
             queues = check_queues(request.get("queues", request.get("queue", list(self.config.queues))))
             options = worker_options(self.config, check_options(request.get("options")))
@@ -516,7 +472,7 @@ class Supervisor:
             ))
             return
         logger.info("supervisor %s accepted a request for worker %s", self.name, worker_id)
-        self._slots.append(Slot(kind=SlotKind.REQUEST, queues=queues, options=options, next_id=worker_id))
+        self._pool.slots.append(Slot(kind=SlotKind.REQUEST, queues=queues, options=options, next_id=worker_id))
 
     # Housekeeping ---------------------------------------------------------
 
@@ -552,7 +508,7 @@ class Supervisor:
     # Stopping -------------------------------------------------------------
 
     def _grace(self) -> float:
-        limits = [slot.options.get("timeout") or UNLIMITED_JOB_WAIT for slot in self._slots if slot.child]
+        limits = [slot.options.get("timeout") or UNLIMITED_JOB_WAIT for slot in self._pool.slots if slot.child]
         return max(limits, default=0.0) + SHUTDOWN_MARGIN
 
     def _on_stop_signal(self, signum: int, now: float) -> None:
@@ -567,21 +523,13 @@ class Supervisor:
         self._deadline = now + self._grace()
         logger.info("supervisor %s: %s, stopping %d workers (waiting up to %g s)",
                     self.name, name, len(self.children()), self._grace())
-        for slot in list(self._slots):
+        for slot in list(self._pool.slots):
             if slot.child is None:
-                self._slots.remove(slot)
+                self._pool.slots.remove(slot)
                 if slot.crashloop_row is not None:
                     self._ledger.defer("retire", partial(records.retire_crashloop, slot.crashloop_row))
                 continue
-            slot.child.terminated = True
-            slot.child.popen.send_signal(signal.SIGTERM)
-
-    def _kill_all(self, why: str) -> None:
-        for slot in self._slots:
-            if slot.child is not None and slot.child.popen.poll() is None:
-                slot.child.kill_reason = f"killed by its supervisor: {why}"
-                logger.warning("worker %s (pid %d) %s", slot.child.worker_id, slot.child.pid, slot.child.kill_reason)
-                slot.child.popen.kill()
+            self._pool.terminate(slot.child)
 
     def _finish(self) -> None:
         """The last row updates; a ledger that is down gets a few seconds to come back."""
