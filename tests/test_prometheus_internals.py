@@ -141,3 +141,62 @@ def test_value_key_and_open_value_file(tmp_path: Path) -> None:
     assert [(s.name, s.labels, s.value) for s in families["wt_probe"].samples] == [
         ("wt_probe_total", {"queue": "a"}, 4.5)
     ]
+
+
+def test_metric_files_and_file_process_name_every_file_the_library_writes(tmp_path: Path) -> None:
+    pid = _write(tmp_path)["pid"]
+    written = {os.path.basename(path) for path in internals.metric_files(tmp_path)}
+    assert written == {
+        f"counter_{pid}.db", f"histogram_{pid}.db", f"gauge_livesum_{pid}.db", f"gauge_max_{pid}.db",
+    }
+    assert {internals.file_process(path) for path in internals.metric_files(tmp_path)} == {str(pid)}
+    assert internals.file_process(internals.metric_file(tmp_path, "gauge", "watchtower-7", "livesum")) == "watchtower-7"
+    (tmp_path / "notes.txt").write_text("not a metric file")
+    assert sorted(internals.scraped_files(tmp_path)) == sorted(internals.metric_files(tmp_path))
+
+
+def test_mark_process_dead_removes_only_the_live_gauge_files(tmp_path: Path) -> None:
+    pid = _write(tmp_path)["pid"]
+    before = set(internals.metric_files(tmp_path))
+    live = set(internals.live_gauge_files(tmp_path, pid))
+    assert {os.path.basename(path) for path in live} == {f"gauge_livesum_{pid}.db"}
+    internals.forget_live_gauges(pid, tmp_path)
+    after = set(internals.metric_files(tmp_path))
+    assert after == before - live
+    assert {internals.file_kind(path)[0] for path in after} >= set(internals.KEPT_TYPES) - {"summary"}
+
+
+def test_multiprocess_collector_reads_the_scraped_files_and_sums_the_summed_gauge_modes(tmp_path: Path) -> None:
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    for _ in range(2):
+        _write(tmp_path)
+    assert "livesum" in internals.SUMMED_GAUGE_MODES
+    collected = {family.name: family for family in MultiProcessCollector(None, path=str(tmp_path)).collect()}
+    merged = {family.name: family for family in internals.merge_files(internals.scraped_files(tmp_path))}
+    def samples(families: dict[str, Any]) -> dict[str, list[Any]]:
+        return {name: sorted((s.name, sorted(s.labels.items()), s.value) for s in family.samples)
+                for name, family in families.items()}
+
+    assert samples(collected) == samples(merged)
+    assert [sample.value for sample in merged["wt_probe_live"].samples] == [14.0]  # 7 + 7
+
+
+def test_new_family_with_samples_is_what_generate_latest_writes() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    family = internals.new_family("wt_probe", "A probe counter.", "counter")
+    family.add_sample("wt_probe_total", {"queue": "a"}, 3.0)
+    assert (family.name, family.documentation, family.type, family.unit) == ("wt_probe", "A probe counter.",
+                                                                            "counter", "")
+    assert [(s.name, s.labels, s.value) for s in family.samples] == [("wt_probe_total", {"queue": "a"}, 3.0)]
+
+    class Collector:
+        def collect(self) -> Any:
+            yield family
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    assert generate_latest(registry).decode() == (
+        '# HELP wt_probe_total A probe counter.\n# TYPE wt_probe_total counter\nwt_probe_total{queue="a"} 3.0\n'
+    )

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import multiproc
+from . import prometheus_internals as internals
 from .metrics import made_process_metrics
 
 if TYPE_CHECKING:
@@ -48,14 +49,13 @@ class _Merged:
         self._collectors = collectors
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.metrics_core import Metric
-
         families: dict[str, Any] = {}
         values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         for collector in self._collectors:
             for family in collector.collect():
                 if family.name not in families:
-                    families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                    families[family.name] = internals.new_family(family.name, family.documentation, family.type,
+                                                                 family.unit)
                     values[family.name] = {}
                 series = values[family.name]
                 for sample in family.samples:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import logging
 import os
 import shutil
@@ -66,8 +65,6 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The setting ``metrics_dir`` in the environment: where Watchtower's own values go.
 WATCHTOWER_DIR_ENV = "WATCHTOWER_METRICS_DIR"
 
-# Types whose values outlive their process (live gauges do not).
-_KEPT_TYPES = ("counter", "histogram", "summary")
 _ARCHIVE = "dead"  # counter_dead.db: the folded values of every dead process
 _SCRAPE_LOCK = ".watchtower.scrape.lock"
 
@@ -109,8 +106,6 @@ class MultiprocessDir:
 
 
 _LOCK_NAME = ".watchtower.lock"
-# The files prometheus-client writes: counter_PID.db, gauge_MODE_PID.db...
-_METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
 
 
 def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
@@ -142,7 +137,7 @@ def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
     removed = kept = 0
-    for file in _metric_files(directory):
+    for file in internals.metric_files(directory):
         pid = file_pid(file)
         if pid is not None and _alive(pid):
             kept += 1  # a producer that writes here (see fold_dead_processes) and still runs
@@ -156,13 +151,9 @@ def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> MultiprocessDir:
     return MultiprocessDir(directory, fd)
 
 
-def _metric_files(directory: str | os.PathLike[str]) -> list[str]:
-    return [file for pattern in _METRIC_FILES for file in glob.glob(os.path.join(directory, pattern))]
-
-
 def file_pid(path: str) -> int | None:
     """The process whose values a metric file holds; None for an archive of dead ones (``counter_dead.db``)."""
-    owner = os.path.basename(path).removesuffix(".db").rsplit("_", 1)[-1].removeprefix(FILE_OWNER + "-")
+    owner = internals.file_process(path).removeprefix(FILE_OWNER + "-")
     return int(owner) if owner.isdigit() else None
 
 
@@ -175,7 +166,7 @@ def fold_dead_processes(directory: str | os.PathLike[str], *, skip: Collection[i
     archive, so that a short-lived process's enqueues are counted and its
     files do not pile up.  ``skip``: pids the caller marks itself.
     """
-    pids = {pid for file in _metric_files(directory) if (pid := file_pid(file)) is not None} - set(skip)
+    pids = {pid for file in internals.metric_files(directory) if (pid := file_pid(file)) is not None} - set(skip)
     dead = [pid for pid in pids if not _alive(pid)]
     for pid in dead:
         mark_process_dead(pid, directory)
@@ -213,17 +204,15 @@ def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> N
     directory = os.fspath(path) if path is not None else os.environ.get(MULTIPROC_ENV)
     if not directory:
         return
-    from prometheus_client import multiprocess
-
     with _scrape_lock(directory, fcntl.LOCK_EX):
-        multiprocess.mark_process_dead(pid, directory)  # the app's live gauges
-        for live in glob.glob(internals.metric_file(directory, "gauge", file_owner(pid), "live*")):
+        internals.forget_live_gauges(pid, directory)  # the app's live gauges
+        for live in internals.live_gauge_files(directory, file_owner(pid)):
             os.remove(live)  # Watchtower's
         if _alive(pid):
             # Not dead (or the pid is already someone else's): its files
             # may still be written, so they stay where they are.
             return
-        for typ in _KEPT_TYPES:
+        for typ in internals.KEPT_TYPES:
             for owner in (str(pid), file_owner(pid)):
                 _fold(directory, typ, owner)
 
@@ -260,12 +249,12 @@ def _fold(directory: str, typ: str, owner: str) -> None:
 def read_metrics(directory: str) -> list[Any]:
     """The metric families of every process's files in ``directory``, merged (see the module doc)."""
     with _scrape_lock(directory, fcntl.LOCK_SH):
-        files = glob.glob(os.path.join(directory, "*.db"))
+        files = internals.scraped_files(directory)
         totals: dict[tuple[str, str], float] = {}
         others = []
         for file in files:
             typ, mode = internals.file_kind(file)
-            if typ == "gauge" and mode not in _SUMMED_GAUGES:
+            if typ == "gauge" and mode not in internals.SUMMED_GAUGE_MODES:
                 others.append(file)
                 continue
             try:
@@ -281,8 +270,6 @@ def read_metrics(directory: str) -> list[Any]:
     return found
 
 
-# Gauge modes whose merged value is the sum over processes.
-_SUMMED_GAUGES = {"sum", "livesum"}
 # A key's JSON parsed once per process: [metric name, sample name, labels, help].
 _parsed_keys: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {}
 _PARSED_KEYS_LIMIT = 200_000
@@ -304,8 +291,6 @@ def _parse(key: str) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
 
 def families(totals: dict[tuple[str, str], float]) -> list[Any]:
     """Metric families from per-key totals; histogram buckets made cumulative, with their _count."""
-    from prometheus_client.metrics_core import Metric
-
     floatToGoString = internals.go_float_formatter()
     families: dict[str, Any] = {}
     buckets: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = {}
@@ -313,7 +298,7 @@ def families(totals: dict[tuple[str, str], float]) -> list[Any]:
         metric_name, name, labels, help_text = _parse(key)
         family = families.get(metric_name)
         if family is None:
-            family = families[metric_name] = Metric(metric_name, help_text, typ)
+            family = families[metric_name] = internals.new_family(metric_name, help_text, typ)
         if typ == "histogram" and name.endswith("_bucket"):
             bound = next(float(v) for k, v in labels if k == "le")
             series = buckets.setdefault((metric_name, tuple(kv for kv in labels if kv[0] != "le")), {})

@@ -8,7 +8,15 @@ after it, run against the installed library with real files and processes.
 
 - the multiprocess file names: ``counter_<pid>.db``, ``histogram_<pid>.db``,
   ``summary_<pid>.db``, ``gauge_<mode>_<pid>.db`` (:func:`metric_file`,
-  :func:`file_kind`);
+  :func:`file_kind`, :func:`file_process`, :func:`metric_files`); a scrape
+  (``MultiProcessCollector``) reads every ``*.db`` file of the directory
+  (:func:`scraped_files`);
+- ``prometheus_client.multiprocess.mark_process_dead(pid, path)``
+  (:func:`forget_live_gauges`) removes the process's live gauges' files,
+  ``gauge_live<mode>_<pid>.db`` (:func:`live_gauge_files`), and nothing else: the files of the types in
+  :data:`KEPT_TYPES` (and of the other gauge modes) stay;
+- the merge adds up the values of all files for the gauge modes in
+  :data:`SUMMED_GAUGE_MODES`, as for counters, histograms and summaries;
 - ``prometheus_client.mmap_dict.MmapedDict``: its
   ``read_all_values_from_file(path)`` yields ``(key, value, timestamp,
   position)`` (:func:`read_file`), and ``MmapedDict(path)`` /
@@ -23,7 +31,12 @@ after it, run against the installed library with real files and processes.
 - ``MultiProcessCollector.merge(files, accumulate=True)``: the library's own
   merge of some files into metric families (:func:`merge_files`);
 - ``prometheus_client.utils.floatToGoString``: how a bucket bound is written
-  in the ``le`` label (:func:`go_float_formatter`).
+  in the ``le`` label (:func:`go_float_formatter`);
+- ``prometheus_client.metrics_core.Metric(name, documentation, type, unit)``
+  with ``add_sample(name, labels, value)``, ``name``, ``documentation``,
+  ``type``, ``unit`` and ``samples`` (each with ``name``, ``labels``,
+  ``value``): a family that a custom collector yields and
+  ``generate_latest`` writes (:func:`new_family`).
 
 This module imports prometheus-client only inside its functions, so that
 importing Watchtower never imports it.
@@ -31,15 +44,25 @@ importing Watchtower never imports it.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 __all__ = [
-    "file_kind", "go_float_formatter", "merge_files", "metric_file", "open_value_file", "parse_key", "read_file",
-    "value_key", "write_file",
+    "KEPT_TYPES", "SUMMED_GAUGE_MODES", "file_kind", "file_process", "forget_live_gauges", "go_float_formatter",
+    "live_gauge_files",
+    "merge_files", "metric_file", "metric_files", "new_family", "open_value_file", "parse_key", "read_file",
+    "scraped_files", "value_key", "write_file",
 ]
+
+#: The types whose values outlive their process: ``mark_process_dead`` leaves their files.
+KEPT_TYPES = ("counter", "histogram", "summary")
+#: The gauge modes whose merged value is the sum over the files.
+SUMMED_GAUGE_MODES = frozenset({"sum", "livesum"})
+# The files the library writes, one per process and type (gauges: and mode).
+_METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
 
 
 def metric_file(directory: str | os.PathLike[str], typ: str, pid: int | str, mode: str | None = None) -> str:
@@ -52,6 +75,33 @@ def file_kind(path: str) -> tuple[str, str | None]:
     """The type of the values in a multiprocess file, and for a gauge its mode."""
     parts = os.path.basename(path).split("_")
     return parts[0], (parts[1] if parts[0] == "gauge" else None)
+
+
+def file_process(path: str) -> str:
+    """The process part of a multiprocess file's name: ``123`` of ``gauge_livesum_123.db``."""
+    return os.path.basename(path).removesuffix(".db").rsplit("_", 1)[-1]
+
+
+def metric_files(directory: str | os.PathLike[str]) -> list[str]:
+    """Every file of ``directory`` named as the library names its per-process files."""
+    return [file for pattern in _METRIC_FILES for file in glob.glob(os.path.join(directory, pattern))]
+
+
+def scraped_files(directory: str | os.PathLike[str]) -> list[str]:
+    """Every file of ``directory`` that the library's ``MultiProcessCollector`` reads."""
+    return glob.glob(os.path.join(directory, "*.db"))
+
+
+def live_gauge_files(directory: str | os.PathLike[str], process: int | str) -> list[str]:
+    """The files of ``process``'s live gauges (``livesum``, ``liveall``...), which go when it dies."""
+    return glob.glob(metric_file(directory, "gauge", process, "live*"))
+
+
+def forget_live_gauges(pid: int, directory: str | os.PathLike[str]) -> None:
+    """The library's ``mark_process_dead``: remove the live gauges' files of the exited process ``pid``."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, os.fspath(directory))
 
 
 def read_file(path: str) -> Iterable[tuple[str, float, float, int]]:
@@ -84,6 +134,13 @@ def merge_files(files: Sequence[str]) -> list[Any]:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     return list(MultiProcessCollector.merge(files, accumulate=True))
+
+
+def new_family(name: str, documentation: str, typ: str, unit: str = "") -> Any:
+    """An empty metric family, to be filled with ``add_sample(name, labels, value)`` and yielded by a collector."""
+    from prometheus_client.metrics_core import Metric
+
+    return Metric(name, documentation, typ, unit)
 
 
 def go_float_formatter() -> Callable[[float], str]:
