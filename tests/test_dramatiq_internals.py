@@ -55,6 +55,20 @@ def _stop(threads: Any) -> None:
         thread.join(DEADLINE)
 
 
+# Queue names ----------------------------------------------------------------------
+
+
+def test_q_name_and_dq_name_name_a_queues_delay_and_dead_letter_queues(queue_name: str) -> None:
+    assert internals.dq_name(queue_name) == f"{queue_name}.DQ"
+    for name in (queue_name, f"{queue_name}.DQ", f"{queue_name}.XQ"):
+        assert internals.q_name(name) == queue_name
+    assert internals.is_delay_queue(f"{queue_name}.DQ")
+    assert not internals.is_delay_queue(queue_name) and not internals.is_delay_queue(f"{queue_name}.XQ")
+    broker = StubBroker(middleware=[])
+    _actor(broker, queue_name)
+    assert broker.get_declared_delay_queues() == {internals.dq_name(queue_name)}
+
+
 # Messages -------------------------------------------------------------------------
 
 
@@ -171,6 +185,57 @@ def test_worker_thread_takes_its_arguments_by_keyword_and_reads_timeout_each_tur
     # With the constructor's 600 s poll still in force it would not end in time.
     thread.join(DEADLINE)
     assert not thread.is_alive()
+
+
+def test_worker_start_adds_each_thread_through_underscore_add_worker(queue_name: str) -> None:
+    broker = StubBroker(middleware=[])
+    _actor(broker, queue_name)
+    added: list[int] = []
+
+    class Counting(dramatiq.Worker):
+        def _add_worker(self) -> None:
+            added.append(len(self.workers))
+            super()._add_worker()
+
+    worker = Counting(broker, worker_timeout=100, worker_threads=3)
+    worker.start()
+    try:
+        assert added == [0, 1, 2] and len(worker.workers) == 3
+        assert all(isinstance(thread, internals.WorkerThread) for thread in worker.workers)
+    finally:
+        worker.stop(timeout=10_000)
+
+
+def test_worker_thread_process_message_has_the_message_acked_before_it_returns(queue_name: str) -> None:
+    acked: list[str] = []
+    seen: list[tuple[str, list[str]]] = []
+
+    class Acks(dramatiq.Middleware):
+        def after_ack(self, broker: dramatiq.Broker, message: Any) -> None:
+            acked.append(message.message_id)
+
+    class Watching(internals.WorkerThread):
+        def process_message(self, message: Any) -> None:
+            super().process_message(message)
+            seen.append((message.message_id, list(acked)))
+
+    class Worker(dramatiq.Worker):
+        def _add_worker(self) -> None:
+            thread = Watching(broker=self.broker, consumers=self.consumers, work_queue=self.work_queue,
+                              worker_timeout=self.worker_timeout)
+            thread.start()
+            self.workers.append(thread)
+
+    broker = StubBroker(middleware=[Acks()])
+    actor = _actor(broker, queue_name)
+    sent = actor.send(1)
+    worker = Worker(broker, worker_timeout=100, worker_threads=1)
+    worker.start()
+    try:
+        wait_until(lambda: seen, timeout=DEADLINE, message="the message processed")
+        assert seen == [(sent.message_id, [sent.message_id])]  # acked before process_message returned
+    finally:
+        worker.stop(timeout=10_000)
 
 
 def test_consumer_thread_calls_broker_consume_by_keyword_from_its_own_thread(

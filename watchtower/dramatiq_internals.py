@@ -22,6 +22,10 @@ The worker (:mod:`watchtower.pausable`):
 - ``dramatiq.worker.WorkerThread``, subclassed: keyword arguments ``broker``,
   ``consumers``, ``work_queue``, ``worker_timeout``; its loop reads
   ``self.timeout`` (seconds) and ``self.running`` on every turn; ``stop()``;
+  its loop hands each proxy to ``process_message(message)``, which has the
+  message acked (or nacked) before it returns;
+- ``Worker._add_worker()``, overridden by :class:`~watchtower.pausable.PausableWorker`:
+  ``Worker.start`` adds each of its ``worker_threads`` threads through it;
 - ``dramatiq.worker._WorkerMiddleware(worker)`` (:func:`worker_router`): added
   to a broker, it starts one ``ConsumerThread`` per declared queue and delay
   queue in ``worker.consumers`` (through ``Worker._add_consumer``); taken out
@@ -66,6 +70,10 @@ its own ``__dict__`` (:func:`redelivered`).
 The StubBroker: ``queues`` (name to Queue of encoded messages) and
 ``dead_letters_by_queue`` (name to the list its consumers append to).
 
+Queue names (``dramatiq.common``): ``q.DQ`` is the delay queue of ``q``
+and ``q.XQ`` its dead letters; ``q_name`` gives ``q`` back from any of them
+(:func:`q_name`, :func:`dq_name`, :func:`is_delay_queue`).
+
 Across releases: the broker's connection error is ``BrokerConnectionError``
 since Dramatiq 2.1 and ``ConnectionError`` in 2.0
 (:data:`BrokerConnectionError`).
@@ -79,7 +87,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
-from dramatiq.common import compute_backoff, iter_queue, join_all, q_name
+from dramatiq.common import compute_backoff, dq_name, iter_queue, join_all, q_name
 from dramatiq.worker import ConsumerThread, WorkerThread, _WorkerMiddleware
 
 __all__ = [
@@ -97,13 +105,16 @@ __all__ = [
     "dead_messages_key",
     "delayed_key",
     "delayed_messages_key",
+    "dq_name",
     "fetch_cache",
     "heartbeats_key",
+    "is_delay_queue",
     "iter_queue",
     "join_all",
     "messages_key",
     "proxy_exception",
     "proxy_state",
+    "q_name",
     "queued_messages",
     "ready_key",
     "redelivered",
@@ -120,6 +131,14 @@ __all__ = [
     "unwrap_proxy",
     "worker_router",
 ]
+
+# Queue names --------------------------------------------------------------------
+
+
+def is_delay_queue(queue: str) -> bool:
+    """Whether ``queue`` is the delay queue of another (``q.DQ``)."""
+    return dq_name(q_name(queue)) == queue
+
 
 # Messages ----------------------------------------------------------------------
 

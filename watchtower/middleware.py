@@ -34,12 +34,18 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import dramatiq
-from dramatiq.common import q_name
 from dramatiq.middleware import Retries, SkipMessage
 
 from . import metric_listeners, metrics
 from .config import Settings, load_settings
-from .dramatiq_internals import REDIS_MESSAGE_ID, consumer_whitelist, proxy_exception, redelivered
+from .dramatiq_internals import (
+    REDIS_MESSAGE_ID,
+    consumer_whitelist,
+    is_delay_queue,
+    proxy_exception,
+    q_name,
+    redelivered,
+)
 from .dramatiq_internals import proxy_state as _proxy_state
 from .dramatiq_internals import unwrap_proxy as _unwrap
 from .events import ALIVE_AS, JobEvent, Kind, WorkerEvent
@@ -419,7 +425,7 @@ class WatchtowerMiddleware(dramatiq.Middleware):
     @_guarded
     def after_ack(self, broker: dramatiq.Broker, message: Any) -> None:
         raw = _unwrap(message)
-        if raw.queue_name.endswith(".DQ"):
+        if is_delay_queue(raw.queue_name):
             return  # the delay consumer moved it to its queue: not an outcome
         state = _attempt(message)
         if state is not None and state.skipped:

@@ -25,9 +25,11 @@ effect within a fraction of a second whatever ``--sleep`` says:
   as soon as the consumer thread is told to stop.
 
 This module leans on Dramatiq 2.x internals (``ConsumerThread``,
-``WorkerThread``, ``_WorkerMiddleware``, the Redis consumer's
-``message_cache``), all reached through :mod:`watchtower.dramatiq_internals`;
-``tests/test_dramatiq_internals.py`` names the one that moved if they change.
+``WorkerThread`` and its ``process_message``, ``_WorkerMiddleware``, the
+Worker's ``_add_worker``, ``consumers``, ``workers`` and ``work_queue``, the
+Redis consumer's ``message_cache``), all named in
+:mod:`watchtower.dramatiq_internals`; ``tests/test_dramatiq_internals.py``
+names the one that moved if they change.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import dramatiq
-from dramatiq.common import q_name
+
+from .dramatiq_internals import q_name
 
 __all__ = ["encode_message", "decode_message", "SendEncoder", "BASE64_PREFIX"]
 

@@ -46,7 +46,6 @@ from typing import Any
 
 import dramatiq
 import psutil
-from dramatiq.common import dq_name, q_name
 
 from . import dramatiq_internals as internals
 from .payload import encode_message
@@ -224,7 +223,7 @@ class Rescuer:
         """
         poison = {job.broker_message_id: job for job in poison_jobs(lost, self.max_lost) if job.broker_message_id}
         now = self.clock()
-        names = tuple(sorted({q_name(queue) for queue in queues}))
+        names = tuple(sorted({internals.q_name(queue) for queue in queues}))
         return self._try(_Rescue(worker_id, names, poison, last_exit, silence, since=now, due=now))
 
     def put_back(self, worker_id: str, queues: Iterable[str]) -> PutBack | None:
@@ -320,7 +319,7 @@ class Rescuer:
             self._script = client.register_script(RESCUE_SCRIPT)
         keys = [internals.heartbeats_key(namespace)]
         for queue in rescue.queues:
-            for consumed in (queue, dq_name(queue)):
+            for consumed in (queue, internals.dq_name(queue)):
                 keys += [
                     internals.ack_key(namespace, rescue.worker_id, consumed),
                     internals.ready_key(namespace, consumed),

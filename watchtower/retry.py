@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import dramatiq
-from dramatiq.common import q_name
 
 from . import dramatiq_internals as internals
 from .errors import BrokerError, JobConflict, JobNotFound
@@ -139,7 +138,7 @@ def _fresh_message(job: Job) -> dramatiq.Message:
             f"job {job.message_id} cannot be retried: its stored message cannot be read ({error})"
         ) from None
     return dramatiq.Message(
-        queue_name=q_name(job.queue),
+        queue_name=internals.q_name(job.queue),
         actor_name=str(stored.get("actor_name") or job.actor),
         args=tuple(args),
         kwargs=dict(kwargs),

@@ -106,12 +106,10 @@ class StubQueueDepths:
         self.broker = broker
 
     def depths(self) -> dict[str, dict[str, int]]:
-        from dramatiq.common import dq_name
-
         result = {}
         for name in sorted(_canonical(self.broker.get_declared_queues())):
             ready = internals.stub_queue(self.broker, name)
-            delayed = internals.stub_queue(self.broker, dq_name(name))
+            delayed = internals.stub_queue(self.broker, internals.dq_name(name))
             result[name] = {
                 "ready": ready.qsize() if ready is not None else 0,
                 "delayed": delayed.qsize() if delayed is not None else 0,
@@ -121,9 +119,7 @@ class StubQueueDepths:
 
 
 def _canonical(queues: Any) -> set[str]:
-    from dramatiq.common import q_name
-
-    return {q_name(name) for name in queues}
+    return {internals.q_name(name) for name in queues}
 
 
 def queue_depths_for(broker: Any) -> QueueDepths | None:

@@ -75,12 +75,11 @@ from typing import Any
 
 import dramatiq
 import psutil
-from dramatiq.common import q_name
 from dramatiq.middleware import Retries, TimeLimit
 
 from .bus import CommandBus, WorkerCommand, worker_command_key
 from .config import Settings, SupervisorSettings
-from .dramatiq_internals import set_max_retries, set_time_limit
+from .dramatiq_internals import q_name, set_max_retries, set_time_limit
 from .errors import BusError, ConfigError, WatchtowerError
 from .events import ALIVE_AS, WorkerEvent
 from .middleware import WatchtowerMiddleware
