@@ -41,10 +41,11 @@ Dramatiq's own Prometheus middleware):
   and the restarts of each supervisor by every reason from its start: a
   series born at 1 is invisible to ``rate()`` and ``increase()``;
 - the supervisor wipes the directory when it starts
-  (:func:`~watchtower.multiproc.prepare_multiprocess_dir`), holds a lock on it so that a second
-  supervisor cannot share (and wipe) it, and calls :func:`~watchtower.multiproc.mark_process_dead`
-  for every child that exits, however it died, so that the live gauges
-  (``livesum``) stop counting dead processes while their counters stay;
+  (:func:`~watchtower.multiproc.prepare_multiprocess_dir`), holds a lock on
+  it so that a second supervisor cannot share (and wipe) it, and calls
+  :func:`~watchtower.multiproc.mark_process_dead` for every child that
+  exits, however it died, so that the live gauges (``livesum``) stop
+  counting dead processes while their counters stay;
 - the exposition comes from a fresh registry (never prometheus-client's
   default one), so nothing is counted twice; the values this process keeps
   in memory (the supervisor's own) are merged in;
@@ -55,20 +56,7 @@ Dramatiq's own Prometheus middleware):
   :class:`~watchtower.errors.MetricsServerError`, raised in the supervisor,
   never in a worker.
 
-What a supervisor does, in order:
-
-1. ``held = multiproc.open_multiprocess_dir(settings)`` (``metrics_dir``, or a fresh
-   temporary directory) before it starts any worker, then serves and passes
-   down ``replace(settings, metrics_dir=str(held.path))``;
-2. starts every child with ``env.update(held.env())``, so that the child's
-   prometheus-client writes there from its first import;
-3. ``server = metrics_server.start_metrics_server(settings, supervisor=name)`` (or with
-   ``app=`` the API app, which answers /metrics too); a MetricsServerError
-   stops the supervisor before any worker starts;
-4. for every child that exits, however: ``multiproc.mark_process_dead(pid, held.path)``
-   before it starts the replacement; ``metric_listeners.record_restart(name, reason)``
-   per restart; ``metric_listeners.record_lost(mark_lost(...))`` for the jobs of a dead worker;
-5. on exit: ``server.stop()``, then ``held.release()``.
+What a supervisor does for them, in order: see :mod:`watchtower.supervisor_server`.
 """
 
 from __future__ import annotations

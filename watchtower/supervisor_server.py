@@ -14,7 +14,10 @@
    released.
 
 While the supervisor runs, :meth:`mark_dead` is called for every worker that
-exits and :meth:`fold_producers` now and then; :meth:`stop` when it exits.
+exits, however it died, before its replacement starts (and
+:func:`~watchtower.metric_listeners.record_restart` per restart,
+:func:`~watchtower.metric_listeners.record_lost` for the jobs of a dead
+worker), and :meth:`fold_producers` now and then; :meth:`stop` when it exits.
 """
 
 from __future__ import annotations
