@@ -24,7 +24,8 @@ from watchtower import store
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.models import Job, Rollup, Worker
 from watchtower.recorder import Recorder
-from watchtower.spool import HEADER_SIZE, SpoolError, SpoolFile, encode_batch, ensure_directory, orphans, spool_directory
+from watchtower.errors import SpoolError
+from watchtower.spool import HEADER_SIZE, SpoolFile, encode_batch, ensure_directory, orphans, spool_directory
 
 
 def events(prefix: str, count: int) -> list[JobEvent]:
