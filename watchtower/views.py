@@ -187,8 +187,9 @@ def search_ids(redactor: Redactor, where: list[Any], text: str, wanted: int) -> 
     if postgresql:
         # The stored JSON and the escaped text are ASCII, so folding ASCII
         # letters (the "C" collation's ILIKE) matches what the database's
-        # own collation would, at a third of the cost: that ILIKE lowercases
-        # each payload through the locale before matching.
+        # own collation would, at a fraction of the cost: that ILIKE lowercases
+        # each payload through the locale before matching (benchmarks/RESULTS.md,
+        # fourth pass, has the numbers).
         match = _like(peewee.NodeList((Job.payload, peewee.SQL('COLLATE "C"'))), "ILIKE", escaped)
     else:
         # LIKE ignores ASCII case on SQLite, and on MySQL under the default
