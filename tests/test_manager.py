@@ -70,7 +70,7 @@ def test_start_worker_refuses_bad_requests_before_sending_anything(manager: Work
         manager.start_worker("emails", supervisor="nope")
     with pytest.raises(WorkerError, match="unknown worker option 'retries'"):
         manager.start_worker("emails", {"retries": 3})
-    with pytest.raises(WorkerError, match="'memory' must be non-negative"):
+    with pytest.raises(WorkerError, match="'memory' must be from 0 to 1048576, not -1"):
         manager.start_worker("emails", {"memory": -1})
     with pytest.raises(WorkerError, match="queue must be"):
         manager.start_worker("")

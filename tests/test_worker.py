@@ -514,8 +514,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize(
     ("args", "env", "code", "pattern"),
     [
-        (["--memory", "-5"], {}, EXIT_USAGE, r"Error: --memory must not be negative, not -5"),
-        (["--tries", "0"], {}, EXIT_USAGE, r"Error: --tries must be at least 1, not 0"),
+        (["--memory", "-5"], {}, EXIT_USAGE, r"Error: --memory must be from 0 to 1048576, not -5"),
+        (["--tries", "0"], {}, EXIT_USAGE, r"Error: --tries must be from 1 to 1000, not 0"),
         (["--app", "apps.nowhere"], {}, EXIT_USAGE,
          r"Error: cannot import app module 'apps.nowhere' \(setting 'app'\): ModuleNotFoundError: .*"
          r"; added to sys.path: /\S+ \(--path changes it\)$"),

@@ -68,8 +68,8 @@ from .clock import now_ms
 from .models import Job, Worker
 from .statuses import WorkerStatus
 from .oom import OomCounter
+from .options import as_flags
 from .pool import (
-    WORKER_OPTIONS,
     Child,
     RestartPolicy,
     Slot,
@@ -366,9 +366,7 @@ class Supervisor:
         ]
         for path in self._import_paths:
             command += ["--path", path]
-        for option in WORKER_OPTIONS:
-            command += [f"--{option}", str(slot.options[option])]
-        return command
+        return command + as_flags(slot.options)
 
     # Watching workers -----------------------------------------------------
 
