@@ -20,8 +20,8 @@ from typing import Any
 
 import click.testing
 import pytest
-from console_support import CONSOLE, text_of
 from conftest import unique
+from console_support import CONSOLE, text_of
 from test_web_console import console_app, ledger, logged_in  # noqa: F401  (ledger is a fixture)
 from web_support import World, client, web_settings, world  # noqa: F401  (world is a fixture)
 
@@ -123,7 +123,7 @@ def test_check_options_takes_the_tables_range(option: WorkerOption[Any]) -> None
 
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda option: option.name)
-def test_the_apis_start_request_takes_the_tables_range(option: WorkerOption[Any], world: World) -> None:
+def test_the_apis_start_request_takes_the_tables_range(option: WorkerOption[Any], world: World) -> None:  # noqa: F811
     api = client(create_app(web_settings(world.database_url, world.namespace)))
     good, bad = edges(option)
     for value in good:
@@ -184,7 +184,8 @@ def test_the_supervise_flags_take_the_tables_range(option: WorkerOption[Any], co
 
 def test_supervise_keeps_t_for_threads(config_file: Path) -> None:
     result = run_cli(config_file, "supervise", "tasks", "-t", "0")
-    assert isinstance(result.exception, ConfigError) and "--threads must be from 1 to 256, not 0" in str(result.exception)
+    assert isinstance(result.exception, ConfigError)
+    assert "from command line option --threads must be from 1 to 256, not 0" in str(result.exception)
 
 
 # The supervisor's argv ----------------------------------------------------------------------

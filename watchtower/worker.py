@@ -80,16 +80,16 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Retries, TimeLimit
 
 from .bus import CommandBus, WorkerCommand, worker_command_key
+from .clock import now_ms
 from .config import Settings, SupervisorSettings
 from .dramatiq_internals import set_max_retries, set_time_limit
 from .errors import BusError, ConfigError, WatchtowerError
 from .events import ALIVE_AS, WorkerEvent
 from .middleware import WatchtowerMiddleware
-from .clock import now_ms
 from .options import WORKER_OPTIONS
-from .statuses import WorkerStatus
 from .pausable import PausableWorker, install_idle_consumers
 from .rescue import name_consumers
+from .statuses import WorkerStatus
 
 __all__ = [
     "WorkerOptions",
