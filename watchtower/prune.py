@@ -56,8 +56,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import peewee
@@ -67,7 +66,7 @@ from .lease import Lease, acquire, free_at
 from .clock import DAY_MS, now_ms
 from .models import HourlyRollup, Job, LostMark, Rollup, Worker
 from .statuses import JobStatus, WorkerStatus
-from .store import dialect
+from .dialects import Dialect, dialect_of
 
 __all__ = ["Retention", "PruneResult", "prune", "plan", "prune_if_due", "AutoPruner"]
 
@@ -93,16 +92,6 @@ VACUUM_FREE_FRACTION = 0.25
 #: SQLite: rebuild the file with one VACUUM when that should hold the write
 #: lock no longer than this many batches (see the module doc).
 WHOLE_VACUUM_BATCHES = 2.0
-
-#: Seconds a batch should hold its locks, and seconds of pause after it.
-#: SQLite locks the whole database for a batch: short batches, and a pause
-#: that lets waiting writers in (measured: 0.2 s batches let a recorder's
-#: write wait up to 0.86 s on a loaded machine, 0.12 s ones 0.28 s, in about
-#: the same total time).  PostgreSQL and MySQL lock only the rows deleted.
-TUNING = {"sqlite": (0.12, 0.05), "other": (0.2, 0.0)}
-
-#: SQLite: the pruning connection's page cache, in KiB, while it prunes.
-CACHE_KIB = 65_536
 
 # Rows per batch: where the adaptation starts, and its bounds.
 FIRST_BATCH = 2_000
@@ -229,23 +218,23 @@ def prune(
     ``between_batches`` after every batch, and returning False stops the
     prune there, as does setting ``cancel``.  ``batch_seconds`` is how long
     a batch should hold its locks, ``pause`` the time given to other writers
-    between batches (defaults: :data:`TUNING`).  ``vacuum`` lets SQLite hand freed pages back to the file
+    between batches (defaults: the dialect's ``prune_tuning``).  ``vacuum`` lets SQLite hand freed pages back to the file
     system afterwards when they are a large part of the file.
     """
     now = now_ms() if now is None else now
-    kind = dialect(db)
+    dialect = dialect_of(db)
     result = PruneResult(started_at=time.time())
     clock = time.perf_counter()
-    default_seconds, default_pause = TUNING["sqlite" if kind == "sqlite" else "other"]
+    default_seconds, default_pause = dialect.prune_tuning
     loop = _BatchLoop(
-        db, kind, result,
+        db, dialect, result,
         batch_seconds=default_seconds if batch_seconds is None else batch_seconds,
         pause=default_pause if pause is None else pause,
         between_batches=between_batches,
         cancel=cancel,
     )
-    with _pruning_connection(db, kind):
-        free_before = _scalar(db, "PRAGMA freelist_count", ()) if kind == "sqlite" else 0
+    with dialect.pruning(db):
+        free_before = _scalar(db, "PRAGMA freelist_count", ()) if dialect.keeps_free_pages else 0
         try:
             if all_jobs:
                 _delete_all_jobs(loop, result, progress)
@@ -255,7 +244,7 @@ def prune(
                     _delete_jobs(loop, status, cutoff, _tally(result.jobs, status, progress))
             _delete_rollups(loop, _rollup_cutoff(now, retention), result.add_rollups)
             _delete_workers(loop, _cutoff(now, retention.workers_days), result.add_workers)
-            if vacuum and kind == "sqlite" and loop.running():
+            if vacuum and dialect.keeps_free_pages and loop.running():
                 vacuum_started = time.perf_counter()
                 try:
                     _give_space_back(loop, free_before)
@@ -279,7 +268,7 @@ class _BatchLoop:
     def __init__(
         self,
         db: peewee.Database,
-        kind: str,
+        dialect: Dialect,
         result: PruneResult,
         *,
         batch_seconds: float,
@@ -287,7 +276,7 @@ class _BatchLoop:
         between_batches: Callable[[], bool] | None,
         cancel: threading.Event | None,
     ) -> None:
-        self.db, self.kind, self.result = db, kind, result
+        self.db, self.dialect, self.result = db, dialect, result
         self.batch_seconds = batch_seconds
         self.pause = pause
         self.between_batches = between_batches
@@ -338,7 +327,7 @@ class _BatchLoop:
     def transaction(self, work: Callable[[], int]) -> int:
         """Run ``work`` (returning rows deleted) in one timed transaction; adapt the batch size."""
         started = time.perf_counter()
-        with self.db.atomic("IMMEDIATE") if self.kind == "sqlite" else self.db.atomic():
+        with self.dialect.transaction(self.db):
             deleted = work()
         elapsed = time.perf_counter() - started
         self.busy += elapsed
@@ -356,10 +345,7 @@ class _BatchLoop:
         if self.between_batches is not None and not self.between_batches():
             raise _Stopped
         started = time.perf_counter()
-        if self.kind == "sqlite":
-            # Copy this batch's pages from the WAL into the file now, outside
-            # the write lock, as part of the pause (see _pruning_connection).
-            self.db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self.dialect.between_batches(self.db)  # SQLite: a checkpoint, as part of the pause
         rest = max(0.0, self.pause - (time.perf_counter() - started))
         if self.cancel is not None:
             if self.cancel.wait(rest):
@@ -513,31 +499,6 @@ def _incremental_vacuum(loop: _BatchLoop, free: int) -> None:
             pages = int(min(65_536, max(64, pages / 2, min(pages * 2, step * loop.batch_seconds / elapsed))))
         if free > 0:
             loop.step_back()
-
-
-@contextmanager
-def _pruning_connection(db: peewee.Database, kind: str) -> Iterator[None]:
-    """Per-connection tuning while pruning (SQLite only).
-
-    A larger page cache, for the many index pages a batch touches.  No
-    automatic checkpoint at commit: the pruner checkpoints between batches
-    itself (:meth:`_BatchLoop.step_back`), so a batch's timing is the time it
-    held the write lock, and the checkpoint (which holds no write lock) counts
-    towards the pause that lets other writers in.
-    """
-    if kind != "sqlite":
-        yield
-        return
-    cache = int(db.execute_sql("PRAGMA cache_size").fetchone()[0])
-    checkpoint = int(db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0])
-    db.execute_sql(f"PRAGMA cache_size = -{CACHE_KIB}")
-    db.execute_sql("PRAGMA wal_autocheckpoint = 0")
-    try:
-        yield
-    finally:
-        db.execute_sql(f"PRAGMA cache_size = {cache}")
-        db.execute_sql(f"PRAGMA wal_autocheckpoint = {checkpoint}")
-        db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _rollup_cutoff(now: int, retention: Retention) -> int:
