@@ -212,7 +212,7 @@ def open_database(url: str) -> peewee.Database:
             pragmas={
                 "busy_timeout": int(SQLITE_BUSY_TIMEOUT * 1000),
                 # Before any table exists (it is a no-op afterwards): lets
-                # watchtower.prune hand pages freed by a prune back to the
+                # watchtower.retention.space hand pages freed by a prune back to the
                 # file system with PRAGMA incremental_vacuum.
                 "auto_vacuum": "incremental",
                 "journal_mode": "wal",
