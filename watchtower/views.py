@@ -35,8 +35,6 @@ import re
 from datetime import datetime
 from typing import Any, cast
 
-import peewee
-
 from .dialects import dialect_of
 from .models import Job, Worker, database
 from .statuses import WorkerStatus

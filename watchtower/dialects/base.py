@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -70,11 +69,9 @@ class Dialect:
         """The transaction of a recorder's batch (SQLite asks for its write lock more eagerly)."""
         return self.transaction(db)
 
-    @contextlib.contextmanager
-    def schema_lock(self, db: peewee.Database) -> Iterator[None]:
+    def schema_lock(self, db: peewee.Database) -> AbstractContextManager[None]:
         """A database-wide lock around schema creation, for many processes starting at once."""
         raise NotImplementedError
-        yield  # pragma: no cover
 
     # Upserts ---------------------------------------------------------------
 
@@ -105,17 +102,6 @@ class Dialect:
         sends each column as one typed array).
         """
         raise NotImplementedError
-
-    def _multirow_upsert(
-        self, db: peewee.Database, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
-        tail: str, chunk: int,
-    ) -> None:
-        """Multi-row ``VALUES`` statements of up to ``chunk`` rows each."""
-        placeholders = "(" + ", ".join([db.param] * len(columns)) + ")"
-        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-        for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            db.execute_sql(head + ", ".join([placeholders] * len(part)) + tail, list(itertools.chain.from_iterable(part)))
 
     def upsert_query(self, query: peewee.Insert, key: list[peewee.Field], preserve: list[peewee.Field]) -> peewee.Insert:
         """Peewee's ``query`` made an upsert: on a conflict on ``key``, the row takes the new ``preserve`` values."""

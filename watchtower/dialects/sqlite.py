@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -78,7 +79,12 @@ class SqliteDialect(Dialect):
         # Multi-row statements, so that one sqlite3_step (run without the
         # GIL) writes a whole chunk; row-by-row executemany hands the GIL
         # back and forth once per row and slows the jobs' threads.
-        self._multirow_upsert(db, table, columns, rows, self.on_conflict(table, key, assignments), _CHUNK)
+        tail = self.on_conflict(table, key, assignments)
+        placeholders = "(" + ", ".join([db.param] * len(columns)) + ")"
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start:start + _CHUNK]
+            db.execute_sql(head + ", ".join([placeholders] * len(chunk)) + tail, list(itertools.chain.from_iterable(chunk)))
 
     def insert_ignore(self, table: str, columns: str, values: str, *, key: str) -> str:
         return f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})"
