@@ -10,7 +10,7 @@ pending, processing); each round prunes a fresh copy of it (a file copy on
 SQLite, ``CREATE DATABASE ... TEMPLATE`` on PostgreSQL, a table copy on
 MySQL).  In each round a real :class:`watchtower.Recorder` records
 ``--rate`` jobs a second (enqueued, started, completed: three events each)
-and, once it is writing steadily, :func:`watchtower.prune.prune` runs with
+and, once it is writing steadily, :func:`watchtower.retention.prune` runs with
 the default retention and the default batch tuning.
 
 Reported per database (median of the rounds, and the worst round): the
@@ -87,7 +87,7 @@ def measure(kind: str, url: str, rows: int, keep: int, rate: int) -> dict[str, f
     from fill import completed_job_events
 
     from watchtower import Recorder, store
-    from watchtower.prune import Retention, prune
+    from watchtower.retention import Retention, prune
 
     db = store.connect(url)
     writes: list[tuple[float, float]] = []  # (end time, seconds)

@@ -20,6 +20,7 @@ import redis
 
 from conftest import REDIS_URL, ROOT, fresh_database, subprocess_env, unique, wait_until
 from watchtower import store
+from watchtower.dialects import driver
 from watchtower.errors import DatabaseDriverError, DatabaseUnavailable, DatabaseURLError
 from watchtower.models import Job, Rollup, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
@@ -125,7 +126,7 @@ def test_a_driver_named_in_the_url_is_the_one_used(postgres_url: str) -> None:
     chosen = postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
     db = store.connect(chosen)
     try:
-        assert store.driver(db) == "psycopg2"
+        assert driver(db) == "psycopg2"
         assert type(db.connection()).__module__.startswith("psycopg2")
     finally:
         db.close()

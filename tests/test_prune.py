@@ -23,7 +23,8 @@ from watchtower.cli import cli
 from watchtower.clock import now_ms
 from watchtower.models import HourlyRollup, Job, LostMark, Rollup, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
-from watchtower.prune import DAY_MS, Retention, plan, prune
+from watchtower.clock import DAY_MS
+from watchtower.retention import Retention, plan, prune
 
 from conftest import subprocess_env, wait_until
 
@@ -41,7 +42,7 @@ def _statuses() -> dict[str, int]:
 
 def _batches_of(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
     """Prune batches that start at ``rows`` rows and never go below (with a tiny batch_seconds, all of them)."""
-    import watchtower.prune as prune_module
+    import watchtower.retention.engine as prune_module
 
     monkeypatch.setattr(prune_module, "FIRST_BATCH", rows)
     monkeypatch.setattr(prune_module, "MIN_BATCH", rows)

@@ -17,7 +17,9 @@ from watchtower.lease import acquire, free_at
 from watchtower.clock import now_ms
 from watchtower.models import Job
 from watchtower.statuses import JobStatus
-from watchtower.prune import DAY_MS, LEASE_NAME, AutoPruner, PruneResult, Retention, prune, prune_if_due
+from watchtower.clock import DAY_MS
+from watchtower.retention import AutoPruner, PruneResult, Retention, prune, prune_if_due
+from watchtower.retention.auto import LEASE_NAME
 
 from conftest import REDIS_URL, wait_until
 
@@ -165,7 +167,7 @@ def test_the_auto_pruner_prunes_in_the_background_and_reports_once(sqlite_url: s
 
 
 def test_a_prune_stops_when_told_to_between_batches(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import watchtower.prune as prune_module
+    import watchtower.retention.engine as prune_module
 
     monkeypatch.setattr(prune_module, "FIRST_BATCH", 100)
     db = store.connect(sqlite_url)

@@ -12,6 +12,7 @@ import pytest
 from conftest import subprocess_env
 from fill import as_version_1
 from watchtower import clock, models, store
+from watchtower.dialects import dialect_of
 from watchtower.errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.ledger import write_batch
@@ -184,8 +185,9 @@ def test_actor_names_walks_every_distinct_name_once(kind: str, request: pytest.F
 CONNECT = """
 import sys
 from watchtower import store
+from watchtower.dialects import dialect_of
 db = store.connect(sys.argv[1])
-print(store.dialect(db))
+print(dialect_of(db).name)
 """
 
 

@@ -25,7 +25,7 @@ that only *record* a pending signal for the loop to act on.  Each pass
    supervisor (idempotently: see :func:`watchtower.records.clean_stale_workers`),
    and puts the messages those workers held back as in 2;
    with ``retention.auto``, it also starts a prune in a thread of its own when
-   one is due (one supervisor at a time: see :mod:`watchtower.prune`); every
+   one is due (one supervisor at a time: see :mod:`watchtower.retention.auto`); every
    few minutes it marks ``unknown`` the jobs with no news for
    ``unknown_after`` seconds (see :mod:`watchtower.stuck`).
 
@@ -79,7 +79,7 @@ from .pool import (
     new_worker_id,
     worker_options,
 )
-from .prune import AutoPruner
+from .retention import AutoPruner
 from .rescue import Rescuer
 from .startlog import start_block
 from .stuck import UnknownMarker
