@@ -4,7 +4,7 @@
 
 Starts ``watchtower supervise`` (2 worker processes x 2 threads, a SQLite
 ledger and the database command bus in a temporary directory) with the test
-app ``tests/apps/rescue_app.py``, whose Redis broker keeps Dramatiq's
+app ``tests/apps/sup_app.py``, whose Redis broker keeps Dramatiq's
 defaults (heartbeat timeout 60 s, maintenance on 1 in 1000 commands).  Each
 round sends two 4-second jobs, waits until both run, kills the worker that
 runs the first with SIGKILL and measures the seconds until each job it held
@@ -109,7 +109,7 @@ def supervised(kind: str, rounds: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp, sender(kind, namespace, queue) as send:
         path = Path(tmp) / "watchtower.toml"
         path.write_text(
-            f'app = "apps.rescue_app"\ndatabase_url = "sqlite:///{tmp}/ledger.db"\ncommand_bus = "database"\n'
+            f'app = "apps.sup_app"\ndatabase_url = "sqlite:///{tmp}/ledger.db"\ncommand_bus = "database"\n'
             f'hostname = "bench"\nheartbeat_timeout = 10.0\n[http]\nport = 0\n'
             f'[supervisors.default]\nqueues = ["{queue}"]\nmin_processes = 2\nmax_processes = 4\n'
             f'threads = 2\ntimeout = 30\nmemory = 1024\nsleep = 0.1\n'
@@ -166,7 +166,7 @@ def bare(rounds: int) -> list[float]:
 
     def start() -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "apps.rescue_app", "--processes", "1", "--threads", "2",
+            [sys.executable, "-m", "dramatiq", "apps.sup_app", "--processes", "1", "--threads", "2",
              "--queues", queue], env=child_env(namespace, queue, "redis"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

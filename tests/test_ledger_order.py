@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_database_url
+from tests.support.servers import make_database_url
 from watchtower import models, store
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import mark_lost, write_batch

@@ -24,7 +24,8 @@ import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-from conftest import REDIS_URL, make_database_url, unique, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL, make_database_url, unique
 from watchtower import WatchtowerMiddleware, load_settings, models, store
 from watchtower.models import Job, JobStatus, Rollup
 from watchtower.recorder import Recorder

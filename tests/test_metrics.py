@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import subprocess_env, wait_until
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
 from watchtower import metrics
 from watchtower.config import load_settings, replace
 from watchtower.errors import MetricsDirInUse, MetricsServerError
@@ -418,7 +419,7 @@ def test_recorder_metrics_count_writes_flushes_drops_and_the_buffer(sqlite_url: 
 def test_queue_depths_as_the_broker_counts_them(kind: str, redis_namespace: str, queue_name: str, settings):
     """Two ready, one delayed, one dead-lettered; RabbitMQ gives ready and dead only."""
     import dramatiq
-    from test_ledger_brokers import open_broker
+    from tests.support.brokers import open_broker
 
     from watchtower.scrape import ScrapeSources, queue_depths_for
 

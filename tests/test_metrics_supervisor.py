@@ -15,10 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
-from supervision import app_env, config, enqueue, metrics_url, rows, running, start_supervisor, wait_exit
 from test_metrics import parse, promtool_check, value
 
+from tests.support.polling import wait_until
+from tests.support.supervisors import app_env, config, enqueue, metrics_url, rows, running, start_supervisor, wait_exit
 from watchtower import store
 from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
 

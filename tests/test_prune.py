@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fill import completed_job_events, insert_jobs, job_row
 
+from tests.support.checkout import subprocess_env
+from tests.support.ledger_fill import completed_job_events, insert_jobs, job_row
+from tests.support.polling import wait_until
 from watchtower import Recorder, derived, store
 from watchtower.cli import cli
 from watchtower.models import HourlyRollup, Job, JobStatus, LostMark, Rollup, Worker, WorkerStatus, now_ms
 from watchtower.prune import DAY_MS, Retention, plan, prune
 
-from conftest import subprocess_env, wait_until
 
 
 def _remaining(status: str | None = None) -> set[str]:

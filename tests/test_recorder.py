@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_database_url, subprocess_env, unique, wait_until
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import make_database_url, unique
 from watchtower import models, store
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.models import Job, Rollup, Worker, now_ms

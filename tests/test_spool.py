@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env, wait_until
 from test_recorder import enqueued, refused_url
+
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
 from watchtower import store
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.models import Job, Rollup, Worker

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env
-from fill import as_version_1
+from tests.support.checkout import subprocess_env
+from tests.support.ledger_fill import as_version_1
 from watchtower import models, store
 from watchtower.errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 from watchtower.events import JobEvent, Kind, WorkerEvent

@@ -20,12 +20,24 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import REDIS_URL, subprocess_env, wait_until
-from supervision import (
-    app_env, children, config, enqueue, enqueue_grow, measure, pid_gone, rows, running, start_supervisor, wait_exit,
+
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
+from tests.support.supervisors import (
+    app_env,
+    children,
+    config,
+    enqueue,
+    enqueue_grow,
+    measure,
+    pid_gone,
+    rows,
+    running,
+    start_supervisor,
+    wait_exit,
     write_config,
 )
-
 from watchtower import WorkerManager, store
 from watchtower.config import load_settings
 from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus
@@ -458,7 +470,7 @@ def test_the_pool_keeps_healing_while_the_ledger_is_down_and_records_it_afterwar
 ) -> None:
     import peewee
     import psycopg
-    from conftest import POSTGRES_ADMIN
+    from tests.support.servers import POSTGRES_ADMIN
 
     from watchtower.store import check_database_url
 

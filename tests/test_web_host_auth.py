@@ -18,9 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REDIS_URL, subprocess_env
-from web_support import DEADLINE, TOKEN, seed_job, web_settings
 
+from tests.support.checkout import subprocess_env
+from tests.support.polling import DEADLINE
+from tests.support.servers import REDIS_URL
+from tests.support.web_api import TOKEN, seed_job, web_settings
 from watchtower import store
 from watchtower.models import Job, JobStatus
 
