@@ -35,13 +35,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from collector import METHODS, Row, alternate, compared, ledger_pair, print_table  # noqa: E402  (benchmarks/collector.py: the same ledger)
+from collector import METHODS, Row, alternate, compared, ledger_pair, print_table  # benchmarks/collector.py: the same ledger
+from harness import time_calls
 
 TOKEN = "bench-token"
 
@@ -100,12 +97,7 @@ def measure(url: str, runs: int, deep: int) -> dict[str, list[float]]:
         for _ in range(2):
             answer = client.simulate_get(path)
             assert answer.status_code == 200, (path, answer.status_code, answer.text)
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            client.simulate_get(path)
-            times.append((time.perf_counter() - started) * 1000)
-        results[name] = times
+        results[name] = time_calls(lambda: client.simulate_get(path), runs)
     return results
 
 

@@ -36,23 +36,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-RABBITMQ_URL = os.environ.get("WT_BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
+from harness import RABBITMQ_URL, REDIS_URL, ROOT, wait_for
+
 JOB_SECONDS = 4.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "", interval: float = 0.01) -> Any:
-    """Poll ``predicate`` every 10 ms until it is truthy; SystemExit after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def child_env(namespace: str, queue: str, broker: str) -> dict[str, str]:
