@@ -9,7 +9,6 @@ import sys
 from tests.support.checkout import ROOT, subprocess_env
 
 
-
 def test_the_runner_prints_a_filled_table_for_a_part() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "collector"],

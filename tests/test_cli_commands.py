@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.checkout import ROOT
-from tests.support.cli_project import one_error_line, Project
+from tests.support.cli_project import Project, one_error_line
 from tests.support.polling import wait_until
 from tests.support.supervisors import wait_exit
 from watchtower import store

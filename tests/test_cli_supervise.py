@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli_project import one_error_line, Project
+from tests.support.cli_project import Project, one_error_line
 from tests.support.polling import wait_until
 from tests.support.servers import fresh_database
 from tests.support.supervisors import children, wait_exit

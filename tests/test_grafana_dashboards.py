@@ -24,12 +24,12 @@ from test_prometheus_pack import alerts, exported_metrics, recorded, rules
 from tests.support.grafana import (
     ALL,
     DASHBOARDS,
+    TimeRange,
     dashboards,
     expand,
     interpolate,
     panels,
     parse_label_values,
-    TimeRange,
     variable_query,
     variables,
 )

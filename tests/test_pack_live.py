@@ -45,12 +45,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.checkout import subprocess_env
 from tests.support.grafana import (
     ALL,
+    TimeRange,
     dashboards,
     expand,
     interpolate,
     panels,
     parse_label_values,
-    TimeRange,
     variable_query,
     variables,
 )

@@ -26,7 +26,6 @@ from watchtower.models import HourlyRollup, Job, JobStatus, LostMark, Rollup, Wo
 from watchtower.prune import DAY_MS, Retention, plan, prune
 
 
-
 def _remaining(status: str | None = None) -> set[str]:
     query = Job.select(Job.message_id)
     if status is not None:

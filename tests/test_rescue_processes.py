@@ -32,7 +32,16 @@ from tests.support.brokers import open_broker, rabbitmq_count
 from tests.support.checkout import subprocess_env
 from tests.support.polling import wait_until
 from tests.support.servers import RABBITMQ_URL, REDIS_URL
-from tests.support.supervisors import children, config, metrics_url, pid_gone, rows, running, start_supervisor, write_config
+from tests.support.supervisors import (
+    children,
+    config,
+    metrics_url,
+    pid_gone,
+    rows,
+    running,
+    start_supervisor,
+    write_config,
+)
 from watchtower import dramatiq_internals as internals
 from watchtower import store
 from watchtower.models import Job, JobStatus, Rollup, Worker, WorkerStatus

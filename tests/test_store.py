@@ -162,7 +162,6 @@ def test_find_looks_on_every_day_that_has_jobs(sqlite_url: str) -> None:
     db.close()
 
 
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_actor_names_walks_every_distinct_name_once(kind: str, request: pytest.FixtureRequest) -> None:
     db = store.connect(request.getfixturevalue(f"{'sqlite' if kind == 'sqlite' else 'postgres'}_url"))

@@ -464,7 +464,6 @@ def test_a_worker_that_grows_past_its_memory_limit_is_replaced_and_its_reason_ke
         assert rows("default", WorkerStatus.CRASHLOOPING) == []
 
 
-
 def test_the_pool_keeps_healing_while_the_ledger_is_down_and_records_it_afterwards(
     tmp_path: Path, postgres_url: str, redis_namespace: str, queue_name: str
 ) -> None:

@@ -29,7 +29,7 @@ from tests.support.checkout import ROOT
 from tests.support.lab import Lab
 from tests.support.polling import DEADLINE
 from tests.support.servers import unique
-from tests.support.web_api import TOKEN, serve_api, ServedAPI
+from tests.support.web_api import TOKEN, ServedAPI, serve_api
 from watchtower.models import Job, JobStatus, WorkerStatus
 
 CHROMIUM = "/usr/bin/chromium"

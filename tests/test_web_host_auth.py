@@ -200,7 +200,6 @@ def test_with_a_token_the_host_login_is_a_second_way_in(start_host: Callable[...
     assert Job.get_or_none(Job.id == failed.id) is not None
 
 
-
 @pytest.mark.parametrize("host", ["flask", "starlette"])
 def test_without_a_token_or_hook_a_mount_answers_direct_loopback_clients_only(
     sqlite_url: str, redis_namespace: str, host: str

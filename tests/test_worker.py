@@ -29,6 +29,7 @@ from watchtower.models import JobStatus, WorkerStatus
 from watchtower.web import create_app
 from watchtower.worker import EXIT_MEMORY, EXIT_RESTART, EXIT_USAGE, recycle_threshold
 
+
 def finish(child: subprocess.Popen[bytes], timeout: float = DEADLINE) -> int:
     return child.wait(timeout=timeout)
 
