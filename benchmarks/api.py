@@ -38,7 +38,7 @@ import time
 
 
 from collector import METHODS, Row, alternate, compared, ledger_pair, print_table  # benchmarks/collector.py: the same ledger
-from harness import time_calls
+from harness import time_get
 
 TOKEN = "bench-token"
 
@@ -94,10 +94,7 @@ def measure(url: str, runs: int, deep: int) -> dict[str, list[float]]:
     results = {}
     for template, path_template in REQUESTS:
         name, path = template.format(deep=deep), path_template.format(cursor=cursor, deep=deep)
-        for _ in range(2):
-            answer = client.simulate_get(path)
-            assert answer.status_code == 200, (path, answer.status_code, answer.text)
-        results[name] = time_calls(lambda: client.simulate_get(path), runs)
+        results[name] = time_get(client, path, runs)
     return results
 
 

@@ -26,7 +26,7 @@ import argparse
 
 from api import give_payloads  # benchmarks/api.py: the same ledgers
 from collector import Row, alternate, compared, ledger_pair, print_table
-from harness import time_calls
+from harness import time_get
 
 TOKEN = "bench-token"
 CONSOLE = "/watchtower/console"
@@ -65,10 +65,7 @@ def measure(url: str, runs: int) -> dict[str, list[float]]:
     for name, template, fragment in PAGES:
         path = template.format(cursor=cursor)
         headers = {"X-Watchtower-Fragment": fragment} if fragment else {}
-        for _ in range(2):
-            answer = client.simulate_get(path, headers=headers)
-            assert answer.status_code == 200, (path, answer.status_code, answer.text[-500:])
-        results[name] = time_calls(lambda: client.simulate_get(path, headers=headers), runs)
+        results[name] = time_get(client, path, runs, headers)
     return results
 
 

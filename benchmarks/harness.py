@@ -15,6 +15,8 @@ The servers are the machine's own; ``WT_BENCH_POSTGRES``, ``WT_BENCH_MYSQL``,
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -49,14 +51,29 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = ""
         time.sleep(interval)
 
 
-def time_calls(call: Callable[[], Any], runs: int) -> list[float]:
-    """Milliseconds each of ``runs`` calls of ``call`` took (wall clock)."""
+def time_get(client: Any, path: str, runs: int, headers: dict[str, str] | None = None) -> list[float]:
+    """Milliseconds each of ``runs`` GETs of ``path`` took through a Falcon test client.
+
+    Two requests first, not timed, that must answer 200 (caches warm, the path right).
+    """
+    for _ in range(2):
+        answer = client.simulate_get(path, headers=headers)
+        assert answer.status_code == 200, (path, answer.status_code, answer.text[-500:])
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        call()
+        client.simulate_get(path, headers=headers)
         times.append((time.perf_counter() - started) * 1000)
     return times
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after ``timeout`` s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def postgres_database() -> tuple[str, Callable[[], None]]:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from harness import RABBITMQ_URL, REDIS_URL, ROOT, wait_for
+from harness import RABBITMQ_URL, REDIS_URL, ROOT, stop_process, wait_for
 
 JOB_SECONDS = 4.0
 
@@ -128,11 +128,7 @@ def supervised(kind: str, rounds: int) -> list[float]:
                 seconds.append(time.perf_counter() - killed)
                 wait_for(lambda: all(client.get(f"{namespace}:t:runs:{t}") for t in tokens), what="both jobs done")
         finally:
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                supervisor.wait(60)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
+            stop_process(supervisor)
             log.close()
             keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
             if keys:

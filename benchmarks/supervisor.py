@@ -37,7 +37,7 @@ from typing import Any
 
 import psutil
 
-from harness import REDIS_URL, ROOT, wait_for
+from harness import REDIS_URL, ROOT, stop_process, wait_for
 
 
 def main() -> None:
@@ -155,11 +155,7 @@ def main() -> None:
                 wait_for(lambda: len(running()) == 2)
         finally:
             stop_producer.set()
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                supervisor.wait(60)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
+            stop_process(supervisor)
             log.close()
 
         # A plain Dramatiq worker process of the same app, without Watchtower.
