@@ -1,4 +1,4 @@
-"""Shared fixtures: real databases, a private Redis namespace, a lab of worker processes.
+"""Shared fixtures: real databases, a private Redis namespace, a lab of worker processes, host apps.
 
 Every test gets its own database (a new SQLite file, or a PostgreSQL or
 MariaDB database created for it and dropped afterwards), its own Redis key
@@ -9,14 +9,19 @@ tests/support (the servers' addresses: tests/support/servers.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from tests.support.checkout import subprocess_env
+from tests.support.host_apps import HOSTS, Host, listening_on
 from tests.support.lab import Lab
+from tests.support.polling import DEADLINE
 from tests.support.servers import DATABASE_KINDS, REDIS_URL, fresh_database, unique
 from watchtower import store
 
@@ -72,3 +77,44 @@ def lab(tmp_path: Path, redis_namespace: str, queue_name: str) -> Iterator[Lab]:
         producer.close()
         connection.close()
         db.close()
+
+
+@pytest.fixture
+def start_host(request: pytest.FixtureRequest, sqlite_url: str, redis_namespace: str, queue_name: str,
+               tmp_path: Path) -> Iterator[Callable[..., Host]]:
+    """Serves the host app that the test's ``host`` parameter names, on the test's SQLite ledger."""
+    db = store.connect(sqlite_url)
+    started: list[tuple[subprocess.Popen[str], Host]] = []
+    log = tmp_path / "host.log"
+
+    def start(**env: str) -> Host:
+        kind, target = HOSTS[request.node.callspec.params["host"]]
+        with log.open("w") as errors:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "apps.serve_host", kind, target],
+                env=subprocess_env(
+                    WATCHTOWER_DATABASE_URL=sqlite_url, WATCHTOWER_COMMAND_BUS="redis",
+                    WATCHTOWER_REDIS_URL=REDIS_URL, WATCHTOWER_REDIS_PREFIX=redis_namespace,
+                    WATCHTOWER_APP="apps.web",  # the broker that retries go to
+                    WT_TEST_NAMESPACE=redis_namespace, WT_TEST_REDIS=REDIS_URL, WT_TEST_QUEUE=queue_name,
+                    WT_TEST_DJANGO_DB=str(tmp_path / "django.db"), **env,
+                ),
+                cwd=tmp_path, stdout=subprocess.PIPE, stderr=errors, text=True,
+            )
+        host = Host(listening_on(process, log))
+        started.append((process, host))
+        return host
+
+    yield start
+    for process, host in started:
+        for http in host.clients:
+            http.close()
+        process.terminate()
+        try:
+            process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if log.exists():
+        print(log.read_text()[-3000:])
+    db.close()

@@ -19,7 +19,6 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
-from test_prometheus_pack import alerts, exported_metrics, recorded, rules
 
 from tests.support.grafana import (
     ALL,
@@ -33,6 +32,7 @@ from tests.support.grafana import (
     variable_query,
     variables,
 )
+from tests.support.prometheus_pack import alerts, exported_metrics, recorded, rules
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"

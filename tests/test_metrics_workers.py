@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from test_metrics import parse, promtool_check, value
 
 from tests.support.checkout import subprocess_env
+from tests.support.exposition import parse, promtool_check, value
 from tests.support.polling import wait_until
 from tests.support.servers import REDIS_URL, unique
 from watchtower import metrics

@@ -31,10 +31,8 @@ import peewee
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from test_ledger_outage import TcpProxy
-from test_supervisor import stays
 
-from tests.support.polling import wait_until
+from tests.support.polling import stays, wait_until
 from tests.support.private_servers import private_postgres, private_redis
 from tests.support.servers import REDIS_URL
 from tests.support.supervisors import (
@@ -49,6 +47,7 @@ from tests.support.supervisors import (
     wait_exit,
     write_config,
 )
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.web_api import TOKEN, client
 from watchtower import WorkerManager, models, store
 from watchtower.config import load_settings

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from tests.support.checkout import subprocess_env
-from tests.support.polling import wait_until
+from tests.support.polling import stays, wait_until
 from tests.support.servers import REDIS_URL
 from tests.support.supervisors import (
     app_env,
@@ -178,16 +178,6 @@ def child_pids(sup: Any) -> set[int]:
 
 def row_with(worker_id: str, *statuses: str) -> Worker | None:
     return Worker.get_or_none((Worker.worker_id == worker_id) & Worker.status.in_(statuses))
-
-
-def stays(predicate: Any, seconds: float) -> bool:
-    """``predicate`` holds throughout ``seconds`` (a negative can only be watched for a while)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if not predicate():
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @pytest.mark.parametrize("bus", ["redis", "database"])

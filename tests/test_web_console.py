@@ -22,10 +22,10 @@ import falcon.testing
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from test_web_host_auth import log_in, start_host  # noqa: F401  (start_host is a fixture)
 
 from tests.support.checkout import ROOT
 from tests.support.console_client import BROWSER_ACCEPT, CONSOLE, Browser, csrf_of, text_of
+from tests.support.host_apps import log_in
 from tests.support.servers import REDIS_URL
 from tests.support.web_api import AUTH, TOKEN, seed_job, table_fingerprint, web_settings
 from watchtower import store

@@ -20,3 +20,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+def stays(predicate: Any, seconds: float) -> bool:
+    """``predicate`` holds throughout ``seconds`` (a negative can only be watched for a while)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not predicate():
+            return False
+        time.sleep(0.1)
+    return True
