@@ -1,5 +1,7 @@
-"""What the tests share beside their fixtures (tests/conftest.py holds only fixtures and hooks;
-test modules import helpers from here, never from each other).
+"""What the tests share beside their fixtures.
+
+tests/conftest.py holds only fixtures and hooks; test modules import their
+helpers from here, never from conftest or from each other.
 
 - ``servers``: the machine's servers, names of a test's own, fresh databases.
 - ``polling``: waiting with a deadline (and watching that something stays so), never a fixed sleep.
