@@ -15,22 +15,15 @@ where a database of the benchmark's own is created and dropped.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from watchtower import ledger, store  # noqa: E402
-from watchtower.dialects import dialect_of  # noqa: E402
-from watchtower.events import JobEvent, Kind  # noqa: E402
-
-POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+from harness import POSTGRES_ADMIN
+from watchtower import ledger, store
+from watchtower.dialects import dialect_of
+from watchtower.events import JobEvent, Kind
 
 
 def batch(size: int) -> list[JobEvent]:

@@ -48,20 +48,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-MYSQL_ADMIN = os.environ.get("WT_BENCH_MYSQL", "mysql://root@127.0.0.1:3306/test")
+from harness import MYSQL_ADMIN, POSTGRES_ADMIN
 
 DAY_MS = 86_400_000
 
 
 def fill(db: Any, rows: int, keep: int) -> None:
-    from fill import insert_jobs, job_row
+    from tests.support.ledger_fill import insert_jobs, job_row
 
     from watchtower.clock import now_ms
 
@@ -84,7 +79,7 @@ def fill(db: Any, rows: int, keep: int) -> None:
 
 def measure(kind: str, url: str, rows: int, keep: int, rate: int) -> dict[str, float]:
     """Prune the filled ledger at ``url`` while recording; returns the numbers."""
-    from fill import completed_job_events
+    from tests.support.ledger_fill import completed_job_events
 
     from watchtower import Recorder, store
     from watchtower.retention import Retention, prune

@@ -35,11 +35,8 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 _JOBS = "watchtower_jobs"
 VARIANTS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (

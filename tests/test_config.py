@@ -307,7 +307,7 @@ def test_importing_reads_no_environment_and_loading_does(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    from conftest import subprocess_env
+    from tests.support.checkout import subprocess_env
 
     code = "import watchtower; print('imported'); watchtower.load_settings()"
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(WATCHTOWER_BOGUS="1"), cwd=tmp_path,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import re
 
-from test_imports import module_names
+from tests.support.checkout import package_modules
 
 from watchtower import errors
 
@@ -44,7 +44,7 @@ def all_subclasses(cls: type) -> set[type]:
 
 
 def test_every_watchtower_error_is_in_the_errors_module_and_drawn_under_its_parent() -> None:
-    for name in module_names():
+    for name in package_modules():
         if not name.endswith("__main__"):
             importlib.import_module(name)
     classes = {cls for cls in all_subclasses(errors.WatchtowerError) if cls.__module__.startswith("watchtower")}

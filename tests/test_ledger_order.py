@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_database_url
+from tests.support.servers import make_database_url
 from watchtower import clock, models, store
 from watchtower.dialects import dialect_of
 from watchtower.events import JobEvent, Kind

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_URL
-from supervision import write_config
 
+from tests.support.servers import REDIS_URL
+from tests.support.supervisors import write_config
 from watchtower import WorkerManager, store
 from watchtower.bus import COMMAND_TTL, supervisor_inbox_key, worker_command_key
 from watchtower.bus.redis import RedisCommandBus

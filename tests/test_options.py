@@ -20,11 +20,12 @@ from typing import Any
 
 import click.testing
 import pytest
-from conftest import unique
-from console_support import CONSOLE, text_of
-from test_web_console import console_app, ledger, logged_in  # noqa: F401  (ledger is a fixture)
-from web_support import World, client, web_settings, world  # noqa: F401  (world is a fixture)
+from tests.support.console_client import CONSOLE, console_app, logged_in, text_of
+from tests.support.lab import Lab
+from tests.support.servers import unique
+from tests.support.web_api import client, web_settings
 
+from watchtower import store
 from watchtower.cli import cli
 from watchtower.commands.worker import worker as worker_command
 from watchtower.config import SUPERVISOR_KEYS, SupervisorSettings, env_name, load_settings, pool_key
@@ -123,8 +124,8 @@ def test_check_options_takes_the_tables_range(option: WorkerOption[Any]) -> None
 
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda option: option.name)
-def test_the_apis_start_request_takes_the_tables_range(option: WorkerOption[Any], world: World) -> None:  # noqa: F811
-    api = client(create_app(web_settings(world.database_url, world.namespace)))
+def test_the_apis_start_request_takes_the_tables_range(option: WorkerOption[Any], lab: Lab) -> None:
+    api = client(create_app(web_settings(lab.database_url, lab.namespace)))
     good, bad = edges(option)
     for value in good:
         answer = api.simulate_post("/watchtower/workers/start", json={"queue": "q", option.name: value})
@@ -136,8 +137,9 @@ def test_the_apis_start_request_takes_the_tables_range(option: WorkerOption[Any]
         assert answer.json["description"] == f"{option.name!r} {says_range(option, value)}"
 
 
-def test_the_consoles_start_form_has_every_option_with_the_apis_check(ledger: str, redis_namespace: str) -> None:  # noqa: F811
-    browser = logged_in(console_app(ledger, redis_namespace))
+def test_the_consoles_start_form_has_every_option_with_the_apis_check(sqlite_url: str, redis_namespace: str) -> None:
+    store.connect(sqlite_url)
+    browser = logged_in(console_app(sqlite_url, redis_namespace))
     page = browser.get(CONSOLE + "/workers").text
     for option in OPTIONS:
         assert f'name="{option.name}"' in page and f'<label for="start-{option.name}">{option.label}</label>' in page

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fill import completed_job_events, insert_jobs, job_row
 
+from tests.support.checkout import subprocess_env
+from tests.support.ledger_fill import completed_job_events, insert_jobs, job_row
+from tests.support.polling import wait_until
 from watchtower import Recorder, derived, store
 from watchtower.cli import cli
 from watchtower.clock import now_ms
@@ -25,8 +27,6 @@ from watchtower.models import HourlyRollup, Job, LostMark, Rollup, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.clock import DAY_MS
 from watchtower.retention import Retention, plan, prune
-
-from conftest import subprocess_env, wait_until
 
 
 def _remaining(status: str | None = None) -> set[str]:

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fill import insert_jobs, job_row
 
+from tests.support.ledger_fill import insert_jobs, job_row
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
 from watchtower import store
 from watchtower.config import Settings
 from watchtower.lease import acquire, free_at
@@ -21,7 +23,6 @@ from watchtower.clock import DAY_MS
 from watchtower.retention import AutoPruner, PruneResult, Retention, prune, prune_if_due
 from watchtower.retention.auto import LEASE_NAME
 
-from conftest import REDIS_URL, wait_until
 
 AUTO = Settings(retention_auto=True, retention_interval=0.0)
 
@@ -182,7 +183,7 @@ def test_a_prune_stops_when_told_to_between_batches(sqlite_url: str, monkeypatch
 def test_a_running_supervisor_trims_the_ledger_on_schedule(
     tmp_path: Path, sqlite_url: str, redis_namespace: str
 ) -> None:
-    from supervision import running, start_supervisor, wait_exit, write_config
+    from tests.support.supervisors import running, start_supervisor, wait_exit, write_config
 
     db = store.connect(sqlite_url)
     _expired(db, 2_000)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env
-from fill import as_version_1
+from tests.support.checkout import subprocess_env
+from tests.support.ledger_fill import as_version_1
 from watchtower import clock, models, store
-from watchtower.dialects import dialect_of
 from watchtower.errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.ledger import write_batch
@@ -163,7 +162,6 @@ def test_find_looks_on_every_day_that_has_jobs(sqlite_url: str) -> None:
         assert job is not None and job.queued_day == n * 7
     assert Job.find("m-40") is None
     db.close()
-
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
