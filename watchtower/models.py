@@ -86,22 +86,22 @@ class Worker(BaseModel):
     # Scopes ---------------------------------------------------------------
 
     @classmethod
-    def running(cls) -> peewee.ModelSelect:
+    def running(cls) -> peewee.ModelSelect[Worker]:
         """Workers that are alive and taking jobs."""
         return cls.select().where(cls.status == WorkerStatus.RUNNING)
 
     @classmethod
-    def with_status(cls, status: str) -> peewee.ModelSelect:
+    def with_status(cls, status: str) -> peewee.ModelSelect[Worker]:
         """Workers in ``status`` (one of :class:`WorkerStatus`)."""
         return cls.select().where(cls.status == status)
 
     @classmethod
-    def for_supervisor(cls, name: str) -> peewee.ModelSelect:
+    def for_supervisor(cls, name: str) -> peewee.ModelSelect[Worker]:
         """Workers that belong to the supervisor called ``name``."""
         return cls.select().where(cls.supervisor == name)
 
     @classmethod
-    def stale(cls, seconds: float = 60) -> peewee.ModelSelect:
+    def stale(cls, seconds: float = 60) -> peewee.ModelSelect[Worker]:
         """Workers said to be alive whose last heartbeat is older than ``seconds``."""
         cutoff = now_ms() - int(seconds * 1000)
         return cls.select().where(
@@ -153,7 +153,7 @@ class Worker(BaseModel):
         return list(json.loads(self.queues or "[]"))
 
     @property
-    def jobs(self) -> peewee.ModelSelect:
+    def jobs(self) -> peewee.ModelSelect[Job]:
         """The jobs this worker ran last, newest first."""
         return Job.select().where(Job.worker_id == self.worker_id).order_by(Job.id.desc())
 
@@ -220,36 +220,36 @@ class Job(BaseModel):
     # Scopes ---------------------------------------------------------------
 
     @classmethod
-    def with_status(cls, status: str) -> peewee.ModelSelect:
+    def with_status(cls, status: str) -> peewee.ModelSelect[Job]:
         """Jobs in ``status`` (one of :class:`JobStatus`), newest first."""
         if status not in JobStatus.ALL:
             raise ValueError(f"unknown job status {status!r}: use one of {', '.join(JobStatus.ALL)}")
         return cls.select().where(cls.status == status).order_by(cls.id.desc())
 
     @classmethod
-    def on_queue(cls, queue: str) -> peewee.ModelSelect:
+    def on_queue(cls, queue: str) -> peewee.ModelSelect[Job]:
         """Jobs of ``queue`` (its canonical name), newest first."""
         return cls.select().where(cls.queue == queue).order_by(cls.id.desc())
 
     @classmethod
-    def recent(cls, limit: int = 50) -> peewee.ModelSelect:
+    def recent(cls, limit: int = 50) -> peewee.ModelSelect[Job]:
         """The ``limit`` newest jobs."""
         return cls.select().order_by(cls.id.desc()).limit(limit)
 
     @classmethod
-    def failed(cls) -> peewee.ModelSelect:
+    def failed(cls) -> peewee.ModelSelect[Job]:
         return cls.with_status(JobStatus.FAILED)
 
     @classmethod
-    def completed(cls) -> peewee.ModelSelect:
+    def completed(cls) -> peewee.ModelSelect[Job]:
         return cls.with_status(JobStatus.COMPLETED)
 
     @classmethod
-    def pending(cls) -> peewee.ModelSelect:
+    def pending(cls) -> peewee.ModelSelect[Job]:
         return cls.with_status(JobStatus.PENDING)
 
     @classmethod
-    def processing(cls) -> peewee.ModelSelect:
+    def processing(cls) -> peewee.ModelSelect[Job]:
         return cls.with_status(JobStatus.PROCESSING)
 
     # Instance methods -----------------------------------------------------

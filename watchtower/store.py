@@ -246,7 +246,8 @@ class _PostgresqlDatabase(peewee.PostgresqlDatabase):
         super().__init__(database, **kwargs)
 
     def _connect(self) -> Any:
-        return _checked(super()._connect(), self.driver)
+        # Peewee's connection hook (held by tests/test_peewee_internals.py), absent from its type stubs.
+        return _checked(super()._connect(), self.driver)  # type: ignore[misc]
 
 
 class _MySQLDatabase(peewee.MySQLDatabase):

@@ -184,8 +184,8 @@ def apply_limits(broker: dramatiq.Broker, options: WorkerOptions) -> None:
     if not retries and options.tries > 1:
         logger.warning("the broker has no Retries middleware: --tries %d cannot apply", options.tries)
     limits = [m for m in broker.middleware if isinstance(m, TimeLimit)]
-    for middleware in limits:
-        set_time_limit(middleware, options.timeout * 1000 if options.timeout > 0 else float("inf"))
+    for limit in limits:
+        set_time_limit(limit, options.timeout * 1000 if options.timeout > 0 else float("inf"))
     if not limits and options.timeout > 0:
         logger.warning("the broker has no TimeLimit middleware: --timeout %s cannot apply", options.timeout)
 
