@@ -35,13 +35,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from collector import METHODS, Row, alternate, compared, ledger_pair, print_table  # noqa: E402  (benchmarks/collector.py: the same ledger)
+from collector import METHODS, Row, alternate, compared, ledger_pair, print_table  # benchmarks/collector.py: the same ledger
+from harness import time_get
 
 TOKEN = "bench-token"
 
@@ -97,15 +94,7 @@ def measure(url: str, runs: int, deep: int) -> dict[str, list[float]]:
     results = {}
     for template, path_template in REQUESTS:
         name, path = template.format(deep=deep), path_template.format(cursor=cursor, deep=deep)
-        for _ in range(2):
-            answer = client.simulate_get(path)
-            assert answer.status_code == 200, (path, answer.status_code, answer.text)
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            client.simulate_get(path)
-            times.append((time.perf_counter() - started) * 1000)
-        results[name] = times
+        results[name] = time_get(client, path, runs)
     return results
 
 

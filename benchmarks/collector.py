@@ -30,7 +30,6 @@ where a database of the benchmark's own is created and dropped.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -39,12 +38,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+from harness import POSTGRES_ADMIN
 
 METHODS = (
     "get_stats", "get_hourly_throughput", "get_queue_depths",

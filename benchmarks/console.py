@@ -22,16 +22,11 @@ page's size; it is shown for what it costs, outside the lists' budget.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from api import give_payloads  # noqa: E402  (benchmarks/api.py: the same ledgers)
-from collector import Row, alternate, compared, ledger_pair, print_table  # noqa: E402
+from api import give_payloads  # benchmarks/api.py: the same ledgers
+from collector import Row, alternate, compared, ledger_pair, print_table
+from harness import time_get
 
 TOKEN = "bench-token"
 CONSOLE = "/watchtower/console"
@@ -70,15 +65,7 @@ def measure(url: str, runs: int) -> dict[str, list[float]]:
     for name, template, fragment in PAGES:
         path = template.format(cursor=cursor)
         headers = {"X-Watchtower-Fragment": fragment} if fragment else {}
-        for _ in range(2):
-            answer = client.simulate_get(path, headers=headers)
-            assert answer.status_code == 200, (path, answer.status_code, answer.text[-500:])
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            client.simulate_get(path, headers=headers)
-            times.append((time.perf_counter() - started) * 1000)
-        results[name] = times
+        results[name] = time_get(client, path, runs, headers)
     return results
 
 

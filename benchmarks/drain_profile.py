@@ -34,19 +34,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+from harness import REDIS_URL
 
 # benchmarks/throughput.py: the same rounds, pairing and clean-up.
-from throughput import delete_namespace, paired_ratio, rotating_rounds  # noqa: E402
+from throughput import delete_namespace, paired_ratio, rotating_rounds
 
 VARIANTS = ("bare", "no writes", "sqlite")
 THREADS = 8
@@ -83,7 +80,6 @@ def child(variant: str, database_url: str, messages: int, settings: dict[str, An
     broker = RedisBroker(url=REDIS_URL, namespace=namespace)
     middleware = None
     if variant != "bare":
-        sys.path.insert(0, str(ROOT))
         import watchtower.recorder as recording
         from watchtower import WatchtowerMiddleware, store
         from watchtower.config import Settings
@@ -140,7 +136,6 @@ def child(variant: str, database_url: str, messages: int, settings: dict[str, An
 
 def hot(messages: int, rounds: int = 5) -> dict[str, float]:
     """Microseconds a message spends in the hooks, in a tight loop (best of ``rounds``)."""
-    sys.path.insert(0, str(ROOT))
     import dramatiq
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker

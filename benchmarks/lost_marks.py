@@ -15,21 +15,15 @@ where a database of the benchmark's own is created and dropped.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from watchtower import ledger, store  # noqa: E402
-from watchtower.events import JobEvent, Kind  # noqa: E402
-
-POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+from harness import POSTGRES_ADMIN
+from watchtower import ledger, store
+from watchtower.dialects import dialect_of
+from watchtower.events import JobEvent, Kind
 
 
 def batch(size: int) -> list[JobEvent]:
@@ -60,7 +54,7 @@ def measure(url: str, rounds: int) -> None:
                 ledger.write_batch(db, fresh)
                 writes.append(time.perf_counter() - started)
             check, write = statistics.median(checks), statistics.median(writes)
-            print(f"{store.dialect(db):10} batch of {size:4}: check {check * 1e6:6.0f} us, "
+            print(f"{dialect_of(db).name:10} batch of {size:4}: check {check * 1e6:6.0f} us, "
                   f"write_batch {write * 1e3:6.2f} ms, check / write {check / write:.3f}")
     finally:
         db.close()

@@ -14,13 +14,10 @@ new release starts (README: "What a job row means").
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+import harness  # noqa: F401  (puts the repository root on sys.path, for tests.support)
 
 
 def main() -> None:
@@ -30,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import prune as bench  # the same ledgers and servers
-    from fill import as_version_1
+    from tests.support.ledger_fill import as_version_1
 
     from watchtower import store
     from watchtower.clock import day_of

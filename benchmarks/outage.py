@@ -33,14 +33,11 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import REDIS_URL, ROOT
+from tests.support.private_servers import PrivatePostgres
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from private_postgres import PrivatePostgres  # noqa: E402
-
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 QUEUE = "bench"
 
 

@@ -32,20 +32,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+from harness import REDIS_URL
 
 # benchmarks/throughput.py: the same rounds, pairing and clean-up.
-from throughput import delete_namespace, paired_ratio, rotating_rounds  # noqa: E402
+from throughput import delete_namespace, paired_ratio, rotating_rounds
 
 VARIANTS = ("bare", "hook only", "no writes", "sqlite nice 0", "sqlite")
 
@@ -73,7 +69,6 @@ def child(variant: str, database_url: str, messages: int) -> dict[str, Any]:
         return wrapper
 
     if variant != "bare":
-        sys.path.insert(0, str(ROOT))
         import watchtower.middleware as hooks
         import watchtower.recorder as recording
         from watchtower import WatchtowerMiddleware, store
@@ -128,7 +123,6 @@ def child(variant: str, database_url: str, messages: int) -> dict[str, Any]:
 
 def hot(messages: int) -> dict[str, float]:
     """The broker's encode and the hook in a tight loop (a stub broker, the recorder not writing): warm caches."""
-    sys.path.insert(0, str(ROOT))
     import dramatiq
     from dramatiq.brokers.stub import StubBroker
 

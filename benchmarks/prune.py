@@ -10,7 +10,7 @@ pending, processing); each round prunes a fresh copy of it (a file copy on
 SQLite, ``CREATE DATABASE ... TEMPLATE`` on PostgreSQL, a table copy on
 MySQL).  In each round a real :class:`watchtower.Recorder` records
 ``--rate`` jobs a second (enqueued, started, completed: three events each)
-and, once it is writing steadily, :func:`watchtower.prune.prune` runs with
+and, once it is writing steadily, :func:`watchtower.retention.prune` runs with
 the default retention and the default batch tuning.
 
 Reported per database (median of the rounds, and the worst round): the
@@ -48,20 +48,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-MYSQL_ADMIN = os.environ.get("WT_BENCH_MYSQL", "mysql://root@127.0.0.1:3306/test")
+from harness import MYSQL_ADMIN, POSTGRES_ADMIN
 
 DAY_MS = 86_400_000
 
 
 def fill(db: Any, rows: int, keep: int) -> None:
-    from fill import insert_jobs, job_row
+    from tests.support.ledger_fill import insert_jobs, job_row
 
     from watchtower.clock import now_ms
 
@@ -84,10 +79,10 @@ def fill(db: Any, rows: int, keep: int) -> None:
 
 def measure(kind: str, url: str, rows: int, keep: int, rate: int) -> dict[str, float]:
     """Prune the filled ledger at ``url`` while recording; returns the numbers."""
-    from fill import completed_job_events
+    from tests.support.ledger_fill import completed_job_events
 
     from watchtower import Recorder, store
-    from watchtower.prune import Retention, prune
+    from watchtower.retention import Retention, prune
 
     db = store.connect(url)
     writes: list[tuple[float, float]] = []  # (end time, seconds)

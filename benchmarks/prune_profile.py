@@ -6,7 +6,7 @@ benchmarks/prune.py measures the prune as users get it; this script takes
 it apart, on copies of one filled SQLite ledger (filled as prune.py fills
 it), with no recorder running:
 
-- ``as shipped``: :func:`watchtower.prune.prune` with its defaults, its time
+- ``as shipped``: :func:`watchtower.retention.prune` with its defaults, its time
   split into the delete transactions, the steps back between them (the
   checkpoint of what a batch wrote, and the pause that lets a waiting
   writer in) and handing the space back (here one VACUUM of what is left);
@@ -35,11 +35,8 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 _JOBS = "watchtower_jobs"
 VARIANTS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
@@ -57,18 +54,19 @@ VARIANTS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
 def timed_prune(url: str, prepare: tuple[str, ...], options: dict[str, Any]) -> dict[str, float]:
     """Prune the ledger at ``url``; the total and its parts, in seconds."""
     from watchtower import store
-    from watchtower import prune as pruning
+    from watchtower.dialects import sqlite
+    from watchtower.retention import Retention, engine, space
 
     db = store.connect(url)
     options = dict(options)
-    shipped_cache, shipped_whole = pruning.CACHE_KIB, pruning.WHOLE_VACUUM_BATCHES
-    pruning.CACHE_KIB = options.pop("cache_kib", shipped_cache)
-    pruning.WHOLE_VACUUM_BATCHES = options.pop("whole_vacuum_batches", shipped_whole)
+    shipped_cache, shipped_whole = sqlite.CACHE_KIB, space.WHOLE_VACUUM_BATCHES
+    sqlite.CACHE_KIB = options.pop("cache_kib", shipped_cache)
+    space.WHOLE_VACUUM_BATCHES = options.pop("whole_vacuum_batches", shipped_whole)
     for statement in prepare:
         db.execute_sql(statement)
     parts = {"transactions": 0.0, "steps back": 0.0}
     vacuuming = [False]  # the vacuum steps back too: its time is its own
-    originals = (pruning._BatchLoop.transaction, pruning._BatchLoop.step_back, pruning._give_space_back)
+    originals = (engine.BatchLoop.transaction, engine.BatchLoop.step_back, space.give_back)
     transaction, step_back, vacuum = originals
 
     def timed(name: str, method: Any) -> Any:
@@ -88,16 +86,16 @@ def timed_prune(url: str, prepare: tuple[str, ...], options: dict[str, Any]) -> 
         finally:
             vacuuming[0] = False
 
-    pruning._BatchLoop.transaction = timed("transactions", transaction)  # type: ignore[method-assign]
-    pruning._BatchLoop.step_back = timed("steps back", step_back)  # type: ignore[method-assign]
-    pruning._give_space_back = timed_vacuum
+    engine.BatchLoop.transaction = timed("transactions", transaction)  # type: ignore[method-assign]
+    engine.BatchLoop.step_back = timed("steps back", step_back)  # type: ignore[method-assign]
+    space.give_back = timed_vacuum
     try:
         started = time.perf_counter()
-        result = pruning.prune(db, pruning.Retention(), **options)
+        result = engine.prune(db, Retention(), **options)
         total = time.perf_counter() - started
     finally:
-        pruning._BatchLoop.transaction, pruning._BatchLoop.step_back, pruning._give_space_back = originals
-        pruning.CACHE_KIB, pruning.WHOLE_VACUUM_BATCHES = shipped_cache, shipped_whole
+        engine.BatchLoop.transaction, engine.BatchLoop.step_back, space.give_back = originals
+        sqlite.CACHE_KIB, space.WHOLE_VACUUM_BATCHES = shipped_cache, shipped_whole
         db.close()
     return {
         "total": total,

@@ -4,7 +4,7 @@
 
 Starts ``watchtower supervise`` (2 worker processes x 2 threads, a SQLite
 ledger and the database command bus in a temporary directory) with the test
-app ``tests/apps/rescue_app.py``, whose Redis broker keeps Dramatiq's
+app ``tests/apps/sup_app.py``, whose Redis broker keeps Dramatiq's
 defaults (heartbeat timeout 60 s, maintenance on 1 in 1000 commands).  Each
 round sends two 4-second jobs, waits until both run, kills the worker that
 runs the first with SIGKILL and measures the seconds until each job it held
@@ -36,23 +36,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-RABBITMQ_URL = os.environ.get("WT_BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
+from harness import RABBITMQ_URL, REDIS_URL, ROOT, stop_process, wait_for
+
 JOB_SECONDS = 4.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "", interval: float = 0.01) -> Any:
-    """Poll ``predicate`` every 10 ms until it is truthy; SystemExit after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def child_env(namespace: str, queue: str, broker: str) -> dict[str, str]:
@@ -109,7 +95,7 @@ def supervised(kind: str, rounds: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp, sender(kind, namespace, queue) as send:
         path = Path(tmp) / "watchtower.toml"
         path.write_text(
-            f'app = "apps.rescue_app"\ndatabase_url = "sqlite:///{tmp}/ledger.db"\ncommand_bus = "database"\n'
+            f'app = "apps.sup_app"\ndatabase_url = "sqlite:///{tmp}/ledger.db"\ncommand_bus = "database"\n'
             f'hostname = "bench"\nheartbeat_timeout = 10.0\n[http]\nport = 0\n'
             f'[supervisors.default]\nqueues = ["{queue}"]\nmin_processes = 2\nmax_processes = 4\n'
             f'threads = 2\ntimeout = 30\nmemory = 1024\nsleep = 0.1\n'
@@ -142,11 +128,7 @@ def supervised(kind: str, rounds: int) -> list[float]:
                 seconds.append(time.perf_counter() - killed)
                 wait_for(lambda: all(client.get(f"{namespace}:t:runs:{t}") for t in tokens), what="both jobs done")
         finally:
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                supervisor.wait(60)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
+            stop_process(supervisor)
             log.close()
             keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
             if keys:
@@ -166,7 +148,7 @@ def bare(rounds: int) -> list[float]:
 
     def start() -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "apps.rescue_app", "--processes", "1", "--threads", "2",
+            [sys.executable, "-m", "dramatiq", "apps.sup_app", "--processes", "1", "--threads", "2",
              "--queues", queue], env=child_env(namespace, queue, "redis"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

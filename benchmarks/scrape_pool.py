@@ -35,13 +35,9 @@ from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+from harness import REDIS_URL, ROOT, wait_for
 
 QUEUE = "bench"
-
-from supervisor import wait_for  # noqa: E402  (benchmarks/supervisor.py)
 
 
 def child_env(namespace: str) -> dict[str, str]:

@@ -23,26 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import postgres_database
 
-from watchtower import store  # noqa: E402
-from watchtower.events import JobEvent, Kind, WorkerEvent  # noqa: E402
-from watchtower.models import Job  # noqa: E402
-from watchtower.recorder import Recorder  # noqa: E402
-from watchtower.spool import SpoolFile, ensure_directory  # noqa: E402
-
-POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+from watchtower import store
+from watchtower.events import JobEvent, Kind, WorkerEvent
+from watchtower.models import Job
+from watchtower.recorder import Recorder
+from watchtower.spool import SpoolFile, ensure_directory
 
 
 def make_events(count: int) -> list[JobEvent]:
@@ -175,20 +170,7 @@ def hot_path(workdir: Path, events: list[JobEvent], rounds: int = 5) -> tuple[fl
 def database(kind: str, workdir: Path, tag: str) -> tuple[str, object]:
     if kind == "sqlite":
         return f"sqlite:///{workdir / f'{tag}.db'}", lambda: None
-    import psycopg
-
-    from watchtower.store import check_database_url
-
-    admin = check_database_url(POSTGRES_ADMIN)
-    name = f"wtbench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name, drop
+    return postgres_database()
 
 
 def main() -> None:

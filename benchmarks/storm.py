@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import threading
@@ -51,12 +50,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+from harness import REDIS_URL, ROOT, postgres_database
 
 # The same rounds, pairing, clean-up and CPU counters as the other throughput scripts.
-from drain_profile import _thread_cpu  # noqa: E402
-from throughput import _postgres_database, delete_namespace, paired_ratio, rotating_rounds  # noqa: E402
+from drain_profile import _thread_cpu
+from throughput import delete_namespace, paired_ratio, rotating_rounds
 
 QUEUE = "storm"
 
@@ -195,7 +193,7 @@ def main() -> None:
     cleanups = []
     postgres_url = None
     if "postgresql" in variants:
-        postgres_url, drop = _postgres_database()
+        postgres_url, drop = postgres_database()
         cleanups.append(drop)
 
     def child_args(retries: str) -> Any:

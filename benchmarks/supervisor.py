@@ -32,31 +32,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "", interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until it is truthy; returns its value (SystemExit after ``timeout`` s).
-
-    Polled every 10 ms by default: the latencies measured here are the time
-    until a predicate first holds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+from harness import REDIS_URL, ROOT, stop_process, wait_for
 
 
 def main() -> None:
@@ -174,11 +155,7 @@ def main() -> None:
                 wait_for(lambda: len(running()) == 2)
         finally:
             stop_producer.set()
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                supervisor.wait(60)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
+            stop_process(supervisor)
             log.close()
 
         # A plain Dramatiq worker process of the same app, without Watchtower.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,12 +29,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+from harness import REDIS_URL, postgres_database
 
 
 def run_variant(variant: str, database_url: str | None, messages: int, threads: int) -> dict[str, float]:
@@ -50,7 +46,6 @@ def run_variant(variant: str, database_url: str | None, messages: int, threads: 
     broker = RedisBroker(url=REDIS_URL, namespace=namespace)
     middleware = None
     if database_url is not None:
-        sys.path.insert(0, str(ROOT))
         from watchtower import WatchtowerMiddleware
         from watchtower.config import Settings
 
@@ -104,24 +99,6 @@ def run_variant(variant: str, database_url: str | None, messages: int, threads: 
         delete_namespace(namespace)
 
 
-def _postgres_database() -> tuple[str, callable]:  # type: ignore[valid-type]
-    import psycopg
-
-    sys.path.insert(0, str(ROOT))
-    from watchtower.store import check_database_url
-
-    admin = check_database_url(POSTGRES_ADMIN)
-    name = f"wtbench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name, drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
@@ -145,7 +122,7 @@ def main() -> None:
         if "sqlite" in variants:
             urls["sqlite"] = None
         if "postgresql" in variants:
-            url, drop = _postgres_database()
+            url, drop = postgres_database()
             urls["postgresql"] = url
             cleanups.append(drop)
         try:
@@ -198,7 +175,6 @@ def main() -> None:
 def delete_namespace(namespace: str) -> None:
     """Delete the Redis keys of a child's broker namespace."""
     import redis
-
 
     client = redis.Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter(match=f"{namespace}*", count=1000))

@@ -1,129 +1,29 @@
-"""Shared fixtures: real databases, a private Redis namespace, polling helpers.
+"""Shared fixtures: real databases, a private Redis namespace, a lab of worker processes, host apps.
 
 Every test gets its own database (a new SQLite file, or a PostgreSQL or
 MariaDB database created for it and dropped afterwards), its own Redis key
 prefix and its own queue names, so tests never see each other's data and
-never touch anything they did not create.
-
-The servers are the machine's own (see .ci/run); their addresses can be
-changed with WT_TEST_POSTGRES, WT_TEST_MYSQL,
-WT_TEST_REDIS and WT_TEST_RABBITMQ.  A server that cannot be
-reached fails the tests that need it; nothing is skipped.
+never touch anything they did not create.  The helpers behind them live in
+tests/support (the servers' addresses: tests/support/servers.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-POSTGRES_ADMIN = os.environ.get("WT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-MYSQL_ADMIN = os.environ.get("WT_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
-REDIS_URL = os.environ.get("WT_TEST_REDIS", "redis://127.0.0.1:6379/0")
-RABBITMQ_URL = os.environ.get("WT_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
-
-DATABASE_KINDS = ("sqlite", "postgresql", "mysql")
-
-
-def unique(prefix: str = "wt") -> str:
-    """A short name no other test uses (letters, digits and underscores)."""
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, message: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
-        time.sleep(interval)
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a child process that must import this checkout's watchtower."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHTOWER_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(extra)
-    return env
-
-
-def _create_postgres_database() -> tuple[str, Callable[[], None]]:
-    import psycopg
-
-    from watchtower.store import check_database_url
-
-    admin = check_database_url(POSTGRES_ADMIN)
-    name = unique("wt")
-    with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(dbname=admin.database, autocommit=True, **admin.params) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    base = POSTGRES_ADMIN.rsplit("/", 1)[0]
-    return f"{base}/{name}", drop
-
-
-def _create_mysql_database() -> tuple[str, Callable[[], None]]:
-    import pymysql
-
-    from watchtower.store import check_database_url
-
-    admin = check_database_url(MYSQL_ADMIN)
-    name = unique("wt")
-    params = dict(admin.params)
-    conn = pymysql.connect(database=admin.database, autocommit=True, **params)
-    with conn.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    conn.close()
-
-    def drop() -> None:
-        conn = pymysql.connect(database=admin.database, autocommit=True, **params)
-        with conn.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.close()
-
-    base = MYSQL_ADMIN.rsplit("/", 1)[0]
-    return f"{base}/{name}", drop
-
-
-def make_database_url(kind: str, tmp_path: Path) -> tuple[str, Callable[[], None]]:
-    """A URL of a new, empty database of ``kind``, and the function that drops it."""
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}", lambda: None
-    if kind == "postgresql":
-        return _create_postgres_database()
-    if kind == "mysql":
-        return _create_mysql_database()
-    raise ValueError(kind)
-
-
-@contextlib.contextmanager
-def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
-    """A new, empty database of ``kind``; closed and dropped afterwards."""
-    url, drop = make_database_url(kind, tmp_path)
-    try:
-        yield url
-    finally:
-        from watchtower import models
-
-        if models.database.obj is not None:
-            models.database.obj.close()
-        drop()
+from tests.support.checkout import subprocess_env
+from tests.support.host_apps import HOSTS, Host, listening_on
+from tests.support.lab import Lab
+from tests.support.polling import DEADLINE
+from tests.support.servers import DATABASE_KINDS, REDIS_URL, fresh_database, unique
+from watchtower import store
 
 
 @pytest.fixture(params=DATABASE_KINDS)
@@ -147,8 +47,6 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def redis_namespace() -> Iterator[str]:
     """A Redis key prefix of this test's own; its keys are deleted afterwards."""
-    import redis
-
     namespace = unique("wt")
     yield namespace
     client = redis.Redis.from_url(REDIS_URL)
@@ -162,3 +60,61 @@ def redis_namespace() -> Iterator[str]:
 def queue_name() -> str:
     """A queue name of this test's own (RabbitMQ queues are shared by the server)."""
     return unique("q")
+
+
+@pytest.fixture
+def lab(tmp_path: Path, redis_namespace: str, queue_name: str) -> Iterator[Lab]:
+    """Worker processes on a SQLite ledger and a Redis bus of this test's own; killed afterwards."""
+    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    db = store.connect(database_url)
+    connection = redis.Redis.from_url(REDIS_URL)
+    producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
+    lab = Lab(redis_namespace, queue_name, database_url, tmp_path, connection, producer)
+    try:
+        yield lab
+    finally:
+        lab.stop_all()
+        producer.close()
+        connection.close()
+        db.close()
+
+
+@pytest.fixture
+def start_host(request: pytest.FixtureRequest, sqlite_url: str, redis_namespace: str, queue_name: str,
+               tmp_path: Path) -> Iterator[Callable[..., Host]]:
+    """Serves the host app that the test's ``host`` parameter names, on the test's SQLite ledger."""
+    db = store.connect(sqlite_url)
+    started: list[tuple[subprocess.Popen[str], Host]] = []
+    log = tmp_path / "host.log"
+
+    def start(**env: str) -> Host:
+        kind, target = HOSTS[request.node.callspec.params["host"]]
+        with log.open("w") as errors:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "apps.serve_host", kind, target],
+                env=subprocess_env(
+                    WATCHTOWER_DATABASE_URL=sqlite_url, WATCHTOWER_COMMAND_BUS="redis",
+                    WATCHTOWER_REDIS_URL=REDIS_URL, WATCHTOWER_REDIS_PREFIX=redis_namespace,
+                    WATCHTOWER_APP="apps.web",  # the broker that retries go to
+                    WT_TEST_NAMESPACE=redis_namespace, WT_TEST_REDIS=REDIS_URL, WT_TEST_QUEUE=queue_name,
+                    WT_TEST_DJANGO_DB=str(tmp_path / "django.db"), **env,
+                ),
+                cwd=tmp_path, stdout=subprocess.PIPE, stderr=errors, text=True,
+            )
+        host = Host(listening_on(process, log))
+        started.append((process, host))
+        return host
+
+    yield start
+    for process, host in started:
+        for http in host.clients:
+            http.close()
+        process.terminate()
+        try:
+            process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if log.exists():
+        print(log.read_text()[-3000:])
+    db.close()

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, subprocess_env
+from tests.support.checkout import ROOT, subprocess_env
 
 
 def test_the_runner_prints_a_filled_table_for_a_part() -> None:

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REDIS_URL, make_database_url, subprocess_env, unique, wait_until
 
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL, make_database_url, unique
 from watchtower import models
 from watchtower.bus import CommandBus, open_bus, supervisor_inbox_key, worker_command_key
 from watchtower.bus.database import DatabaseCommandBus

@@ -1,6 +1,6 @@
 """``watchtower jobs``, ``failed``, ``show``, ``status``, ``pause``, ``resume``, ``restart`` and ``stop`` as a user runs them.
 
-One user's directory per test (tests/cli_support.py), one real supervisor
+One user's directory per test (tests/support/cli_project.py), one real supervisor
 started from flags, real jobs through a real Redis broker into a SQLite
 ledger, and the commands run as the console script.  The ``--json``
 documents are compared with what the API answers for the same ledger.
@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import Project, one_error_line
-from conftest import ROOT, wait_until
-from supervision import wait_exit
 
+from tests.support.checkout import ROOT
+from tests.support.cli_project import Project, one_error_line
+from tests.support.polling import wait_until
+from tests.support.supervisors import wait_exit
 from watchtower import store
 from watchtower.config import load_settings
 from watchtower.models import Job, Worker
@@ -185,7 +186,7 @@ def test_pause_resume_restart_and_stop_one_worker_and_all_of_them(project: Proje
 def test_the_commands_import_neither_falcon_nor_jinja(project: Project) -> None:
     """The CLI stays out of the web layer: with falcon and jinja2 made unimportable, every command works."""
     store.connect(project.database_url)
-    blocked = project.env(PYTHONPATH=str(ROOT / "tests" / "blockers"), WT_TEST_BLOCK="falcon,jinja2")
+    blocked = project.env(PYTHONPATH=str(ROOT / "tests" / "support" / "import_blockers"), WT_TEST_BLOCK="falcon,jinja2")
     assert project.run("serve", "--port", "0", env=blocked, timeout=30).returncode != 0  # the blockers work
     for args in (["jobs", "--json"], ["failed"], ["status", "--app", "tasks", "--json"], ["workers", "--json"],
                  ["pause", "--all"], ["resume", "--all", "--json"], ["restart", "--all"], ["stop", "--all"]):

@@ -1,6 +1,6 @@
 """``watchtower supervise`` as a Dramatiq user runs it: ``watchtower supervise tasks -p 2 -t 3 -Q a -Q b``.
 
-Each test is a user's directory (tests/cli_support.py): a ``tasks.py``, no
+Each test is a user's directory (tests/support/cli_project.py): a ``tasks.py``, no
 configuration file, no PYTHONPATH, a real Redis broker under the test's own
 namespace and a real ledger.  Latencies are never asserted.
 """
@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import Project, one_error_line
-from conftest import fresh_database, wait_until
-from supervision import children, wait_exit
 
+from tests.support.cli_project import Project, one_error_line
+from tests.support.polling import wait_until
+from tests.support.servers import fresh_database
+from tests.support.supervisors import children, wait_exit
 from watchtower import store
 from watchtower.models import Job, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
@@ -196,9 +197,9 @@ def test_an_unreachable_ledger_is_one_line_and_exit_1(project: Project) -> None:
 
 
 def test_watch_without_watchfiles_says_what_to_install(project: Project, tmp_path: Path) -> None:
-    from conftest import ROOT
+    from tests.support.checkout import ROOT
 
-    blockers = ROOT / "tests" / "blockers"
+    blockers = ROOT / "tests" / "support" / "import_blockers"
     result = project.run("supervise", "tasks", "--watch", ".",
                          env=project.env(PYTHONPATH=str(blockers), WT_TEST_BLOCK="watchfiles"))
     assert result.returncode == 2

@@ -26,8 +26,8 @@ import click
 import compose_spec
 import pytest
 import yaml
-from test_prometheus_pack import promtool
 
+from tests.support.prometheus_pack import promtool
 from watchtower.config import load_settings
 from watchtower.errors import ConfigError
 

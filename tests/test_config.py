@@ -238,7 +238,7 @@ def test_every_pool_key_has_one_environment_spelling(tmp_path: Path) -> None:
         ("redact = [1, 2]\n", ["'redact'", "list of names"]),
         ("retention = 5\n", ["'retention'", "unknown setting"]),
         ("[supervisors.mail]\nqueue = [\"a\"]\n", ["'queue'", "[supervisors.mail]", "queues"]),
-        ("[supervisors.mail]\nthreads = -2\n", ["'supervisors.mail.threads'", "at least 1"]),
+        ("[supervisors.mail]\nthreads = -2\n", ["'supervisors.mail.threads'", "must be from 1 to 256, not -2"]),
         ("[supervisors.mail]\nmin_processes = 5\nmax_processes = 2\n", ["[supervisors.mail]", "min_processes (5)"]),
         ("[supervisors.mail]\nmin_processes = 5\n", ["min_processes (5) from", "watchtower.toml",
                                                        "max_processes (4) from the defaults"]),
@@ -277,7 +277,7 @@ def test_a_bad_file_value_names_the_key_and_the_file(tmp_path: Path, toml: str, 
          ["WATCHTOWER_SUPERVISORS_DEFAULT_PROCESSES", "WATCHTOWER_SUPERVISORS_<NAME>_<KEY>", "MIN_PROCESSES"]),
         ({"WATCHTOWER_SUPERVISORS_THREADS": "2"}, ["WATCHTOWER_SUPERVISORS_THREADS", "<NAME>"]),
         ({"WATCHTOWER_SUPERVISORS_DEFAULT_THREADS": "0"},
-         ["'supervisors.default.threads'", "WATCHTOWER_SUPERVISORS_DEFAULT_THREADS", "at least 1"]),
+         ["'supervisors.default.threads'", "WATCHTOWER_SUPERVISORS_DEFAULT_THREADS", "must be from 1 to 256"]),
         ({"WATCHTOWER_SUPERVISORS_DEFAULT_MIN_PROCESSES": "9"},
          ["min_processes (9) from environment variable WATCHTOWER_SUPERVISORS_DEFAULT_MIN_PROCESSES"]),
         ({"WATCHTOWER_SUPERVISORS_DEFAULT_QUEUES": " , "}, ["[supervisors.default]", "at least one queue"]),
@@ -307,7 +307,7 @@ def test_importing_reads_no_environment_and_loading_does(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    from conftest import subprocess_env
+    from tests.support.checkout import subprocess_env
 
     code = "import watchtower; print('imported'); watchtower.load_settings()"
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(WATCHTOWER_BOGUS="1"), cwd=tmp_path,

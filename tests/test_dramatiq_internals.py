@@ -20,7 +20,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries, TimeLimit
 
-from conftest import REDIS_URL, unique, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL, unique
 from watchtower import dramatiq_internals as internals
 
 DEADLINE = 30.0
@@ -450,7 +451,7 @@ def test_redis_broker_id_set_before_the_first_fetch_names_the_consumers_ack_sets
 def test_rabbitmq_proxy_keeps_the_redelivered_flag_in_its_own_dict(queue_name: str) -> None:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    from conftest import RABBITMQ_URL
+    from tests.support.servers import RABBITMQ_URL
 
     broker = RabbitmqBroker(url=RABBITMQ_URL, middleware=[])
     try:

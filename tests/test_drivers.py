@@ -3,7 +3,7 @@
 Applications bring their own drivers: psycopg 3, psycopg2 or both for
 PostgreSQL; PyMySQL, mysqlclient or both for MySQL and MariaDB.  Each case
 runs a stock ``dramatiq`` worker and a producer in processes where the other
-driver cannot be imported (``tests/blockers/sitecustomize.py``), and checks
+driver cannot be imported (``tests/support/import_blockers/sitecustomize.py``), and checks
 every row the jobs left.  With no driver at all, the URL is refused at once,
 in one line that names what to install.
 """
@@ -18,13 +18,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import REDIS_URL, ROOT, fresh_database, subprocess_env, unique, wait_until
+from tests.support.checkout import ROOT, subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL, fresh_database, unique
 from watchtower import store
+from watchtower.dialects import driver
 from watchtower.errors import DatabaseDriverError, DatabaseUnavailable, DatabaseURLError
 from watchtower.models import Job, Rollup, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
 
-BLOCKERS = ROOT / "tests" / "blockers"
+BLOCKERS = ROOT / "tests" / "support" / "import_blockers"
 COUNT = 100  # add messages; a tenth as many refuse messages, and one report_driver
 
 # (kind, modules made unimportable, the module the ledger's connections must come from)
@@ -125,7 +128,7 @@ def test_a_driver_named_in_the_url_is_the_one_used(postgres_url: str) -> None:
     chosen = postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
     db = store.connect(chosen)
     try:
-        assert store.driver(db) == "psycopg2"
+        assert driver(db) == "psycopg2"
         assert type(db.connection()).__module__.startswith("psycopg2")
     finally:
         db.close()

@@ -22,7 +22,7 @@ from dramatiq.encoder import PickleEncoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import unique
+from tests.support.servers import unique
 from watchtower import WatchtowerMiddleware, load_settings
 from watchtower.payload import BASE64_PREFIX, SendEncoder, decode_message, encode_message
 from watchtower.models import Job

@@ -1,7 +1,7 @@
 """The Grafana dashboards under grafana/: generated, complete, and true to the exporter and the rules.
 
 No Grafana runs here: these tests read the JSON as Grafana would (see
-grafana_support.py for the variable expansion) and parse every query with
+tests/support/grafana.py for the variable expansion) and parse every query with
 promql-parser.  tests/test_pack_live.py runs the same queries against a real
 Prometheus scraping a real supervisor.
 """
@@ -19,7 +19,8 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
-from grafana_support import (
+
+from tests.support.grafana import (
     ALL,
     DASHBOARDS,
     TimeRange,
@@ -31,7 +32,7 @@ from grafana_support import (
     variable_query,
     variables,
 )
-from test_prometheus_pack import alerts, exported_metrics, recorded, rules
+from tests.support.prometheus_pack import alerts, exported_metrics, recorded, rules
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"

@@ -32,10 +32,12 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import REDIS_URL, subprocess_env, wait_until
-from supervision import app_env, config, metrics_url, rows, running, start_supervisor, wait_exit
-from web_support import serve_api
 
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
+from tests.support.supervisors import app_env, config, metrics_url, rows, running, start_supervisor, wait_exit
+from tests.support.web_api import serve_api
 from watchtower import http_server, metrics_server, store
 from watchtower.config import Settings, load_settings
 from watchtower.statuses import WorkerStatus

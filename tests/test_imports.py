@@ -14,20 +14,8 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "watchtower"
-
-
-def module_names() -> dict[str, Path]:
-    names = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        names[".".join(parts)] = path
-    return names
-
+from tests.support.checkout import package_modules
 
 def _imports(node: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     """Every import under ``node``, leaving out ``if TYPE_CHECKING:`` blocks."""
@@ -47,7 +35,7 @@ def _imports_of(node: ast.AST) -> list[ast.Import | ast.ImportFrom]:
 
 def import_graph() -> dict[str, set[str]]:
     """Module -> the watchtower modules it imports."""
-    modules = module_names()
+    modules = package_modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -140,7 +128,7 @@ print("\\n".join(failed))
 
 
 def test_each_module_imports_alone() -> None:
-    modules = sorted(name for name in module_names() if not name.endswith(".__main__"))
+    modules = sorted(name for name in package_modules() if not name.endswith(".__main__"))
     result = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *modules], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", result.stdout

@@ -9,22 +9,20 @@ with WatchtowerMiddleware and checks every row the ledger wrote.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dramatiq
 import pytest
 import redis
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from conftest import RABBITMQ_URL, REDIS_URL, make_database_url, unique, wait_until
+from tests.support.brokers import open_broker
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL, make_database_url, unique
 from watchtower import WatchtowerMiddleware, load_settings, models, store
 from watchtower.clock import now_ms, to_ms
 from watchtower.models import Job, Rollup, Worker
@@ -37,36 +35,6 @@ CASES = [
     ("redis", "postgresql"),
     ("redis", "mysql"),
 ]
-
-
-@contextlib.contextmanager
-def open_broker(kind: str, namespace: str, queue: str) -> Iterator[dramatiq.Broker]:
-    """A broker of ``kind`` with Dramatiq's default middleware; RabbitMQ queues deleted after."""
-    if kind == "redis":
-        broker: dramatiq.Broker = RedisBroker(url=REDIS_URL, namespace=namespace)
-    elif kind == "rabbitmq":
-        broker = RabbitmqBroker(url=RABBITMQ_URL)
-    else:
-        broker = StubBroker()
-    try:
-        yield broker
-    finally:
-        broker.close()
-        if kind == "rabbitmq":
-            delete_rabbitmq_queues(queue)
-
-
-def delete_rabbitmq_queues(queue: str) -> None:
-    """Delete ``queue`` and its delay and dead-letter queues (only ours: the name is unique)."""
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
-    try:
-        channel = connection.channel()
-        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-            channel.queue_delete(queue=name)
-    finally:
-        connection.close()
 
 
 def recording_middleware(url: str, tmp_path: Path, worker_id: str) -> WatchtowerMiddleware:

@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 from watchtower import store
+from watchtower.dialects import dialect_of
 from watchtower.derived import read_counts
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import write_batch
@@ -92,6 +93,6 @@ def test_concurrent_upserts_of_the_same_rows_converge(database_url: str, caplog:
     by_status = collections.Counter(job.status for job in rows.values())
     assert {status: n for (q, status), n in counts.items() if q == queue} == dict(by_status)
     deadlocks = sum("deadlocked" in r.getMessage() for r in caplog.records)
-    print(f"{store.dialect(db)}: {len(everything)} events in {WRITERS * BATCHES} batches, "
+    print(f"{dialect_of(db).name}: {len(everything)} events in {WRITERS * BATCHES} batches, "
           f"{deadlocks} deadlocked transactions run again")
     db.close()

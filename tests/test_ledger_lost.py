@@ -18,7 +18,9 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from conftest import REDIS_URL, subprocess_env, wait_until
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
 from watchtower import WatchtowerMiddleware, load_settings, store
 from watchtower.ledger import mark_lost
 from watchtower.models import Job, Rollup

@@ -30,8 +30,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_database_url
+from tests.support.servers import make_database_url
 from watchtower import clock, models, store
+from watchtower.dialects import dialect_of
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import mark_lost, write_batch
 from watchtower.models import Job, LostMark, Rollup
@@ -325,7 +326,7 @@ story_lists = st.lists(plans(), min_size=1, max_size=10)
 
 def test_write_batch_converges_in_any_order(ledger_db: tuple[str, Any]) -> None:
     url, db = ledger_db
-    kind = store.dialect(db)
+    kind = dialect_of(db).name
 
     @settings(max_examples=examples(kind, 200), deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -350,7 +351,7 @@ def test_write_batch_converges_in_any_order(ledger_db: tuple[str, Any]) -> None:
 
 def test_two_recorders_at_once_converge(ledger_db: tuple[str, Any]) -> None:
     url, db = ledger_db
-    kind = store.dialect(db)
+    kind = dialect_of(db).name
     # Two recorders with their own connections, as two processes would have.
     recorders = [Recorder(url, flush_interval=0.01, batch_size=7) for _ in range(2)]
     try:

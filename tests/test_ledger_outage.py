@@ -10,103 +10,24 @@ events are missing.
 
 from __future__ import annotations
 
-import collections
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import dramatiq
 import pytest
-from dramatiq.brokers.redis import RedisBroker
 
-from conftest import REDIS_URL, make_database_url, unique, wait_until
-from watchtower import WatchtowerMiddleware, load_settings, models, store
-from watchtower.models import Job, Rollup
-from watchtower.statuses import JobStatus
+from tests.support.polling import wait_until
+from tests.support.recording import Jobs, completed, job_events_written
+from tests.support.servers import make_database_url
+from tests.support.tcp_proxy import TcpProxy
+from watchtower import models, store
+from watchtower.models import Job
 from watchtower.recorder import Recorder
 
 #: How long the database stays away (at least), while jobs keep running.
 OUTAGE_SECONDS = 4.0
-
-
-class TcpProxy:
-    """Forwards a loopback port of its own to ``target``; ``cut()`` makes the target unreachable."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.down = threading.Event()
-        self.closed = False
-        self.lock = threading.Lock()
-        self.sockets: set[socket.socket] = set()
-        self.accepted = 0
-        self.refused = 0
-        self.thread = threading.Thread(target=self._accept, name="test-proxy", daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            if self.down.is_set():
-                self.refused += 1
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            self.accepted += 1
-            with self.lock:
-                self.sockets.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._drop(source, sink)
-
-    def _drop(self, *sockets: socket.socket) -> None:
-        with self.lock:
-            for sock in sockets:
-                self.sockets.discard(sock)
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-    def cut(self) -> None:
-        """Reset every open connection and close new ones at once."""
-        self.down.set()
-        with self.lock:
-            open_sockets = list(self.sockets)
-        self._drop(*open_sockets)
-
-    def restore(self) -> None:
-        self.down.clear()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone would not
-        self.listener.close()
-        self.thread.join(timeout=5)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
@@ -127,53 +48,6 @@ def proxied_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         if models.database.obj is not None:
             models.database.obj.close()
         drop()
-
-
-class Jobs:
-    """A Redis broker, one actor that counts its runs, a worker, and the recording middleware."""
-
-    def __init__(self, namespace: str, recorder: Recorder, tmp_path: Path) -> None:
-        self.queue = unique("q")
-        self.broker = RedisBroker(url=REDIS_URL, namespace=namespace)
-        settings = load_settings(env={}, cwd=tmp_path, overrides={"heartbeat_interval": 0.2})
-        self.middleware = WatchtowerMiddleware(settings=settings, recorder=recorder, worker_id=unique("w"))
-        self.broker.add_middleware(self.middleware)
-        self.runs: collections.Counter[str] = collections.Counter()
-        lock = threading.Lock()
-
-        def work(n: int) -> None:
-            time.sleep(0.002)  # a little work, so jobs overlap
-            with lock:
-                self.runs[f"{n}"] += 1
-
-        self.actor = dramatiq.actor(work, broker=self.broker, queue_name=self.queue, actor_name="work")
-        self.broker.emit_after("process_boot")
-        self.worker = dramatiq.Worker(self.broker, worker_timeout=100, worker_threads=4)
-        self.sent: list[str] = []
-
-    def __enter__(self) -> Jobs:
-        self.worker.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.worker.stop()
-        self.broker.close()
-
-    def send(self, count: int) -> None:
-        for _ in range(count):
-            self.sent.append(self.actor.send(len(self.sent)).message_id)
-
-    def all_ran(self) -> bool:
-        return len(self.runs) == len(self.sent)
-
-
-def job_events_written(db: Any, queue: str) -> int:
-    """Job events in the ledger: every one adds one to a rollup (enqueued, started, completed)."""
-    return sum(r.count for r in Rollup.select().where(Rollup.queue == queue).execute(db))
-
-
-def completed(db: Any, ids: list[str]) -> int:
-    return Job.select().where(Job.message_id.in_(ids) & (Job.status == JobStatus.COMPLETED)).count(db)
 
 
 def ride_out_an_outage(jobs: Jobs, recorder: Recorder, proxy: TcpProxy, before: int, during: int) -> float:

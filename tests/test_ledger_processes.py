@@ -18,7 +18,9 @@ from pathlib import Path
 
 import redis
 
-from conftest import REDIS_URL, subprocess_env, wait_until
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
 from watchtower import store
 from watchtower.models import Job, Rollup, Worker
 from watchtower.statuses import JobStatus, WorkerStatus

@@ -24,9 +24,12 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from conftest import REDIS_URL, subprocess_env, unique, wait_until
-from private_postgres import PrivatePostgres
-from test_ledger_outage import Jobs, completed, job_events_written
+
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.private_servers import PrivatePostgres
+from tests.support.recording import Jobs, completed, job_events_written
+from tests.support.servers import REDIS_URL, unique
 from watchtower import models, store
 from watchtower.events import WorkerEvent
 from watchtower.models import Job, Worker

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_URL
-from supervision import write_config
 
+from tests.support.servers import REDIS_URL
+from tests.support.supervisors import write_config
 from watchtower import WorkerManager, store
 from watchtower.bus import COMMAND_TTL, supervisor_inbox_key, worker_command_key
 from watchtower.bus.redis import RedisCommandBus
@@ -70,7 +70,7 @@ def test_start_worker_refuses_bad_requests_before_sending_anything(manager: Work
         manager.start_worker("emails", supervisor="nope")
     with pytest.raises(WorkerError, match="unknown worker option 'retries'"):
         manager.start_worker("emails", {"retries": 3})
-    with pytest.raises(WorkerError, match="'memory' must be non-negative"):
+    with pytest.raises(WorkerError, match="'memory' must be from 0 to 1048576, not -1"):
         manager.start_worker("emails", {"memory": -1})
     with pytest.raises(WorkerError, match="queue must be"):
         manager.start_worker("")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,36 +12,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import subprocess_env, wait_until
+from tests.support.checkout import subprocess_env
+from tests.support.exposition import parse, promtool_check, value
+from tests.support.polling import wait_until
 from watchtower import exposition, metric_listeners, metrics_server, multiproc
 from watchtower.config import load_settings, replace
 from watchtower.errors import MetricsDirInUse, MetricsServerError
 from watchtower.events import JobEvent, Kind
-
-
-def parse(body: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """{(sample name, sorted labels): value} of an exposition."""
-    text = body.decode() if isinstance(body, bytes) else body
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
-
-
-def promtool_check(body: bytes) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: apt-get install -y --no-install-recommends prometheus"
-    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
-    assert result.returncode == 0, (result.stdout + result.stderr).decode()
-    # promtool prints lint problems and still exits 0 for some of them.
-    assert not (result.stdout + result.stderr).strip(), (result.stdout + result.stderr).decode()
 
 
 @pytest.fixture
@@ -420,7 +397,7 @@ def test_recorder_metrics_count_writes_flushes_drops_and_the_buffer(sqlite_url: 
 def test_queue_depths_as_the_broker_counts_them(kind: str, redis_namespace: str, queue_name: str, settings):
     """Two ready, one delayed, one dead-lettered; RabbitMQ gives ready and dead only."""
     import dramatiq
-    from test_ledger_brokers import open_broker
+    from tests.support.brokers import open_broker
 
     from watchtower.scrape import ScrapeSources, queue_depths_for
 

@@ -17,11 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, subprocess_env, wait_until
-from supervision import app_env, config, metrics_url, rows, running, start_supervisor
-from test_metrics_supervisor import scrape
-from test_metrics import value
 
+from tests.support.checkout import ROOT, subprocess_env
+from tests.support.exposition import scrape
+from tests.support.exposition import value
+from tests.support.polling import wait_until
+from tests.support.supervisors import app_env, config, metrics_url, rows, running, start_supervisor
 from watchtower import store
 from watchtower.models import Job
 from watchtower.statuses import JobStatus, WorkerStatus

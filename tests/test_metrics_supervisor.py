@@ -10,26 +10,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
-from supervision import app_env, config, enqueue, metrics_url, rows, running, start_supervisor, wait_exit
-from test_metrics import parse, promtool_check, value
 
+from tests.support.exposition import promtool_check, scrape, value
+from tests.support.polling import wait_until
+from tests.support.supervisors import app_env, config, enqueue, metrics_url, rows, running, start_supervisor, wait_exit
 from watchtower import store
 from watchtower.models import Job, Rollup, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def scrape(url: str) -> tuple[bytes, dict]:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        body = response.read()
-    return body, parse(body)
 
 
 def test_the_supervisor_serves_its_pool_with_restarts_and_lost_jobs(

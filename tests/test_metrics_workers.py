@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import REDIS_URL, subprocess_env, unique, wait_until
-from test_metrics import parse, promtool_check, value
+
+from tests.support.checkout import subprocess_env
+from tests.support.exposition import parse, promtool_check, value
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL, unique
 from watchtower import exposition, metric_listeners, multiproc
 from watchtower.config import load_settings, replace
 from watchtower.ledger import mark_lost
@@ -25,8 +28,8 @@ from watchtower.store import connect
 class Workers:
     """Worker processes writing into one multiprocess directory, as a supervisor's children.
 
-    ``kind`` is ``dramatiq`` (metrics_workload's own dramatiq.Worker) or
-    ``watchtower`` (``python -m watchtower worker --app metrics_workload``).
+    ``kind`` is ``dramatiq`` (apps.metrics_workload's own dramatiq.Worker) or
+    ``watchtower`` (``python -m watchtower worker --app apps.metrics_workload``).
     """
 
     def __init__(self, directory: Path, env: dict[str, str], kind: str) -> None:
@@ -39,11 +42,11 @@ class Workers:
         worker_id = worker_id or unique("w")
         env = dict(self.env, PROMETHEUS_MULTIPROC_DIR=str(self.directory), WT_APP_WORKER_ID=worker_id)
         if self.kind == "dramatiq":
-            command = [sys.executable, "-m", "metrics_workload"]
+            command = [sys.executable, "-m", "apps.metrics_workload"]
         else:
             command = [
                 sys.executable, "-m", "watchtower", "--database-url", self.env["WT_APP_DATABASE_URL"], "worker",
-                "--app", "metrics_workload", "--worker-id", worker_id, "--threads", "2", "--sleep", "0.1",
+                "--app", "apps.metrics_workload", "--worker-id", worker_id, "--threads", "2", "--sleep", "0.1",
             ]
         child = subprocess.Popen(command, env=subprocess_env(**env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True)
@@ -93,7 +96,7 @@ def workers(
     # The producer in this process imports the same app module.
     for name, text in app_env.items():
         monkeypatch.setenv(name, text)
-    sys.modules.pop("metrics_workload", None)
+    sys.modules.pop("apps.metrics_workload", None)
     group = Workers(held.path, app_env, request.param)
     try:
         yield group
@@ -101,7 +104,7 @@ def workers(
         group.close()
         held.release()
         db.close()
-        sys.modules.pop("metrics_workload", None)
+        sys.modules.pop("apps.metrics_workload", None)
 
 
 def scrape(settings, directory: Path) -> dict:
@@ -124,7 +127,7 @@ def ledger_counts(queue: str) -> dict[tuple[str, str], int]:
 
 
 def test_counters_equal_the_ledger_after_a_run_of_real_workers(workers: Workers, app_env, sqlite_url):
-    import metrics_workload as app
+    import apps.metrics_workload as app
 
     queue = app_env["WT_APP_QUEUE"]
     # The recorder counters have no labels: this process's own share may
@@ -185,7 +188,7 @@ def test_counters_equal_the_ledger_after_a_run_of_real_workers(workers: Workers,
 
 
 def test_a_killed_worker_leaves_the_in_progress_gauge_and_its_counters_stay(workers: Workers, app_env, sqlite_url):
-    import metrics_workload as app
+    import apps.metrics_workload as app
 
     settings = load_settings(overrides={"database_url": sqlite_url}, env={})
     queue = app_env["WT_APP_QUEUE"]

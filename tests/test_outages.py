@@ -30,16 +30,25 @@ from typing import Any
 import peewee
 import pytest
 import redis
-from conftest import REDIS_URL, wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from private_servers import private_postgres, private_redis
-from supervision import (
-    app_env, children, enqueue, measure, metrics_url, rows, running, start_supervisor, wait_exit, write_config,
-)
-from test_ledger_outage import TcpProxy
-from test_supervisor import stays
-from web_support import TOKEN, client
 
+from tests.support.polling import stays, wait_until
+from tests.support.private_servers import private_postgres, private_redis
+from tests.support.servers import REDIS_URL
+from tests.support.supervisors import (
+    app_env,
+    children,
+    enqueue,
+    measure,
+    metrics_url,
+    rows,
+    running,
+    start_supervisor,
+    wait_exit,
+    write_config,
+)
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.web_api import TOKEN, client
 from watchtower import WorkerManager, models, store
 from watchtower.config import load_settings
 from watchtower.errors import BusError, WorkerGone
@@ -180,7 +189,7 @@ def test_a_ledger_outage_longer_than_heartbeat_timeout_then_a_cleanup_loses_no_l
                                                   & (Job.status == JobStatus.PROCESSING)).count() == 4,
                        60, message="the long jobs to start")
 
-            pg.stop()
+            pg.crash()
             short = [uuid.uuid4().hex for _ in range(6)]  # run and end while the ledger is away
             short_ids = [enqueue(redis_namespace, queue_name, token, seconds=0.2) for token in short]
             time.sleep(OUTAGE)  # the outage itself
@@ -283,7 +292,7 @@ def test_the_first_scrape_after_an_outage_no_scrape_saw_has_the_ledgers_values(t
         sources = ScrapeSources(database_url=pg.url(), ttl=0.0)
         try:
             assert sources.reading().workers == []  # a connection is kept between scrapes
-            pg.stop()
+            pg.crash()
             pg.start()
             assert sources.reading().workers == []  # not None: values, not "left out"
         finally:
@@ -299,7 +308,7 @@ def test_the_outage_warning_counts_what_waits_in_the_process(
         try:
             recorder.record_worker(WorkerEvent("w-1", {"status": WorkerStatus.RUNNING, "last_heartbeat": now_ms()}))
             assert recorder.flush(timeout=60)
-            pg.stop()
+            pg.crash()
             at = time.time_ns() // 1000
             for n in range(300):
                 recorder.record(JobEvent(message_id=f"m-{n}", kind=Kind.ENQUEUED, attempt=1, at=at + n, queue="q",

@@ -10,7 +10,7 @@ second.
 
 On a fresh system whose jobs all succeed (a stack of its own, first), and
 then with every kind of job: as Grafana would, every panel of every dashboard has its variables
-expanded (grafana_support.py), is parsed, names only series that the real
+expanded (tests/support/grafana.py), is parsed, names only series that the real
 scrapes or the recording rules hold, and returns data from Prometheus's HTTP
 API; and killing the workers over and over makes the crash-loop alert go
 pending (see the last test for why that alert and how).
@@ -40,12 +40,14 @@ import psutil
 import pytest
 import redis
 import yaml
-from conftest import REDIS_URL, subprocess_env, unique, wait_until
-from grafana_support import ALL, TimeRange, dashboards, expand, interpolate, panels, parse_label_values, \
-    variable_query, variables
 from prometheus_client.parser import text_string_to_metric_families
-from supervision import write_config
 
+from tests.support.checkout import subprocess_env
+from tests.support.grafana import (ALL, TimeRange, dashboards, expand, interpolate, panels, parse_label_values,
+                                   variable_query, variables)
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL, unique
+from tests.support.supervisors import write_config
 from watchtower import store
 from watchtower.models import Job, Worker
 from watchtower.statuses import JobStatus

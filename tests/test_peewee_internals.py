@@ -20,7 +20,7 @@ import peewee
 import pymysql
 import pytest
 
-from conftest import fresh_database
+from tests.support.servers import fresh_database
 from watchtower.store import connect
 
 

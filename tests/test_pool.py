@@ -49,12 +49,13 @@ def test_worker_options_are_checked_by_name_kind_and_range() -> None:
     assert check_options(None) == {}
     bad = [
         ({"retries": 1}, "unknown worker option 'retries'"),
-        ({"timeout": -1}, "'timeout' must be non-negative"),
-        ({"threads": 0}, "'threads' must be at least 1"),
+        ({"timeout": -1}, "'timeout' must be from 0 to 604800, not -1"),
+        ({"threads": 0}, "'threads' must be from 1 to 256, not 0"),
+        ({"threads": 2.0}, "'threads' must be a whole number from 1 to 256, not 2.0"),
         ({"tries": 1.5}, "'tries' must be a whole number"),
         ({"sleep": "3"}, "'sleep' must be a number"),
-        ({"memory": True}, "'memory' must be a number"),
-        ({"rest": float("nan")}, "'rest' must be a finite number"),
+        ({"memory": True}, "'memory' must be a whole number from 0 to 1048576, not True"),
+        ({"rest": float("nan")}, "'rest' must be a number from 0 to 3600, not nan"),
         (["tries"], "must be a mapping"),
     ]
     for options, message in bad:

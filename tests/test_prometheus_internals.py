@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import subprocess_env
+from tests.support.checkout import subprocess_env
 from watchtower import prometheus_internals as internals
 
 # Run in a child with PROMETHEUS_MULTIPROC_DIR set: the library writes a few values; prints its pid.

@@ -16,16 +16,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fill import completed_job_events, insert_jobs, job_row
 
+from tests.support.checkout import subprocess_env
+from tests.support.ledger_fill import completed_job_events, insert_jobs, job_row
+from tests.support.polling import wait_until
 from watchtower import Recorder, derived, store
 from watchtower.cli import cli
 from watchtower.clock import now_ms
 from watchtower.models import HourlyRollup, Job, LostMark, Rollup, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
-from watchtower.prune import DAY_MS, Retention, plan, prune
-
-from conftest import subprocess_env, wait_until
+from watchtower.clock import DAY_MS
+from watchtower.retention import Retention, plan, prune
 
 
 def _remaining(status: str | None = None) -> set[str]:
@@ -41,7 +42,7 @@ def _statuses() -> dict[str, int]:
 
 def _batches_of(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
     """Prune batches that start at ``rows`` rows and never go below (with a tiny batch_seconds, all of them)."""
-    import watchtower.prune as prune_module
+    import watchtower.retention.engine as prune_module
 
     monkeypatch.setattr(prune_module, "FIRST_BATCH", rows)
     monkeypatch.setattr(prune_module, "MIN_BATCH", rows)

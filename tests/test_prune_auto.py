@@ -9,17 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fill import insert_jobs, job_row
 
+from tests.support.ledger_fill import insert_jobs, job_row
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
 from watchtower import store
 from watchtower.config import Settings
 from watchtower.lease import acquire, free_at
 from watchtower.clock import now_ms
 from watchtower.models import Job
 from watchtower.statuses import JobStatus
-from watchtower.prune import DAY_MS, LEASE_NAME, AutoPruner, PruneResult, Retention, prune, prune_if_due
+from watchtower.clock import DAY_MS
+from watchtower.retention import AutoPruner, PruneResult, Retention, prune, prune_if_due
+from watchtower.retention.auto import LEASE_NAME
 
-from conftest import REDIS_URL, wait_until
 
 AUTO = Settings(retention_auto=True, retention_interval=0.0)
 
@@ -165,7 +168,7 @@ def test_the_auto_pruner_prunes_in_the_background_and_reports_once(sqlite_url: s
 
 
 def test_a_prune_stops_when_told_to_between_batches(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import watchtower.prune as prune_module
+    import watchtower.retention.engine as prune_module
 
     monkeypatch.setattr(prune_module, "FIRST_BATCH", 100)
     db = store.connect(sqlite_url)
@@ -180,7 +183,7 @@ def test_a_prune_stops_when_told_to_between_batches(sqlite_url: str, monkeypatch
 def test_a_running_supervisor_trims_the_ledger_on_schedule(
     tmp_path: Path, sqlite_url: str, redis_namespace: str
 ) -> None:
-    from supervision import running, start_supervisor, wait_exit, write_config
+    from tests.support.supervisors import running, start_supervisor, wait_exit, write_config
 
     db = store.connect(sqlite_url)
     _expired(db, 2_000)

@@ -29,9 +29,10 @@ from typing import Any
 import psutil
 import pytest
 import redis
-from conftest import REDIS_URL, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
 from watchtower import store
 from watchtower.models import Job
 from watchtower.statuses import JobStatus

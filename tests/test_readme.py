@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, subprocess_env
-
+from tests.support.checkout import ROOT, subprocess_env
 from watchtower.config import KEYS, env_name
 
 

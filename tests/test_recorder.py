@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -15,26 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_database_url, subprocess_env, unique, wait_until
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.recording import enqueued, refused_url
+from tests.support.servers import make_database_url, unique
 from watchtower import models, store
-from watchtower.events import JobEvent, Kind, WorkerEvent
-from watchtower.clock import now_ms
+from watchtower.events import WorkerEvent
 from watchtower.models import Job, Rollup, Worker
 from watchtower.recorder import Recorder
-
-
-def enqueued(message_id: str, queue: str = "default") -> JobEvent:
-    at = now_ms()
-    return JobEvent(message_id=message_id, kind=Kind.ENQUEUED, attempt=1, at=at * 1000, queue=queue,
-                    actor="act", connection="redis", queued_at=at, payload="{}")
-
-
-def refused_url() -> str:
-    """A PostgreSQL URL whose port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"postgresql://postgres@127.0.0.1:{port}/nowhere?connect_timeout=1"
 
 
 def drop_reports(caplog: pytest.LogCaptureFixture) -> list[int]:

@@ -21,14 +21,16 @@ import peewee
 import psycopg
 import pytest
 
-from conftest import REDIS_URL, subprocess_env, unique, wait_until
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL, unique
+from tests.support.web_api import client, web_settings
 from watchtower import store
 from watchtower.models import Job, Worker
 from watchtower.statuses import JobStatus
 from watchtower.multiproc import read_metrics
 from watchtower.recorder import is_outage
 from watchtower.web import create_app
-from web_support import client, web_settings
 
 COUNT = 20
 

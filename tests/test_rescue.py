@@ -19,7 +19,8 @@ import redis
 from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAINTENANCE_CHANCE, RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from conftest import REDIS_URL, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
 from watchtower import dramatiq_internals as internals
 from watchtower import store
 from watchtower.events import PHASE_STARTED
@@ -214,8 +215,8 @@ def test_a_rescuer_finds_the_broker_by_importing_the_app(monkeypatch: pytest.Mon
     monkeypatch.setenv("WT_TEST_NAMESPACE", redis_namespace)
     # The app sets Dramatiq's global broker: put it back afterwards, and forget the module.
     monkeypatch.setattr(dramatiq.broker, "global_broker", dramatiq.broker.global_broker)
-    monkeypatch.delitem(sys.modules, "apps.rescue_app", raising=False)
-    rescuer = Rescuer(app="apps.rescue_app")
+    monkeypatch.delitem(sys.modules, "apps.sup_app", raising=False)
+    rescuer = Rescuer(app="apps.sup_app")
     rescuer.start()
     broker = rescuer.broker(wait=30)
     assert isinstance(broker, RedisBroker) and rescuer.kind == "redis"

@@ -1,6 +1,6 @@
 """Rescue and the poison guard with real supervisors, workers and brokers at their DEFAULT settings.
 
-The app (tests/apps/rescue_app.py) builds its Redis broker with Dramatiq's
+The app (tests/apps/sup_app.py) builds its Redis broker with Dramatiq's
 defaults (heartbeat timeout 60 s, maintenance on 1 in 1000 commands), so the
 broker's own redelivery of a dead worker's messages takes a minute or more:
 a job that runs again within the deadlines below was put back by its
@@ -25,11 +25,23 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
-from conftest import RABBITMQ_URL, REDIS_URL, subprocess_env, wait_until
-from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, RedisBroker
+from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT
 from prometheus_client.parser import text_string_to_metric_families
-from supervision import children, config, metrics_url, pid_gone, rows, running, start_supervisor, write_config
 
+from tests.support.brokers import open_broker, rabbitmq_count
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import RABBITMQ_URL, REDIS_URL
+from tests.support.supervisors import (
+    children,
+    config,
+    metrics_url,
+    pid_gone,
+    rows,
+    running,
+    start_supervisor,
+    write_config,
+)
 from watchtower import dramatiq_internals as internals
 from watchtower import store
 from watchtower.models import Job, Rollup, Worker
@@ -63,41 +75,9 @@ def runs(namespace: str, token: str) -> int:
 @contextlib.contextmanager
 def producer(kind: str, namespace: str, queue: str) -> Iterator[dramatiq.Broker]:
     """A broker to send the app's messages with (no middleware: the workers record them)."""
-    if kind == "redis":
-        broker: dramatiq.Broker = RedisBroker(url=REDIS_URL, namespace=namespace, middleware=[])
-    else:
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        broker = RabbitmqBroker(url=RABBITMQ_URL, middleware=[])
-    broker.declare_queue(queue)
-    try:
+    with open_broker(kind, namespace, queue, middleware=[]) as broker:
+        broker.declare_queue(queue)
         yield broker
-    finally:
-        broker.close()
-        if kind == "rabbitmq":
-            delete_rabbitmq_queues(queue)
-
-
-def delete_rabbitmq_queues(queue: str) -> None:
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
-    try:
-        channel = connection.channel()
-        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-            channel.queue_delete(queue=name)
-    finally:
-        connection.close()
-
-
-def rabbitmq_count(queue: str) -> int:
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
-    try:
-        return int(connection.channel().queue_declare(queue=queue, passive=True).method.message_count)
-    finally:
-        connection.close()
 
 
 def send(broker: dramatiq.Broker, queue: str, actor: str, *args: Any) -> dramatiq.Message:
@@ -125,7 +105,7 @@ def test_the_jobs_of_a_worker_killed_with_sigkill_run_again_at_once(
     tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str, kind: str
 ) -> None:
     assert DEFAULT_HEARTBEAT_TIMEOUT == 60_000  # what the app's Redis broker keeps
-    path = config(tmp_path, sqlite_url, redis_namespace, app="apps.rescue_app", queues=[queue_name],
+    path = config(tmp_path, sqlite_url, redis_namespace, app="apps.sup_app", queues=[queue_name],
                   min_processes=2, threads=2)
     store.connect(sqlite_url)
     log = tmp_path / "supervisor.log"
@@ -167,7 +147,7 @@ def test_the_jobs_of_a_worker_killed_with_sigkill_run_again_at_once(
 def test_a_hung_worker_is_killed_before_its_jobs_go_back(
     tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str
 ) -> None:
-    path = config(tmp_path, sqlite_url, redis_namespace, app="apps.rescue_app", queues=[queue_name],
+    path = config(tmp_path, sqlite_url, redis_namespace, app="apps.sup_app", queues=[queue_name],
                   min_processes=2, threads=2)
     path.write_text(path.read_text().replace("heartbeat_timeout = 10.0", "heartbeat_timeout = 4.0"))
     store.connect(sqlite_url)
@@ -198,11 +178,11 @@ def test_a_killed_workers_jobs_go_back_while_the_ledger_is_down(
 ) -> None:
     import peewee
     import psycopg
-    from conftest import POSTGRES_ADMIN
+    from tests.support.servers import POSTGRES_ADMIN
 
     from watchtower.store import check_database_url
 
-    path = config(tmp_path, postgres_url, redis_namespace, app="apps.rescue_app", queues=[queue_name],
+    path = config(tmp_path, postgres_url, redis_namespace, app="apps.sup_app", queues=[queue_name],
                   min_processes=2, threads=2)
     db = store.connect(postgres_url)
     admin = check_database_url(POSTGRES_ADMIN)
@@ -257,7 +237,7 @@ def test_only_a_supervised_worker_names_its_consumers_by_its_id(
     heartbeats = internals.heartbeats_key(redis_namespace)
     for worker_id, supervised in ((f"by-hand-{uuid.uuid4().hex[:6]}", False), (f"sup-{uuid.uuid4().hex[:6]}", True)):
         command = [sys.executable, "-m", "watchtower", "--database-url", sqlite_url, "worker", queue_name,
-                   "--app", "apps.rescue_app", "--worker-id", worker_id, "--sleep", "0.2"]
+                   "--app", "apps.sup_app", "--worker-id", worker_id, "--sleep", "0.2"]
         if supervised:
             command += ["--parent-pid", str(os.getpid())]
         log = tmp_path / f"{worker_id}.log"
@@ -296,7 +276,7 @@ def test_the_jobs_of_a_dead_hosts_workers_are_rescued_by_another_host_after_hear
     table = {"queues": [queue_name], "min_processes": 1, "max_processes": 2, "threads": 1, "timeout": 60,
              "memory": 1024, "sleep": 0.2}
     path = write_config(
-        tmp_path / "watchtower.toml", app="apps.rescue_app", database_url=postgres_url, command_bus="redis",
+        tmp_path / "watchtower.toml", app="apps.sup_app", database_url=postgres_url, command_bus="redis",
         redis_url=REDIS_URL, redis_prefix=redis_namespace, heartbeat_timeout=10.0, **{"http.port": 0},
         supervisors={"a": table, "b": table},
     )
@@ -352,7 +332,7 @@ def given_up_total(url: str, queue: str, actor: str) -> float | None:
 def test_a_job_that_kills_its_worker_is_given_up_after_max_lost_while_the_others_complete(
     tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str, kind: str
 ) -> None:
-    path = config(tmp_path, sqlite_url, redis_namespace, app="apps.rescue_app", queues=[queue_name],
+    path = config(tmp_path, sqlite_url, redis_namespace, app="apps.sup_app", queues=[queue_name],
                   min_processes=2, threads=2)
     store.connect(sqlite_url)
     log = tmp_path / "supervisor.log"

@@ -18,13 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env, wait_until
-from test_recorder import enqueued, refused_url
+
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.recording import enqueued, refused_url
 from watchtower import store
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.models import Job, Rollup, Worker
 from watchtower.recorder import Recorder
-from watchtower.spool import HEADER_SIZE, SpoolError, SpoolFile, encode_batch, ensure_directory, orphans, spool_directory
+from watchtower.errors import SpoolError
+from watchtower.spool import HEADER_SIZE, SpoolFile, encode_batch, ensure_directory, orphans, spool_directory
 
 
 def events(prefix: str, count: int) -> list[JobEvent]:
@@ -172,7 +175,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from watchtower.spool import SpoolFile
-from test_recorder import enqueued
+from tests.support.recording import enqueued
 spool = SpoolFile.create(Path(sys.argv[1]), max_bytes=10**7)
 spool.append([([enqueued("held-0")], [])])
 print(spool.path, flush=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env
-from fill import as_version_1
+from tests.support.checkout import subprocess_env
+from tests.support.ledger_fill import as_version_1
 from watchtower import clock, models, store
 from watchtower.errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 from watchtower.events import JobEvent, Kind, WorkerEvent
@@ -164,7 +164,6 @@ def test_find_looks_on_every_day_that_has_jobs(sqlite_url: str) -> None:
     db.close()
 
 
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_actor_names_walks_every_distinct_name_once(kind: str, request: pytest.FixtureRequest) -> None:
     db = store.connect(request.getfixturevalue(f"{'sqlite' if kind == 'sqlite' else 'postgres'}_url"))
@@ -184,8 +183,9 @@ def test_actor_names_walks_every_distinct_name_once(kind: str, request: pytest.F
 CONNECT = """
 import sys
 from watchtower import store
+from watchtower.dialects import dialect_of
 db = store.connect(sys.argv[1])
-print(store.dialect(db))
+print(dialect_of(db).name)
 """
 
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from web_support import client, web_settings
 
+from tests.support.web_api import client, web_settings
 from watchtower import store
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import write_batch

@@ -20,12 +20,24 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import REDIS_URL, subprocess_env, wait_until
-from supervision import (
-    app_env, children, config, enqueue, enqueue_grow, measure, pid_gone, rows, running, start_supervisor, wait_exit,
+
+from tests.support.checkout import subprocess_env
+from tests.support.polling import stays, wait_until
+from tests.support.servers import REDIS_URL
+from tests.support.supervisors import (
+    app_env,
+    children,
+    config,
+    enqueue,
+    enqueue_grow,
+    measure,
+    pid_gone,
+    rows,
+    running,
+    start_supervisor,
+    wait_exit,
     write_config,
 )
-
 from watchtower import WorkerManager, store
 from watchtower.config import load_settings
 from watchtower.models import Job, Rollup, Worker
@@ -167,16 +179,6 @@ def child_pids(sup: Any) -> set[int]:
 
 def row_with(worker_id: str, *statuses: str) -> Worker | None:
     return Worker.get_or_none((Worker.worker_id == worker_id) & Worker.status.in_(statuses))
-
-
-def stays(predicate: Any, seconds: float) -> bool:
-    """``predicate`` holds throughout ``seconds`` (a negative can only be watched for a while)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if not predicate():
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @pytest.mark.parametrize("bus", ["redis", "database"])
@@ -453,13 +455,12 @@ def test_a_worker_that_grows_past_its_memory_limit_is_replaced_and_its_reason_ke
         assert rows("default", WorkerStatus.CRASHLOOPING) == []
 
 
-
 def test_the_pool_keeps_healing_while_the_ledger_is_down_and_records_it_afterwards(
     tmp_path: Path, postgres_url: str, redis_namespace: str, queue_name: str
 ) -> None:
     import peewee
     import psycopg
-    from conftest import POSTGRES_ADMIN
+    from tests.support.servers import POSTGRES_ADMIN
 
     from watchtower.store import check_database_url
 

@@ -26,7 +26,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
 
-from conftest import REDIS_URL, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
 from watchtower import WatchtowerMiddleware, load_settings, store
 from watchtower.events import JobEvent, Kind
 from watchtower.models import Job

@@ -13,9 +13,10 @@ import falcon
 import falcon.testing
 import httpx
 import pytest
-from conftest import REDIS_URL, subprocess_env
-from web_support import AUTH, TOKEN, serve_api, web_settings
 
+from tests.support.checkout import subprocess_env
+from tests.support.servers import REDIS_URL
+from tests.support.web_api import AUTH, TOKEN, serve_api, web_settings
 from watchtower import store
 from watchtower.web import create_app
 from watchtower.web.system import openapi_document

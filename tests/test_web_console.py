@@ -1,7 +1,7 @@
 """The console's pages and forms through the real WSGI app: who gets in, forgery refused,
 what the pages show (the API's data, redacted), what the actions do and say.
 
-The browser here is a cookie-keeping test client (tests/console_support.py);
+The browser here is a cookie-keeping test client (tests/support/console_client.py);
 tests/test_web_console_browser.py drives a real chromium against real workers.
 """
 
@@ -21,12 +21,13 @@ import falcon
 import falcon.testing
 import pytest
 import redis
-from conftest import REDIS_URL, ROOT
-from console_support import BROWSER_ACCEPT, CONSOLE, Browser, csrf_of, text_of
 from dramatiq.brokers.redis import RedisBroker
-from test_web_host_auth import log_in, start_host  # noqa: F401  (start_host is a fixture)
-from web_support import AUTH, TOKEN, seed_job, table_fingerprint, web_settings
 
+from tests.support.checkout import ROOT
+from tests.support.console_client import BROWSER_ACCEPT, CONSOLE, Browser, console_app, csrf_of, logged_in, text_of
+from tests.support.host_apps import log_in
+from tests.support.servers import REDIS_URL
+from tests.support.web_api import AUTH, TOKEN, seed_job, table_fingerprint, web_settings
 from watchtower import store
 from watchtower.bus import supervisor_inbox_key
 from watchtower.config import load_settings
@@ -52,16 +53,6 @@ def broker(redis_namespace: str) -> Iterator[RedisBroker]:
     broker = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
     yield broker
     broker.close()
-
-
-def console_app(ledger: str, namespace: str, broker: RedisBroker | None = None, **settings: Any) -> falcon.App:
-    return create_app(web_settings(ledger, namespace, **settings), broker=broker)
-
-
-def logged_in(app: falcon.App) -> Browser:
-    browser = Browser(app)
-    assert browser.log_in(TOKEN).status_code == 303
-    return browser
 
 
 def seed_worker(worker_id: str = "host-1-100", status: str = WorkerStatus.RUNNING, **fields: Any) -> None:
@@ -604,8 +595,8 @@ def test_a_supervisor_serves_the_console_beside_its_metrics(
     tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str
 ) -> None:
     import httpx
-    from conftest import wait_until
-    from supervision import app_env, config, metrics_url, rows, running, start_supervisor
+    from tests.support.polling import wait_until
+    from tests.support.supervisors import app_env, config, metrics_url, rows, running, start_supervisor
 
     path = config(tmp_path, sqlite_url, redis_namespace, queues=[queue_name], min_processes=1)
     db = store.connect(sqlite_url)

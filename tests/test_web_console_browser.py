@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, unique, wait_until
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
-from web_support import DEADLINE, TOKEN, ServedAPI, World, serve_api, world  # noqa: F401 (fixture)
 
+from tests.support.checkout import ROOT
+from tests.support.lab import Lab
+from tests.support.polling import DEADLINE
+from tests.support.servers import unique
+from tests.support.web_api import TOKEN, ServedAPI, serve_api
 from watchtower.models import Job
 from watchtower.statuses import JobStatus, WorkerStatus
 
@@ -52,9 +55,9 @@ def chromium(playwright: Playwright) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def served(world: World) -> Iterator[ServedAPI]:
+def served(lab: Lab) -> Iterator[ServedAPI]:
     """``watchtower serve`` with a token, retrying through the test app's broker."""
-    server = serve_api(world.env(WATCHTOWER_API_TOKEN=TOKEN), "--app", "apps.web")
+    server = serve_api(lab.environment(WATCHTOWER_API_TOKEN=TOKEN), "--app", "apps.web")
     yield server
     assert server.stop() == 0
 
@@ -118,15 +121,15 @@ def tile(page: Page, selector: str) -> Any:
 
 
 def test_log_in_see_the_workers_counts_open_a_failure_and_retry_it(
-    world: World, served: ServedAPI, context: BrowserContext, shots: Shots
+    lab: Lab, served: ServedAPI, context: BrowserContext, shots: Shots
 ) -> None:
-    _, worker_id = world.start_worker()
-    done = [world.send("work", unique("t")) for _ in range(3)]
+    _, worker_id = lab.start(lab.queue, app="apps.web")
+    done = [lab.send("work", unique("t")) for _ in range(3)]
     token = unique("t")
-    failed_id = world.send("flaky", token, password=SECRET)
+    failed_id = lab.send("flaky", token, password=SECRET)
     for message_id in done:
-        world.job(message_id, JobStatus.COMPLETED)
-    world.job(failed_id, JobStatus.FAILED)
+        lab.wait_job(message_id, JobStatus.COMPLETED)
+    lab.wait_job(failed_id, JobStatus.FAILED)
 
     page = context.new_page()
     watched = Watched(page, served.base_url)
@@ -137,9 +140,9 @@ def test_log_in_see_the_workers_counts_open_a_failure_and_retry_it(
     expect(tile(page, '[data-stat="throughput"]')).to_have_text("4")
     expect(tile(page, '[data-worker-status="running"]')).to_have_text("1")
     # The broker's own count: the failed message is its one dead letter.
-    expect(page.locator(f'tr[data-queue="{world.queue}"] [data-depth="dead"]')).to_have_text("1")
+    expect(page.locator(f'tr[data-queue="{lab.queue}"] [data-depth="dead"]')).to_have_text("1")
     # The dashboard refreshes itself: a job finished now shows without a reload.
-    world.job(world.send("work", unique("t")), JobStatus.COMPLETED)
+    lab.wait_job(lab.send("work", unique("t")), JobStatus.COMPLETED)
     expect(tile(page, '[data-status="completed"]')).to_have_text("4")
     shots.take(page, "dashboard", full_page=True)
 
@@ -156,10 +159,10 @@ def test_log_in_see_the_workers_counts_open_a_failure_and_retry_it(
     expect(page.locator("#job-facts")).to_contain_text(worker_id)
     shots.take(page, "job", full_page=True)
 
-    world.redis.set(f"{world.namespace}:t:fixed:{token}", 1)
+    lab.redis.set(f"{lab.namespace}:t:fixed:{token}", 1)
     page.get_by_role("button", name="Retry", exact=True).click()
     outcome = page.locator("#outcome")
-    expect(outcome).to_contain_text(f"Job {failed_id} was sent again to queue {world.queue} as job")
+    expect(outcome).to_contain_text(f"Job {failed_id} was sent again to queue {lab.queue} as job")
     new_id = Job.get(Job.message_id == failed_id).retried_by
     assert new_id is not None
     expect(page.locator("#retried-by")).to_have_text(new_id)  # the page's live part refreshed
@@ -168,8 +171,8 @@ def test_log_in_see_the_workers_counts_open_a_failure_and_retry_it(
     expect(page.locator("#retried-from")).to_have_text(failed_id)
     # Pending or running when the page opened; the page refreshes until it completes.
     expect(page.locator("#job-status")).to_have_text("completed")
-    assert world.job(new_id, JobStatus.COMPLETED).retried_from == failed_id
-    assert world.trace(f"runs:{token}") == 2
+    assert lab.wait_job(new_id, JobStatus.COMPLETED).retried_from == failed_id
+    assert lab.runs(token) == 2
 
     page.goto(f"{served.base_url}/watchtower/console/jobs?search=flaky")
     expect(page.get_by_role("link", name=new_id)).to_be_visible()
@@ -179,30 +182,30 @@ def test_log_in_see_the_workers_counts_open_a_failure_and_retry_it(
 
 
 def test_pause_and_resume_a_worker_and_see_its_row_change(
-    world: World, served: ServedAPI, context: BrowserContext, shots: Shots
+    lab: Lab, served: ServedAPI, context: BrowserContext, shots: Shots
 ) -> None:
-    _, worker_id = world.start_worker()
-    world.worker(worker_id, WorkerStatus.RUNNING)
-    world.job(world.send("work", unique("t")), JobStatus.COMPLETED)
+    _, worker_id = lab.start(lab.queue, app="apps.web")
+    lab.wait_status(worker_id, WorkerStatus.RUNNING)
+    lab.wait_job(lab.send("work", unique("t")), JobStatus.COMPLETED)
     page = context.new_page()
     log_in(page, served)
     page.get_by_role("link", name="Workers").first.click()
     row = page.locator(f'tr[data-worker="{worker_id}"]')
     expect(row).to_have_attribute("data-status", "running")
-    expect(row).to_contain_text(world.queue)
+    expect(row).to_contain_text(lab.queue)
     shots.take(page, "workers")
 
     row.get_by_role("button", name="Pause").click()
     expect(page.locator("#outcome")).to_contain_text(f"Worker {worker_id} was told to pause")
     expect(row).to_have_attribute("data-status", "paused")
     expect(row.get_by_role("button", name="Resume")).to_be_visible()
-    assert world.worker(worker_id, WorkerStatus.PAUSED)
+    assert lab.wait_status(worker_id, WorkerStatus.PAUSED)
 
     row.get_by_role("button", name="Resume").click()
     expect(page.locator("#outcome")).to_contain_text(f"Worker {worker_id} was told to resume")
     expect(row).to_have_attribute("data-status", "running")
-    waiting = world.send("work", unique("t"))
-    assert world.job(waiting, JobStatus.COMPLETED).worker_id == worker_id
+    waiting = lab.send("work", unique("t"))
+    assert lab.wait_job(waiting, JobStatus.COMPLETED).worker_id == worker_id
 
 
 class _AttackerPage(http.server.BaseHTTPRequestHandler):
@@ -223,11 +226,11 @@ class _AttackerPage(http.server.BaseHTTPRequestHandler):
 
 
 def test_another_sites_form_posted_with_the_session_cookie_is_refused(
-    world: World, served: ServedAPI, context: BrowserContext
+    lab: Lab, served: ServedAPI, context: BrowserContext
 ) -> None:
-    world.start_worker()
-    failed_id = world.send("flaky", unique("t"))
-    world.job(failed_id, JobStatus.FAILED)
+    lab.start(lab.queue, app="apps.web")
+    failed_id = lab.send("flaky", unique("t"))
+    lab.wait_job(failed_id, JobStatus.FAILED)
     page = context.new_page()
     log_in(page, served)
     retry = f"{served.base_url}/watchtower/console/failed/{failed_id}/retry"
@@ -264,10 +267,10 @@ def test_another_sites_form_posted_with_the_session_cookie_is_refused(
 
 
 def test_the_pages_work_with_the_keyboard_and_on_a_phone(
-    world: World, served: ServedAPI, chromium: Browser, shots: Shots
+    lab: Lab, served: ServedAPI, chromium: Browser, shots: Shots
 ) -> None:
-    world.start_worker()
-    world.job(world.send("flaky", unique("t")), JobStatus.FAILED)
+    lab.start(lab.queue, app="apps.web")
+    lab.wait_job(lab.send("flaky", unique("t")), JobStatus.FAILED)
     phone = chromium.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
                                  has_touch=True)
     phone.set_default_timeout(WAIT_MS)

@@ -9,107 +9,16 @@ process of its own, on a SQLite ledger that the test fills.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
-from conftest import REDIS_URL, subprocess_env
-from web_support import DEADLINE, TOKEN, seed_job, web_settings
 
+from tests.support.host_apps import HOSTS, Host, log_in
+from tests.support.web_api import TOKEN, seed_job, web_settings
 from watchtower import store
 from watchtower.models import Job
 from watchtower.statuses import JobStatus
-
-#: name -> (server kind, app); Django under both.
-HOSTS = {
-    "flask": ("wsgi", "apps.host_flask:app"),
-    "django-wsgi": ("wsgi", "apps.host_django:wsgi_app"),
-    "django-asgi": ("asgi", "apps.host_django:asgi_app"),
-    "starlette": ("asgi", "apps.host_starlette:app"),
-    "fastapi": ("asgi", "apps.host_fastapi:app"),
-}
-
-@dataclass
-class Host:
-    """A host app being served; each visitor is a browser of its own (its own cookies)."""
-
-    base_url: str
-    clients: list[httpx.Client] = field(default_factory=list)
-
-    def visitor(self) -> httpx.Client:
-        http = httpx.Client(base_url=self.base_url, timeout=DEADLINE)
-        self.clients.append(http)
-        return http
-
-
-@pytest.fixture
-def start_host(request: pytest.FixtureRequest, sqlite_url: str, redis_namespace: str, queue_name: str,
-               tmp_path: Path) -> Iterator[Callable[..., Host]]:
-    """Serves the host app that the test's ``host`` parameter names, on the test's SQLite ledger."""
-    db = store.connect(sqlite_url)
-    started: list[tuple[subprocess.Popen[str], Host]] = []
-    log = tmp_path / "host.log"
-
-    def start(**env: str) -> Host:
-        kind, target = HOSTS[request.node.callspec.params["host"]]
-        with log.open("w") as errors:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "apps.serve_host", kind, target],
-                env=subprocess_env(
-                    WATCHTOWER_DATABASE_URL=sqlite_url, WATCHTOWER_COMMAND_BUS="redis",
-                    WATCHTOWER_REDIS_URL=REDIS_URL, WATCHTOWER_REDIS_PREFIX=redis_namespace,
-                    WATCHTOWER_APP="apps.web",  # the broker that retries go to
-                    WT_TEST_NAMESPACE=redis_namespace, WT_TEST_REDIS=REDIS_URL, WT_TEST_QUEUE=queue_name,
-                    WT_TEST_DJANGO_DB=str(tmp_path / "django.db"), **env,
-                ),
-                cwd=tmp_path, stdout=subprocess.PIPE, stderr=errors, text=True,
-            )
-        host = Host(_listening_on(process, log))
-        started.append((process, host))
-        return host
-
-    yield start
-    for process, host in started:
-        for http in host.clients:
-            http.close()
-        process.terminate()
-        try:
-            process.wait(timeout=DEADLINE)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if log.exists():
-        print(log.read_text()[-3000:])
-    db.close()
-
-
-def _listening_on(process: subprocess.Popen[str], log: Path) -> str:
-    """The base URL that apps.serve_host prints, within the deadline."""
-    assert process.stdout is not None
-    stdout = process.stdout
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(DEADLINE)
-    if not line or not line[0].startswith("listening on "):
-        process.kill()
-        process.wait()
-        raise AssertionError(f"the host app did not start:\n{log.read_text()}")
-    return line[0].split()[-1]
-
-
-def log_in(http: httpx.Client, user: str, password: str) -> httpx.Response:
-    """The host's own login form (Django's wants the CSRF token that the form's page set as a cookie)."""
-    assert http.get("/login").status_code == 200
-    form = {"username": user, "password": password}
-    if "csrftoken" in http.cookies:
-        form["csrfmiddlewaretoken"] = http.cookies["csrftoken"]
-    return http.post("/login", data=form)
 
 
 def retried_by(job: Job) -> str | None:
@@ -197,7 +106,6 @@ def test_with_a_token_the_host_login_is_a_second_way_in(start_host: Callable[...
     # The hook refuses bob a delete, and he has no token.
     assert bob.delete(f"/watchtower/failed/{failed.message_id}").status_code == 401
     assert Job.get_or_none(Job.id == failed.id) is not None
-
 
 
 @pytest.mark.parametrize("host", ["flask", "starlette"])

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from web_support import client, seed_job, seed_many, table_fingerprint, web_settings
 
+from tests.support.web_api import client, seed_job, seed_many, table_fingerprint, web_settings
 from watchtower import store
 from watchtower.models import Job
 from watchtower.statuses import JobStatus

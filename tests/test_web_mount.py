@@ -9,8 +9,8 @@ from typing import Any
 
 import falcon.testing
 import pytest
-from web_support import AUTH, seed_job, web_settings
 
+from tests.support.web_api import AUTH, seed_job, web_settings
 from watchtower import store
 from watchtower.statuses import JobStatus
 from watchtower.web import create_app

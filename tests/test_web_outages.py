@@ -9,10 +9,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import POSTGRES_ADMIN
 from dramatiq.brokers.redis import RedisBroker
-from web_support import client, seed_job, table_fingerprint, web_settings
 
+from tests.support.servers import POSTGRES_ADMIN
+from tests.support.web_api import client, seed_job, table_fingerprint, web_settings
 from watchtower import store
 from watchtower.models import Job
 from watchtower.statuses import JobStatus

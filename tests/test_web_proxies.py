@@ -21,11 +21,13 @@ import falcon.testing
 import httpx
 import pytest
 
-from conftest import REDIS_URL, subprocess_env, wait_until
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
+from tests.support.web_api import serve_api
 from watchtower import load_settings, store
 from watchtower.errors import ConfigError
 from watchtower.web import create_app
-from web_support import serve_api
 
 
 class LoopbackClient(falcon.testing.TestClient):

@@ -13,29 +13,31 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import unique
-from web_support import DEADLINE, AUTH, TOKEN, World, client, seed_job, serve_api, web_settings, world  # noqa: F401 (fixture)
 
+from tests.support.lab import Lab
+from tests.support.polling import DEADLINE
+from tests.support.servers import unique
+from tests.support.web_api import AUTH, TOKEN, client, seed_job, serve_api, web_settings
 from watchtower.models import Job
 from watchtower.statuses import JobStatus
 from watchtower.web import create_app
 
 
 @pytest.mark.parametrize("transport", ["wsgi", "http"])
-def test_retrying_a_failed_job_runs_it_again_and_links_both_records(world: World, transport: str) -> None:
-    world.start_worker()
+def test_retrying_a_failed_job_runs_it_again_and_links_both_records(lab: Lab, transport: str) -> None:
+    lab.start(lab.queue, app="apps.web")
     token = unique("t")
-    failed_id = world.send("flaky", token, password="hunter2")
-    failed = world.job(failed_id, JobStatus.FAILED)
-    assert world.trace(f"runs:{token}") == 1
+    failed_id = lab.send("flaky", token, password="hunter2")
+    failed = lab.wait_job(failed_id, JobStatus.FAILED)
+    assert lab.runs(token) == 1
     assert "not fixed yet" in failed.exception
     assert failed.broker_message_id
-    assert world.dead_letter(failed.broker_message_id)[0] is not None  # Redis holds the dead letter
+    assert lab.dead_letter(failed.broker_message_id)[0] is not None  # Redis holds the dead letter
 
-    world.redis.set(f"{world.namespace}:t:fixed:{token}", 1)
+    lab.redis.set(f"{lab.namespace}:t:fixed:{token}", 1)
     if transport == "wsgi":
-        settings = web_settings(world.database_url, world.namespace)
-        api = client(create_app(settings, broker=world.producer))
+        settings = web_settings(lab.database_url, lab.namespace)
+        api = client(create_app(settings, broker=lab.producer))
 
         def post(path: str) -> tuple[int, Any]:
             answer = api.simulate_post(path)
@@ -45,10 +47,10 @@ def test_retrying_a_failed_job_runs_it_again_and_links_both_records(world: World
             return api.simulate_get(path).json
 
         answer = post(f"/watchtower/failed/{failed_id}/retry")
-        checks(world, token, failed_id, answer, post, get)
+        checks(lab, token, failed_id, answer, post, get)
         return
 
-    server = serve_api(world.env(WATCHTOWER_API_TOKEN=TOKEN), "--app", "apps.web")
+    server = serve_api(lab.environment(WATCHTOWER_API_TOKEN=TOKEN), "--app", "apps.web")
     try:
         with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=DEADLINE) as http:
 
@@ -60,21 +62,21 @@ def test_retrying_a_failed_job_runs_it_again_and_links_both_records(world: World
                 return http.get(path).json()
 
             answer = post(f"/watchtower/failed/{failed_id}/retry")
-            checks(world, token, failed_id, answer, post, get)
+            checks(lab, token, failed_id, answer, post, get)
     finally:
         assert server.stop() == 0
 
 
-def checks(world: World, token: str, failed_id: str, answer: tuple[int, Any], post: Any, get: Any) -> None:
+def checks(lab: Lab, token: str, failed_id: str, answer: tuple[int, Any], post: Any, get: Any) -> None:
     status, body = answer
     assert status == 202, body
     new_id = body["id"]
     assert new_id != failed_id
-    assert body["retried_from"] == failed_id and body["actor"] == "flaky" and body["queue"] == world.queue
+    assert body["retried_from"] == failed_id and body["actor"] == "flaky" and body["queue"] == lab.queue
     assert body["dead_letter_removed"] is True
 
-    new = world.job(new_id, JobStatus.COMPLETED)
-    assert world.trace(f"runs:{token}") == 2
+    new = lab.wait_job(new_id, JobStatus.COMPLETED)
+    assert lab.runs(token) == 2
     assert new.retried_from == failed_id
     old = Job.get(Job.message_id == failed_id)
     assert old.retried_by == new_id and old.status == JobStatus.FAILED
@@ -86,7 +88,7 @@ def checks(world: World, token: str, failed_id: str, answer: tuple[int, Any], po
     assert old_shown["retried_by"] == new_id and new_shown["retried_from"] == failed_id
     assert new_shown["status"] == "completed"
     assert new_shown["payload"]["kwargs"] == {"password": "[redacted]"}
-    assert world.dead_letter(old.broker_message_id) == (None, None)
+    assert lab.dead_letter(old.broker_message_id) == (None, None)
 
     again, refusal = post(f"/watchtower/failed/{failed_id}/retry")
     assert again == 409 and new_id in refusal["description"]
@@ -94,47 +96,47 @@ def checks(world: World, token: str, failed_id: str, answer: tuple[int, Any], po
     assert not_failed == 409 and "completed" in refusal["description"]
 
 
-def run_cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "watchtower", *args], env=world.env(), cwd=world.tmp_path,
+        [sys.executable, "-m", "watchtower", *args], env=lab.environment(), cwd=lab.tmp_path,
         capture_output=True, text=True, timeout=120,
     )
 
 
-def test_the_retry_and_workers_commands_at_a_terminal(world: World) -> None:
-    _, worker_id = world.start_worker()
+def test_the_retry_and_workers_commands_at_a_terminal(lab: Lab) -> None:
+    _, worker_id = lab.start(lab.queue, app="apps.web")
     first, second = unique("t"), unique("t")
-    first_id, second_id = world.send("flaky", first), world.send("flaky", second)
-    world.job(first_id, JobStatus.FAILED)
-    world.job(second_id, JobStatus.FAILED)
+    first_id, second_id = lab.send("flaky", first), lab.send("flaky", second)
+    lab.wait_job(first_id, JobStatus.FAILED)
+    lab.wait_job(second_id, JobStatus.FAILED)
     elsewhere = seed_job(queue="elsewhere", actor="flaky", status=JobStatus.FAILED, args=("x",))
 
-    world.redis.set(f"{world.namespace}:t:fixed:{first}", 1)
-    done = run_cli(world, "retry", first_id, "--app", "apps.web")
+    lab.redis.set(f"{lab.namespace}:t:fixed:{first}", 1)
+    done = run_cli(lab, "retry", first_id, "--app", "apps.web")
     assert done.returncode == 0, done.stderr
     new_id = done.stdout.split(" -> ")[1].split()[0]
-    assert done.stdout.startswith(f"{first_id} -> {new_id} (flaky on {world.queue})")
-    world.job(new_id, JobStatus.COMPLETED)
+    assert done.stdout.startswith(f"{first_id} -> {new_id} (flaky on {lab.queue})")
+    lab.wait_job(new_id, JobStatus.COMPLETED)
 
-    again = run_cli(world, "retry", first_id, "--app", "apps.web")
+    again = run_cli(lab, "retry", first_id, "--app", "apps.web")
     assert again.returncode == 1
     assert again.stderr.strip() == f"Error: job {first_id} was already retried as job {new_id}"
-    unknown = run_cli(world, "retry", "no-such-job", "--app", "apps.web")
+    unknown = run_cli(lab, "retry", "no-such-job", "--app", "apps.web")
     assert unknown.returncode == 1 and unknown.stderr.strip() == "Error: no job has the id 'no-such-job'"
-    assert run_cli(world, "retry", "--app", "apps.web").returncode == 2  # neither an id nor --all-failed
+    assert run_cli(lab, "retry", "--app", "apps.web").returncode == 2  # neither an id nor --all-failed
 
-    world.redis.set(f"{world.namespace}:t:fixed:{second}", 1)
-    everything = run_cli(world, "retry", "--all-failed", "--queue", world.queue, "--app", "apps.web")
+    lab.redis.set(f"{lab.namespace}:t:fixed:{second}", 1)
+    everything = run_cli(lab, "retry", "--all-failed", "--queue", lab.queue, "--app", "apps.web")
     assert everything.returncode == 0, everything.stderr
-    assert f"retried 1 failed jobs of queue {world.queue}" in everything.stderr
+    assert f"retried 1 failed jobs of queue {lab.queue}" in everything.stderr
     assert everything.stdout.startswith(f"{second_id} -> ")
-    world.job(everything.stdout.split(" -> ")[1].split()[0], JobStatus.COMPLETED)
+    lab.wait_job(everything.stdout.split(" -> ")[1].split()[0], JobStatus.COMPLETED)
     assert Job.get(Job.id == elsewhere.id).retried_by is None  # another queue: left alone
-    assert world.trace(f"runs:{first}") == 2 and world.trace(f"runs:{second}") == 2
+    assert lab.runs(first) == 2 and lab.runs(second) == 2
 
-    table = run_cli(world, "workers")
+    table = run_cli(lab, "workers")
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split() == ["ID", "SUPERVISOR", "HOST", "PID", "STATUS", "QUEUES", "HEARTBEAT", "PROCESSED", "FAILED"]
     mine = [row for row in rows if row.startswith(worker_id)]
-    assert len(mine) == 1 and " running " in mine[0] and world.queue in mine[0]
+    assert len(mine) == 1 and " running " in mine[0] and lab.queue in mine[0]

@@ -17,10 +17,10 @@ import hypothesis
 import pytest
 import redis
 import schemathesis
-from conftest import REDIS_URL, unique
 from dramatiq.brokers.redis import RedisBroker
-from web_support import AUTH, seed_job, web_settings
 
+from tests.support.servers import REDIS_URL, unique
+from tests.support.web_api import AUTH, seed_job, web_settings
 from watchtower import store
 from watchtower.clock import now_ms
 from watchtower.models import Worker

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import wait_until
-from supervision import app_env, config, metrics_url, rows, running, start_supervisor
 
+from tests.support.polling import wait_until
+from tests.support.supervisors import app_env, config, metrics_url, rows, running, start_supervisor
 from watchtower import store
 from watchtower.models import Worker
 from watchtower.statuses import WorkerStatus

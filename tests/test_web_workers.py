@@ -12,18 +12,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import REDIS_URL, unique
-from web_support import (  # noqa: F401  (world is a fixture)
-    AUTH,
-    DEADLINE,
-    TOKEN,
-    World,
-    client,
-    serve_api,
-    web_settings,
-    world,
-)
 
+from tests.support.lab import Lab
+from tests.support.polling import DEADLINE
+from tests.support.servers import REDIS_URL, unique
+from tests.support.web_api import AUTH, TOKEN, client, serve_api, web_settings
 from watchtower.bus import supervisor_inbox_key
 from watchtower.models import Job, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
@@ -32,13 +25,13 @@ from watchtower.web import create_app
 Call = Callable[[str, str, Any], tuple[int, Any]]
 
 
-def steer_and_check(world: World, call: Call) -> None:
-    child, worker_id = world.start_worker()
-    world.worker(worker_id, WorkerStatus.RUNNING)
+def steer_and_check(lab: Lab, call: Call) -> None:
+    child, worker_id = lab.start(lab.queue, app="apps.web")
+    lab.wait_status(worker_id, WorkerStatus.RUNNING)
     status, listed = call("GET", "/watchtower/workers", None)
     assert status == 200
     mine = [worker for worker in listed["data"] if worker["id"] == worker_id]
-    assert len(mine) == 1 and mine[0]["status"] == "running" and mine[0]["queues"] == [world.queue]
+    assert len(mine) == 1 and mine[0]["status"] == "running" and mine[0]["queues"] == [lab.queue]
     assert mine[0]["pid"] == child.pid
 
     latencies = {}
@@ -47,19 +40,19 @@ def steer_and_check(world: World, call: Call) -> None:
         started = time.monotonic()
         answer = call("POST", f"/watchtower/workers/{worker_id}/{name}", None)
         assert answer == (202, {"id": worker_id, "command": name})
-        world.worker(worker_id, status)
+        lab.wait_status(worker_id, status)
         latencies[name] = time.monotonic() - started
 
     command("pause", WorkerStatus.PAUSED)
-    assert world.held_messages() == 0  # a paused worker holds no message
+    assert lab.held_messages() == 0  # a paused worker holds no message
     token = unique("t")
-    waiting = world.send("work", token)
-    assert world.redis.llen(f"{world.namespace}:{world.queue}") == 1  # in the queue, taken by nobody
-    assert world.trace(f"runs:{token}") == 0
+    waiting = lab.send("work", token)
+    assert lab.redis.llen(f"{lab.namespace}:{lab.queue}") == 1  # in the queue, taken by nobody
+    assert lab.runs(token) == 0
 
     command("resume", WorkerStatus.RUNNING)
-    job = world.job(waiting, JobStatus.COMPLETED)
-    assert job.worker_id == worker_id and world.trace(f"runs:{token}") == 1
+    job = lab.wait_job(waiting, JobStatus.COMPLETED)
+    assert job.worker_id == worker_id and lab.runs(token) == 1
 
     command("stop", WorkerStatus.STOPPED)
     assert child.wait(timeout=DEADLINE) == 0
@@ -68,18 +61,18 @@ def steer_and_check(world: World, call: Call) -> None:
     print("applied through the API in " + ", ".join(f"{k} {v:.2f} s" for k, v in latencies.items()))
 
 
-def test_pause_resume_and_stop_through_the_wsgi_app(world: World) -> None:
-    api = client(create_app(web_settings(world.database_url, world.namespace), broker=world.producer))
+def test_pause_resume_and_stop_through_the_wsgi_app(lab: Lab) -> None:
+    api = client(create_app(web_settings(lab.database_url, lab.namespace), broker=lab.producer))
 
     def call(method: str, path: str, body: Any) -> tuple[int, Any]:
         answer = api.simulate_request(method, path, json=body)
         return answer.status_code, answer.json
 
-    steer_and_check(world, call)
+    steer_and_check(lab, call)
 
 
-def test_pause_resume_and_stop_over_http(world: World) -> None:
-    server = serve_api(world.env(WATCHTOWER_API_TOKEN=TOKEN))
+def test_pause_resume_and_stop_over_http(lab: Lab) -> None:
+    server = serve_api(lab.environment(WATCHTOWER_API_TOKEN=TOKEN))
     try:
         with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=DEADLINE) as http:
 
@@ -87,20 +80,20 @@ def test_pause_resume_and_stop_over_http(world: World) -> None:
                 answer = http.request(method, path, json=body)
                 return answer.status_code, answer.json()
 
-            steer_and_check(world, call)
+            steer_and_check(lab, call)
     finally:
         assert server.stop() == 0
 
 
-def test_a_start_request_goes_to_the_supervisors_inbox(world: World) -> None:
-    api = client(create_app(web_settings(world.database_url, world.namespace)))
+def test_a_start_request_goes_to_the_supervisors_inbox(lab: Lab) -> None:
+    api = client(create_app(web_settings(lab.database_url, lab.namespace)))
     answer = api.simulate_post("/watchtower/workers/start", json={"queue": "emails", "threads": 2, "timeout": 30})
     assert answer.status_code == 202
     worker_id = answer.json["id"]
     assert answer.json["queue"] == "emails"
     row = Worker.get(Worker.worker_id == worker_id)
     assert row.status == WorkerStatus.STARTING and row.supervisor == "default"
-    inbox = redis.Redis.from_url(REDIS_URL).lrange(f"{world.namespace}:{supervisor_inbox_key('default')}", 0, -1)
+    inbox = redis.Redis.from_url(REDIS_URL).lrange(f"{lab.namespace}:{supervisor_inbox_key('default')}", 0, -1)
     requests = [json.loads(entry.decode().split("|", 1)[1]) for entry in inbox]
     assert requests == [{"worker_id": worker_id, "queues": ["emails"], "options": {"threads": 2, "timeout": 30.0}}]
 
@@ -120,16 +113,16 @@ def test_a_start_request_goes_to_the_supervisors_inbox(world: World) -> None:
         ([1, 2], 400, "must be a JSON object"),
     ],
 )
-def test_a_bad_start_request_says_what_is_wrong(world: World, body: Any, status: int, says: str) -> None:
-    api = client(create_app(web_settings(world.database_url, world.namespace)))
+def test_a_bad_start_request_says_what_is_wrong(lab: Lab, body: Any, status: int, says: str) -> None:
+    api = client(create_app(web_settings(lab.database_url, lab.namespace)))
     answer = api.simulate_post("/watchtower/workers/start", json=body)
     assert answer.status_code == status, answer.text
     assert says in answer.json["description"]
     assert Worker.select().count() == 0
 
 
-def test_commands_to_unknown_workers_are_404(world: World) -> None:
-    api = client(create_app(web_settings(world.database_url, world.namespace)))
+def test_commands_to_unknown_workers_are_404(lab: Lab) -> None:
+    api = client(create_app(web_settings(lab.database_url, lab.namespace)))
     for command in ("stop", "restart", "pause", "resume"):
         answer = api.simulate_post(f"/watchtower/workers/nobody-1/{command}")
         assert answer.status_code == 404 and "nobody-1" in answer.json["description"]

@@ -14,142 +14,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import dramatiq
 import psutil
 import pytest
-import redis
-from conftest import REDIS_URL, subprocess_env, unique, wait_until
-from dramatiq.brokers.redis import RedisBroker
-from web_support import client, web_settings
 
-from watchtower import WorkerManager, store
-from watchtower.bus import CommandBus, worker_command_key
-from watchtower.bus.database import DatabaseCommandBus
-from watchtower.bus.redis import RedisCommandBus
-from watchtower.models import Job, Worker
+from tests.support.lab import Lab
+from tests.support.polling import DEADLINE, wait_until
+from tests.support.servers import unique
+from tests.support.web_api import client, web_settings
+from watchtower import WorkerManager
+from watchtower.bus import worker_command_key
 from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.web import create_app
 from watchtower.worker import EXIT_MEMORY, EXIT_RESTART, EXIT_USAGE, recycle_threshold
-
-DEADLINE = 30.0
-
-
-@dataclass
-class Lab:
-    """One test's world: namespace, queue, ledger, a producer broker, the workers it started."""
-
-    namespace: str
-    queue: str
-    database_url: str
-    tmp_path: Path
-    redis: redis.Redis
-    producer: RedisBroker
-    children: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
-
-    def trace(self, name: str) -> str | None:
-        value = self.redis.get(f"{self.namespace}:t:{name}")
-        return None if value is None else value.decode()
-
-    def runs(self, token: str) -> int:
-        return int(self.trace(f"runs:{token}") or 0)
-
-    def send(self, actor: str, *args: Any, queue: str | None = None) -> str:
-        """Enqueue a message for an actor of tests/apps/basic.py; returns its message id."""
-        queue = queue or self.queue
-        self.producer.declare_queue(queue)
-        message = dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
-        self.producer.enqueue(message)
-        return message.message_id
-
-    def bus(self, kind: str) -> CommandBus:
-        if kind == "redis":
-            return RedisCommandBus(url=REDIS_URL, prefix=self.namespace)
-        return DatabaseCommandBus(database=self.database_url)
-
-    def start(
-        self,
-        *args: str,
-        app: str = "apps.basic",
-        worker_id: str | None = None,
-        bus: str = "redis",
-        env: dict[str, str] | None = None,
-        sleep: str = "0.2",
-    ) -> tuple[subprocess.Popen[bytes], str]:
-        """Start ``watchtower worker``; returns the process and its worker id."""
-        worker_id = worker_id or unique("w")
-        command = [
-            sys.executable, "-m", "watchtower", "--database-url", self.database_url,
-            "worker", "--app", app, "--worker-id", worker_id, "--sleep", sleep, *args,
-        ]
-        log = self.tmp_path / f"{worker_id}.log"
-        with log.open("wb") as out:
-            child = subprocess.Popen(command, env=self.environment(bus, env), stdout=out, stderr=subprocess.STDOUT)
-        self.children.append((child, log))
-        return child, worker_id
-
-    def environment(self, bus: str = "redis", env: dict[str, str] | None = None) -> dict[str, str]:
-        values = {
-            "WT_TEST_NAMESPACE": self.namespace,
-            "WT_TEST_REDIS": REDIS_URL,
-            "WT_TEST_QUEUE": self.queue,
-            "WATCHTOWER_COMMAND_BUS": bus,
-            "WATCHTOWER_REDIS_URL": REDIS_URL,
-            "WATCHTOWER_REDIS_PREFIX": self.namespace,
-            "WATCHTOWER_HEARTBEAT_INTERVAL": "0.5",
-        }
-        return subprocess_env(**{**values, **(env or {})})
-
-    def log_text(self, worker_id: str) -> str:
-        """What the worker ``worker_id`` (started by :meth:`start`) has logged so far."""
-        return (self.tmp_path / f"{worker_id}.log").read_text(errors="replace")
-
-    def row(self, worker_id: str) -> Worker | None:
-        return Worker.get_or_none(Worker.worker_id == worker_id)
-
-    def wait_status(self, worker_id: str, status: str, timeout: float = DEADLINE) -> Worker:
-        return wait_until(
-            lambda: (row := self.row(worker_id)) is not None and row.status == status and row,
-            timeout=timeout, message=f"worker {worker_id} to be {status}",
-        )
-
-    def job(self, message_id: str) -> Job | None:
-        return Job.get_or_none(Job.message_id == message_id)
-
-    def wait_job(self, message_id: str, status: str, timeout: float = DEADLINE) -> Job:
-        return wait_until(
-            lambda: (job := self.job(message_id)) is not None and job.status == status and job,
-            timeout=timeout, message=f"job {message_id} to be {status}",
-        )
-
-    def held_messages(self) -> int:
-        """Messages fetched and not acked by any worker (the broker's ack sets)."""
-        keys = list(self.redis.scan_iter(match=f"{self.namespace}:__acks__.*", count=1000))
-        return sum(self.redis.scard(key) for key in keys)
-
-
-@pytest.fixture
-def lab(tmp_path: Path, redis_namespace: str, queue_name: str) -> Iterator[Lab]:
-    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    db = store.connect(database_url)
-    client = redis.Redis.from_url(REDIS_URL)
-    producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
-    lab = Lab(redis_namespace, queue_name, database_url, tmp_path, client, producer)
-    try:
-        yield lab
-    finally:
-        for child, log in lab.children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-                print(f"--- killed {child.args[-1]!r}; its log:\n{log.read_text(errors='replace')[-4000:]}")
-        producer.close()
-        client.close()
-        db.close()
 
 
 def finish(child: subprocess.Popen[bytes], timeout: float = DEADLINE) -> int:
@@ -514,8 +392,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize(
     ("args", "env", "code", "pattern"),
     [
-        (["--memory", "-5"], {}, EXIT_USAGE, r"Error: --memory must not be negative, not -5"),
-        (["--tries", "0"], {}, EXIT_USAGE, r"Error: --tries must be at least 1, not 0"),
+        (["--memory", "-5"], {}, EXIT_USAGE, r"Error: --memory must be from 0 to 1048576, not -5"),
+        (["--tries", "0"], {}, EXIT_USAGE, r"Error: --tries must be from 1 to 1000, not 0"),
         (["--app", "apps.nowhere"], {}, EXIT_USAGE,
          r"Error: cannot import app module 'apps.nowhere' \(setting 'app'\): ModuleNotFoundError: .*"
          r"; added to sys.path: /\S+ \(--path changes it\)$"),
@@ -534,7 +412,7 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
         sys.executable, "-m", "watchtower", "--database-url", lab.database_url,
         "worker", "--app", "apps.basic", "--worker-id", worker_id, *args,
     ]
-    result = subprocess.run(command, env=lab.environment(env=env), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(command, env=lab.environment(**env), capture_output=True, text=True, timeout=60)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == code, result.stderr
     assert len(lines) == 1, result.stderr

@@ -31,7 +31,7 @@ from . import derived
 from .config import Settings
 from .models import HourlyRollup, Rollup, Worker
 from .statuses import JobStatus, WorkerStatus
-from .store import dialect, open_database
+from .store import open_database
 
 __all__ = ["MetricsCollector"]
 
@@ -52,7 +52,6 @@ class MetricsCollector:
         if isinstance(source, Settings):
             source = source.database_url
         self.db: peewee.Database = open_database(source) if isinstance(source, str) else source
-        self._kind = dialect(self.db)
         self._clock = clock
 
     # The seed's methods ----------------------------------------------------
@@ -140,7 +139,7 @@ class MetricsCollector:
         if rows > derived.COMPACT_ROWS:
             # Shards of ended sessions pile up (one per connection ever on
             # MySQL); fold them now and then so this read stays small.
-            derived.compact(self.db, self._kind)
+            derived.compact(self.db)
         return values
 
     def _rollup_totals(self, since_minute: int, kinds: tuple[str, ...]) -> dict[str, int]:

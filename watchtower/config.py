@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .options import MEMORY, REST, SLEEP, THREADS, TIMEOUT, TRIES, WORKER_OPTIONS
 
 __all__ = ["Settings", "SupervisorSettings", "load_settings", "KEYS", "SUPERVISOR_KEYS", "pool_key", "env_name", "value_of",
            "as_text"]
@@ -48,18 +49,22 @@ COMMAND_BUSES = ("database", "redis")
 
 @dataclass(frozen=True)
 class SupervisorSettings:
-    """One pool of worker processes, as declared in ``[supervisors.NAME]``."""
+    """One pool of worker processes, as declared in ``[supervisors.NAME]``.
+
+    The limits its workers run with are the worker options of
+    :mod:`watchtower.options`, with their defaults and ranges.
+    """
 
     name: str = "default"
     queues: tuple[str, ...] = ("default",)
     min_processes: int = 1
     max_processes: int = 4
-    threads: int = 8
-    tries: int = 3
-    timeout: float = 60.0
-    memory: int = 128
-    sleep: float = 3.0
-    rest: float = 0.0
+    threads: int = THREADS.default
+    tries: int = TRIES.default
+    timeout: float = TIMEOUT.default
+    memory: int = MEMORY.default
+    sleep: float = SLEEP.default
+    rest: float = REST.default
 
 
 @dataclass(frozen=True)
@@ -193,16 +198,12 @@ SUPERVISOR_KEYS: dict[str, type] = {
     "queues": list,
     "min_processes": int,
     "max_processes": int,
-    "threads": int,
-    "tries": int,
-    "timeout": float,
-    "memory": int,
-    "sleep": float,
-    "rest": float,
+    **{name: option.kind for name, option in WORKER_OPTIONS.items()},
 }
 
-# Keys that must be at least 1, and keys that must not be negative.
-_POSITIVE = {"recorder.buffer_size", "recorder.batch_size", "threads", "max_processes", "tries", "max_lost"}
+# Keys that must be at least 1, and keys that must not be negative (a pool's
+# worker options have the ranges of their own table, watchtower.options).
+_POSITIVE = {"recorder.buffer_size", "recorder.batch_size", "max_processes", "max_lost"}
 # Intervals that must be above zero: a flush or heartbeat every 0 s is a busy loop.
 _ABOVE_ZERO = {"recorder.flush_interval", "retention.interval", "heartbeat_interval", "heartbeat_timeout"}
 _NON_NEGATIVE = {
@@ -210,7 +211,7 @@ _NON_NEGATIVE = {
     "retention.completed_days", "retention.failed_days",
     "retention.skipped_days", "retention.rollup_days", "retention.workers_days",
     "retention.interval", "http.port", "heartbeat_interval", "unknown_after",
-    "min_processes", "timeout", "memory", "sleep", "rest",
+    "min_processes",
 }
 
 
@@ -440,6 +441,10 @@ def _coerce(key: str, value: Any, kind: type, source: str, *, from_text: bool) -
 
 def _check_range(key: str, value: float, source: str) -> None:
     short = key.rsplit(".", 1)[-1]
+    pool = _split_pool_key(key)
+    option = WORKER_OPTIONS.get(pool[1]) if pool else None
+    if option is not None and not option.smallest <= value <= option.largest:
+        raise ConfigError(f"setting {key!r} from {source} must be {option.bounds}, not {value!r}")
     if (key in _POSITIVE or short in _POSITIVE) and value < 1:
         raise ConfigError(f"setting {key!r} from {source} must be at least 1, not {value!r}")
     if (key in _NON_NEGATIVE or short in _NON_NEGATIVE) and value < 0:

@@ -1,25 +1,26 @@
 """Exceptions raised by Watchtower.
 
-The tree::
+The tree (tests/test_errors.py holds it to the classes below)::
 
     WatchtowerError
-     +-- ConfigError        a setting is unknown, malformed or of the wrong type
-     +-- DatabaseURLError   a database URL cannot be understood
-     +-- DatabaseDriverError no usable driver for the ledger's database is installed
-     +-- SchemaError        the ledger's schema is newer than this release
-     +-- DatabaseUnavailable the ledger's database cannot be reached or opened
-     +-- BusError           the command bus cannot be reached or answered badly
-     +-- WorkerError        a worker cannot be found, started or steered
-     |    +-- UnknownWorker  no worker has that id
-     |    +-- WorkerGone     the worker has stopped or was lost: it cannot be steered
-     +-- AppImportError     the user's app module cannot be imported
-     +-- MetricsError       the metrics directory or server cannot be set up
-          +-- MetricsDirInUse     another supervisor holds the metrics directory
-          +-- MetricsServerError  /metrics cannot be served (port in use...)
-     +-- BrokerError        the app's broker cannot be reached
-     +-- JobError           a job cannot be found or acted on
-          +-- JobNotFound        no job has that id
-          +-- JobConflict        the job's state forbids the action (retry a completed job...)
+     +-- ConfigError             a setting is unknown, malformed or of the wrong type
+     |    +-- DatabaseURLError   a database URL cannot be understood
+     +-- DatabaseDriverError     no usable driver for the ledger's database is installed
+     +-- SchemaError             the ledger's schema is newer than this release
+     +-- DatabaseUnavailable     the ledger's database cannot be reached or opened
+     +-- BusError                the command bus cannot be reached or answered badly
+     +-- WorkerError             a worker cannot be found, started or steered
+     |    +-- UnknownWorker      no worker has that id
+     |    +-- WorkerGone         the worker has stopped or was lost: it cannot be steered
+     +-- AppImportError          the user's app module cannot be imported
+     +-- MetricsError            the metrics directory or server cannot be set up
+     |    +-- MetricsDirInUse    another supervisor holds the metrics directory
+     |    +-- MetricsServerError /metrics cannot be served (port in use...)
+     +-- BrokerError             the app's broker cannot be reached
+     +-- JobError                a job cannot be found or acted on
+     |    +-- JobNotFound        no job has that id
+     |    +-- JobConflict        the job's state forbids the action (retry a completed job...)
+     +-- SpoolError              the spool directory or a spool file cannot be used
 
 The command line turns every one of them into a one-line message and a
 non-zero exit code; the HTTP API turns them into JSON errors.
@@ -98,3 +99,7 @@ class JobNotFound(JobError):
 
 class JobConflict(JobError):
     """The job's state forbids the action: it is not failed, or was already retried."""
+
+
+class SpoolError(WatchtowerError):
+    """The spool directory cannot be used (not ours, not writable, not a directory), or a file in it is not a spool."""

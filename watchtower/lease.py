@@ -29,7 +29,7 @@ import peewee
 
 from .models import Lease as LeaseRow
 from .clock import now_ms
-from .store import dialect
+from .dialects import dialect_of
 
 __all__ = ["Lease", "acquire", "free_at"]
 
@@ -96,17 +96,10 @@ def acquire(
     )
     if taken != 1:
         # Only when no row exists yet: of concurrent inserters one wins.
-        insert = {
-            "sqlite": "INSERT OR IGNORE INTO",
-            "mysql": "INSERT IGNORE INTO",
-        }.get(dialect(db), "INSERT INTO")
-        tail = " ON CONFLICT (name) DO NOTHING" if dialect(db) == "postgresql" else ""
-        taken = _execute(
-            db,
-            f"{insert} {_TABLE} (name, owner, token, expires_at, next_at) "
-            "VALUES ({p}, {p}, {p}, {p}, 0)" + tail,
-            (name, owner, token, expires),
+        insert = dialect_of(db).insert_ignore(
+            _TABLE, "name, owner, token, expires_at, next_at", "{p}, {p}, {p}, {p}, 0", key="name"
         )
+        taken = _execute(db, insert, (name, owner, token, expires))
     if taken != 1:
         return None
     logger.debug("lease %s taken by %s until %d", name, owner, expires)
@@ -123,6 +116,6 @@ def free_at(db: peewee.Database, name: str) -> int:
 
 def _execute(db: peewee.Database, sql: str, params: tuple[object, ...]) -> int:
     """Run one statement in its own transaction; the number of rows it changed."""
-    with db.atomic("IMMEDIATE") if dialect(db) == "sqlite" else db.atomic():
+    with dialect_of(db).transaction(db):
         cursor = db.execute_sql(sql.format(p=db.param), params)
         return int(cursor.rowcount)

@@ -20,13 +20,12 @@ different processes converge to the same row whatever order they commit in:
 
 MySQL evaluates ``ON DUPLICATE KEY UPDATE`` assignments left to right, each
 seeing the columns already assigned, so the ordering columns are assigned
-last there and everywhere.
+last there and everywhere.  How each database writes the upsert is its
+dialect's (:mod:`watchtower.dialects`); what the upsert assigns is here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import logging
 import operator
@@ -42,7 +41,8 @@ from .events import ALIVE_AS, PHASE_FINISHED, PHASE_LOST, PHASE_STARTED, JobEven
 from .clock import now_ms
 from .models import Job, LostMark, Rollup, Worker
 from .statuses import JobStatus, WorkerStatus
-from .store import SQLITE_BUSY_TIMEOUT, dialect, driver
+from .dialects import Dialect, dialect_of
+from .dialects.base import Speller
 
 __all__ = [
     "coalesce", "write_batch", "mark_lost", "mark_attempt_lost", "give_up", "LOSS_FIELDS", "LOST_PREFIX", "ROLLUP_KINDS",
@@ -132,24 +132,20 @@ def _copy(event: JobEvent) -> JobEvent:
 
 def write_batch(db: peewee.Database, events: Sequence[JobEvent], workers: Sequence[WorkerEvent] = ()) -> None:
     """Write ``events`` and ``workers`` in one transaction (raises on failure)."""
-    kind = dialect(db)
+    dialect = dialect_of(db)
     rows = sorted(coalesce(events).values(), key=lambda e: e.message_id)  # one lock order: fewer deadlocks
     rollups = _rollups(events)
     merged_workers = _merge_workers(workers)
     for attempt in range(1, DEADLOCK_TRIES + 1):
         try:
-            with contextlib.ExitStack() as transaction:
-                if kind == "sqlite":
-                    transaction.push(_sqlite_write_transaction(db))
-                else:
-                    transaction.enter_context(db.atomic())
+            with dialect.write_transaction(db):
                 counts = rollups
                 if rows:
-                    _upsert_jobs(db, kind, rows)
+                    _upsert_jobs(db, dialect, rows)
                     # "lost" counts taken back (no event kind counts "lost": no key is in both)
                     counts = {**rollups, **_undo_false_losses(db, events)}
                 if counts:
-                    _upsert_rollups(db, kind, counts)
+                    _upsert_rollups(db, dialect, counts)
                 for worker in merged_workers:
                     _upsert_worker(db, worker)
             return
@@ -158,35 +154,6 @@ def write_batch(db: peewee.Database, events: Sequence[JobEvent], workers: Sequen
                 raise
             logger.info("watchtower ledger batch of %d rows deadlocked (try %d), running it again", len(rows), attempt)
             time.sleep(random.uniform(0.005, 0.05) * attempt)  # let the other transaction finish
-
-
-#: SQLite: seconds between two asks for the write lock while another connection holds it.
-SQLITE_LOCK_POLL = 0.005
-
-
-def _sqlite_write_transaction(db: peewee.Database) -> Any:
-    """An entered ``BEGIN IMMEDIATE`` transaction, the lock asked for every few milliseconds.
-
-    SQLite's own busy handler sleeps longer and longer while it waits (100 ms
-    a try after the first 0.2 s), so a recorder waiting behind a prune, which
-    hands the lock over for 50 ms between its batches, could sleep through
-    several of those openings.  Asking every SQLITE_LOCK_POLL seconds takes
-    the first one.  Gives up after the usual busy timeout, as SQLite would.
-    """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
-    db.execute_sql("PRAGMA busy_timeout = 1")
-    try:
-        while True:
-            atomic = db.atomic("IMMEDIATE")
-            try:
-                atomic.__enter__()
-                return atomic
-            except peewee.OperationalError as error:
-                if "locked" not in str(error) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(SQLITE_LOCK_POLL)
-    finally:
-        db.execute_sql(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
 
 
 def is_deadlock(error: BaseException) -> bool:
@@ -201,77 +168,31 @@ def is_deadlock(error: BaseException) -> bool:
     return isinstance(code, int) and code in _MYSQL_RETRY_CODES
 
 
-# PostgreSQL types of the job columns, for the array form of the upsert.
-_PG_TYPES = {
+# The job columns that are not text, and their types (PostgreSQL sends each column as a typed array).
+_TYPES = {
     "queued_at": "bigint", "queued_day": "bigint", "eta": "bigint", "started_at": "bigint", "completed_at": "bigint",
     "attempts": "integer", "progress": "integer", "progress_at": "bigint",
 }
 
-
-# Rows per SQLite statement: 17 columns each, well under its 32766 parameters.
-_SQLITE_CHUNK = 500
+_NAMES = tuple(column for column, _ in _COLUMNS)
+_KEY = ("queued_day", "message_id")
 
 # One row tuple per event, in _COLUMNS order (attrgetter builds it in C).
 _ROW = operator.attrgetter(*("kind.status" if attr == "status" else attr for _, attr in _COLUMNS))
 
 
-def _upsert_jobs(db: peewee.Database, kind: str, events: Sequence[JobEvent]) -> None:
+def _upsert_jobs(db: peewee.Database, dialect: Dialect, events: Sequence[JobEvent]) -> None:
     rows = [_ROW(event) for event in events]
-    names = ", ".join(column for column, _ in _COLUMNS)
-    table = Job._meta.table_name
-    if kind == "postgresql":
-        # One array per column: the statement text stays the same whatever
-        # the batch size, so the driver parses it once (a multi-row VALUES
-        # list of thousands of placeholders cost more than the write itself).
-        # psycopg 3's %b sends the arrays in binary: no per-element quoting
-        # of the text.  psycopg2 has no %b: it writes each list as an
-        # ARRAY[...] literal into the statement.
-        placeholder = "%b" if driver(db) == "psycopg" else "%s"
-        arrays = ", ".join(f"{placeholder}::{_PG_TYPES.get(column, 'text')}[]" for column, _ in _COLUMNS)
-        sql = f"INSERT INTO {table} AS t ({names}) SELECT * FROM unnest({arrays})" + _conflict_clause(kind)
-        db.execute_sql(sql, [list(column) for column in zip(*rows)])
-        return
-    placeholders = "(" + ", ".join([db.param] * len(_COLUMNS)) + ")"
-    if kind == "mysql":
-        # PyMySQL folds a single-row INSERT run by executemany into
-        # multi-row INSERTs itself.
-        sql = f"INSERT INTO {table} ({names}) VALUES {placeholders}" + _conflict_clause(kind)
-        # Through Peewee's wrapper, so that driver errors arrive as Peewee's
-        # (the deadlock retry and the recorder's handling of refused values
-        # look for those).
-        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
-            db.cursor().executemany(sql, rows)
-        return
-    # SQLite: multi-row statements, so that one sqlite3_step (run without
-    # the GIL) writes a whole chunk; row-by-row executemany hands the GIL
-    # back and forth once per row and slows the jobs' threads.
-    for start in range(0, len(rows), _SQLITE_CHUNK):
-        chunk = rows[start:start + _SQLITE_CHUNK]
-        sql = (
-            f"INSERT INTO {table} AS t ({names}) VALUES " + ", ".join([placeholders] * len(chunk))
-            + _conflict_clause(kind)
-        )
-        db.execute_sql(sql, list(itertools.chain.from_iterable(chunk)))
+    dialect.upsert_rows(db, Job._meta.table_name, _NAMES, rows, key=_KEY, assignments=_job_assignments, types=_TYPES)
 
 
-def _conflict_clause(kind: str) -> str:
-    """The upsert's conflict clause, applying the ordering rule of watchtower.events."""
-    if kind == "mysql":
-        def old(column: str) -> str:
-            return column
+def _job_assignments(old: Speller, new: Speller) -> list[str]:
+    """The upsert's assignments, applying the ordering rule of watchtower.events.
 
-        def new(column: str) -> str:
-            return f"VALUES({column})"
-
-        clause = " ON DUPLICATE KEY UPDATE "
-    else:
-        def old(column: str) -> str:
-            return f"t.{column}"
-
-        def new(column: str) -> str:
-            return f"excluded.{column}"
-
-        clause = " ON CONFLICT (queued_day, message_id) DO UPDATE SET "
+    In the order MySQL needs (it evaluates them left to right, each seeing
+    the columns already assigned): the ordering columns last, progress_at
+    before progress.
+    """
     newer = (
         f"({new('progress')} > {old('progress')} OR ({new('progress')} = {old('progress')} "
         f"AND {new('progress_at')} >= {old('progress_at')}))"
@@ -289,21 +210,18 @@ def _conflict_clause(kind: str) -> str:
     )
     for column in _VERSIONED:
         sets.append(f"{column} = CASE WHEN {newer} THEN {new(column)} ELSE {old(column)} END")
-    # progress_at before progress: each compares against the other's old value.
+    # Each compares against the other's old value, except on MySQL, where
+    # progress_at was just assigned: so progress is compared on its own.  That
+    # is the same rule: when the progress is equal, it stays the same either
+    # way (and progress_at took the newer time).
     sets.append(
         f"progress_at = CASE WHEN {newer} THEN {new('progress_at')} ELSE {old('progress_at')} END"
     )
-    if kind == "mysql":
-        # progress_at was just assigned: compare progress on its own.  When the
-        # progress is equal, progress_at already took the newer time and the
-        # progress stays the same either way.
-        sets.append(
-            f"progress = CASE WHEN {new('progress')} > {old('progress')} THEN {new('progress')} "
-            f"ELSE {old('progress')} END"
-        )
-    else:
-        sets.append(f"progress = CASE WHEN {newer} THEN {new('progress')} ELSE {old('progress')} END")
-    return clause + ", ".join(sets)
+    sets.append(
+        f"progress = CASE WHEN {new('progress')} > {old('progress')} THEN {new('progress')} "
+        f"ELSE {old('progress')} END"
+    )
+    return sets
 
 
 def _rollups(events: Iterable[JobEvent]) -> dict[tuple[int, str, str, str], list[float]]:
@@ -319,7 +237,17 @@ def _rollups(events: Iterable[JobEvent]) -> dict[tuple[int, str, str, str], list
     return totals
 
 
-def _upsert_rollups(db: peewee.Database, kind: str, totals: dict[tuple[int, str, str, str], list[float]]) -> None:
+_ROLLUP_KEY = ("minute", "queue", "actor", "kind")
+
+
+def _rollup_assignments(old: Speller, new: Speller) -> list[str]:
+    return [
+        f"count = {old('count')} + {new('count')}",
+        f"duration_sum = {old('duration_sum')} + {new('duration_sum')}",
+    ]
+
+
+def _upsert_rollups(db: peewee.Database, dialect: Dialect, totals: dict[tuple[int, str, str, str], list[float]]) -> None:
     param = db.param
     table = Rollup._meta.table_name
     values: list[Any] = []
@@ -327,14 +255,7 @@ def _upsert_rollups(db: peewee.Database, kind: str, totals: dict[tuple[int, str,
         values.extend((minute, queue, actor, name, int(count), float(duration)))
     rows = ", ".join(["(" + ", ".join([param] * 6) + ")"] * len(totals))
     head = f"INSERT INTO {table} (minute, queue, actor, kind, count, duration_sum) VALUES {rows}"
-    if kind == "mysql":
-        tail = " ON DUPLICATE KEY UPDATE count = count + VALUES(count), duration_sum = duration_sum + VALUES(duration_sum)"
-    else:
-        tail = (
-            " ON CONFLICT (minute, queue, actor, kind) DO UPDATE SET "
-            f"count = {table}.count + excluded.count, duration_sum = {table}.duration_sum + excluded.duration_sum"
-        )
-    db.execute_sql(head + tail, values)
+    db.execute_sql(head + dialect.on_conflict(table, _ROLLUP_KEY, _rollup_assignments), values)
 
 
 def _merge_workers(workers: Iterable[WorkerEvent]) -> list[WorkerEvent]:
@@ -504,7 +425,7 @@ def _count(db: peewee.Database | None, at_us: int, jobs: Sequence[Job], kind: st
     totals: dict[tuple[int, str, str, str], list[float]] = {}
     for job in jobs:
         totals.setdefault((at_us // 60_000_000, job.queue, job.actor, kind), [0, 0.0])[0] += 1
-    _upsert_rollups(target, dialect(target), totals)
+    _upsert_rollups(target, dialect_of(target), totals)
 
 
 def _undo_false_losses(db: peewee.Database, events: Sequence[JobEvent]) -> dict[tuple[int, str, str, str], list[float]]:

@@ -24,6 +24,7 @@ from typing import Any
 import peewee
 
 from .clock import now_ms, to_datetime, to_ms
+from .dialects import dialect_of
 from .payload import decode_message
 from .statuses import JobStatus, WorkerStatus
 
@@ -85,22 +86,22 @@ class Worker(BaseModel):
     # Scopes ---------------------------------------------------------------
 
     @classmethod
-    def running(cls) -> peewee.ModelSelect:
+    def running(cls) -> peewee.ModelSelect[Worker]:
         """Workers that are alive and taking jobs."""
         return cls.select().where(cls.status == WorkerStatus.RUNNING)
 
     @classmethod
-    def with_status(cls, status: str) -> peewee.ModelSelect:
+    def with_status(cls, status: str) -> peewee.ModelSelect[Worker]:
         """Workers in ``status`` (one of :class:`WorkerStatus`)."""
         return cls.select().where(cls.status == status)
 
     @classmethod
-    def for_supervisor(cls, name: str) -> peewee.ModelSelect:
+    def for_supervisor(cls, name: str) -> peewee.ModelSelect[Worker]:
         """Workers that belong to the supervisor called ``name``."""
         return cls.select().where(cls.supervisor == name)
 
     @classmethod
-    def stale(cls, seconds: float = 60) -> peewee.ModelSelect:
+    def stale(cls, seconds: float = 60) -> peewee.ModelSelect[Worker]:
         """Workers said to be alive whose last heartbeat is older than ``seconds``."""
         cutoff = now_ms() - int(seconds * 1000)
         return cls.select().where(
@@ -152,7 +153,7 @@ class Worker(BaseModel):
         return list(json.loads(self.queues or "[]"))
 
     @property
-    def jobs(self) -> peewee.ModelSelect:
+    def jobs(self) -> peewee.ModelSelect[Job]:
         """The jobs this worker ran last, newest first."""
         return Job.select().where(Job.worker_id == self.worker_id).order_by(Job.id.desc())
 
@@ -211,49 +212,44 @@ class Job(BaseModel):
         same statement on SQLite and PostgreSQL, one query a day on MySQL).
         """
         db = database if database is not None else cls._meta.database.obj
-        if isinstance(db, peewee.MySQLDatabase):
-            # MariaDB runs the recursive walk below as a scan per step: walk from here.
-            days = queued_days(db)
-            if not days:
-                return None
-            on_days = cls.queued_day.in_(days)
-        else:
-            on_days = peewee.Expression(cls.queued_day, peewee.OP.IN, peewee.SQL(_QUEUED_DAYS))
+        on_days = dialect_of(db).in_distinct(db, cls.queued_day, cls._meta.table_name)
+        if on_days is None:
+            return None
         return cls.select(*fields).where(on_days & (cls.message_id == message_id)).first(db)
 
     # Scopes ---------------------------------------------------------------
 
     @classmethod
-    def with_status(cls, status: str) -> peewee.ModelSelect:
+    def with_status(cls, status: str) -> peewee.ModelSelect[Job]:
         """Jobs in ``status`` (one of :class:`JobStatus`), newest first."""
         if status not in JobStatus.ALL:
             raise ValueError(f"unknown job status {status!r}: use one of {', '.join(JobStatus.ALL)}")
         return cls.select().where(cls.status == status).order_by(cls.id.desc())
 
     @classmethod
-    def on_queue(cls, queue: str) -> peewee.ModelSelect:
+    def on_queue(cls, queue: str) -> peewee.ModelSelect[Job]:
         """Jobs of ``queue`` (its canonical name), newest first."""
         return cls.select().where(cls.queue == queue).order_by(cls.id.desc())
 
     @classmethod
-    def recent(cls, limit: int = 50) -> peewee.ModelSelect:
+    def recent(cls, limit: int = 50) -> peewee.ModelSelect[Job]:
         """The ``limit`` newest jobs."""
         return cls.select().order_by(cls.id.desc()).limit(limit)
 
     @classmethod
-    def failed(cls) -> peewee.ModelSelect:
+    def failed(cls) -> peewee.ModelSelect[Job]:
         return cls.with_status(JobStatus.FAILED)
 
     @classmethod
-    def completed(cls) -> peewee.ModelSelect:
+    def completed(cls) -> peewee.ModelSelect[Job]:
         return cls.with_status(JobStatus.COMPLETED)
 
     @classmethod
-    def pending(cls) -> peewee.ModelSelect:
+    def pending(cls) -> peewee.ModelSelect[Job]:
         return cls.with_status(JobStatus.PENDING)
 
     @classmethod
-    def processing(cls) -> peewee.ModelSelect:
+    def processing(cls) -> peewee.ModelSelect[Job]:
         return cls.with_status(JobStatus.PROCESSING)
 
     # Instance methods -----------------------------------------------------
@@ -335,50 +331,16 @@ class LostMark(BaseModel):
         indexes = ((("worker_id", "message_id"), False), (("queued_day", "message_id"), False))
 
 
-def _distinct_walk(column: str) -> str:
-    """A statement of every distinct value of a job column, in order (SQLite, PostgreSQL).
-
-    A recursive walk: each step is one seek in an index that starts with
-    ``column``, so its cost follows the number of distinct values, not of
-    rows.  MariaDB runs such a walk as a scan per step: do not use it there.
-    """
-    table = Job._meta.table_name
-    return (
-        f"WITH RECURSIVE walk (value) AS ("
-        f" SELECT MIN({column}) FROM {table}"
-        f" UNION ALL SELECT (SELECT j.{column} FROM {table} AS j WHERE j.{column} > walk.value"
-        f" ORDER BY j.{column} LIMIT 1) FROM walk WHERE walk.value IS NOT NULL"
-        f") SELECT value FROM walk WHERE value IS NOT NULL"
-    )
-
-
-# Every queued_day that has jobs: one seek a day in the (queued_day, message_id) index.
-_QUEUED_DAYS = f"({_distinct_walk('queued_day')})"
-_ACTOR_NAMES = _distinct_walk("actor")
-
-
 def actor_names(database: peewee.Database | None = None) -> list[str]:
-    """Every actor name in the job table, in order: one seek a name in the (actor, id) index.
-
-    SQLite and PostgreSQL only (see :func:`_distinct_walk`).
-    """
-    db = database if database is not None else Job._meta.database
-    return [row[0] for row in db.execute_sql(_ACTOR_NAMES).fetchall()]
+    """Every actor name in the job table, in order: one seek a name in the (actor, id) index."""
+    db = database if database is not None else Job._meta.database.obj
+    return dialect_of(db).distinct_values(db, Job._meta.table_name, "actor")
 
 
 def queued_days(database: peewee.Database | None = None) -> list[int]:
-    """Every ``queued_day`` that has jobs, in order: a walk of the index, one seek a day."""
-    db = database if database is not None else Job._meta.database
-    table = Job._meta.table_name
-    sql = f"SELECT queued_day FROM {table} WHERE queued_day > {db.param} ORDER BY queued_day LIMIT 1"
-    days: list[int] = []
-    after = -(2**62)
-    while True:
-        row = db.execute_sql(sql, (after,)).fetchone()
-        if row is None:
-            return days
-        after = int(row[0])
-        days.append(after)
+    """Every ``queued_day`` that has jobs, in order: one seek a day in the (queued_day, message_id) index."""
+    db = database if database is not None else Job._meta.database.obj
+    return [int(day) for day in dialect_of(db).distinct_values(db, Job._meta.table_name, "queued_day")]
 
 
 class Command(BaseModel):

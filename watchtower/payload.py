@@ -29,8 +29,8 @@ def _make_json() -> Callable[[Any], str]:
     """``json.dumps(value, separators=(",", ":"))``, with its C encoder made once.
 
     ``json.dumps`` builds a new C encoder (and a dict for its circular
-    check) on every call: a third of its time for a small message, in the
-    producer's hook.  This one is built once, without the circular check:
+    check) on every call, a large part of its cost for a small message in
+    the producer's hook (benchmarks/RESULTS.md, second pass).  This one is built once, without the circular check:
     the broker has already encoded the message (its JSON encoder would have
     refused a circular one), and recursion that deep raises RecursionError,
     which encode_message handles like any other unencodable message.
@@ -52,8 +52,8 @@ BASE64_PREFIX = "base64:"
 def encode_message(message: Any) -> str:
     """The whole message as text, as Dramatiq's JSON encoder would write it.
 
-    Written directly rather than through ``message.encode()`` (about half the
-    cost, and this runs in the producer's hook).  An app that uses another
+    Written directly rather than through ``message.encode()`` (cheaper,
+    and this runs in the producer's hook; benchmarks/RESULTS.md, third pass).  An app that uses another
     encoder (pickle) may send arguments JSON cannot hold: those messages are
     kept in that encoder's bytes, base64-encoded behind ``base64:``.
 

@@ -26,9 +26,9 @@ from typing import IO, Any
 
 from .config import SupervisorSettings
 from .errors import WorkerError
+from .options import WORKER_OPTIONS
 
 __all__ = [
-    "WORKER_OPTIONS",
     "check_options",
     "check_queues",
     "worker_options",
@@ -39,21 +39,8 @@ __all__ = [
     "Child",
 ]
 
-#: The limits a worker takes, as ``--NAME VALUE`` flags, and their types.
-WORKER_OPTIONS: dict[str, type] = {
-    "tries": int,
-    "timeout": float,
-    "memory": int,
-    "sleep": float,
-    "rest": float,
-    "threads": int,
-}
-# Options that must be at least 1 (the rest must not be negative), as in the config.
-_AT_LEAST_ONE = {"tries", "threads"}
-
-
 def check_options(options: Mapping[str, Any] | None) -> dict[str, int | float]:
-    """``options`` checked: known names, numbers of the right kind, in range.
+    """``options`` checked against :data:`~watchtower.options.WORKER_OPTIONS`: known names, values in range.
 
     Raises WorkerError naming the option, the value and what is allowed.
     """
@@ -63,20 +50,13 @@ def check_options(options: Mapping[str, Any] | None) -> dict[str, int | float]:
         raise WorkerError(f"worker options must be a mapping of {', '.join(WORKER_OPTIONS)}, not {options!r}")
     checked: dict[str, int | float] = {}
     for name, value in options.items():
-        kind = WORKER_OPTIONS.get(name)
-        if kind is None:
+        option = WORKER_OPTIONS.get(name)
+        if option is None:
             raise WorkerError(f"unknown worker option {name!r}: the options are {', '.join(WORKER_OPTIONS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise WorkerError(f"worker option {name!r} must be a number, not {value!r}")
-        if kind is int and value != int(value):
-            raise WorkerError(f"worker option {name!r} must be a whole number, not {value!r}")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise WorkerError(f"worker option {name!r} must be a finite number, not {value!r}")
-        low = 1 if name in _AT_LEAST_ONE else 0
-        if value < low:
-            what = "at least 1" if low else "non-negative"
-            raise WorkerError(f"worker option {name!r} must be {what}, not {value!r}")
-        checked[name] = int(value) if kind is int else float(value)
+        problem = option.problem(value)
+        if problem is not None:
+            raise WorkerError(f"worker option {name!r} must be {problem}, not {value!r}")
+        checked[name] = option.kind(value)
     return checked
 
 

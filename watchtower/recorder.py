@@ -64,10 +64,10 @@ from pathlib import Path
 import peewee
 
 from . import store
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, SpoolError
 from .events import JobEvent, WorkerEvent
 from .ledger import write_batch
-from .spool import Batch, SpoolError, SpoolFile, database_key, ensure_directory, orphans
+from .spool import Batch, SpoolFile, database_key, ensure_directory, orphans
 
 __all__ = ["Recorder", "RecorderStats", "is_outage", "refusals"]
 

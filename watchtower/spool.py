@@ -67,11 +67,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import WatchtowerError
+from .errors import SpoolError
 from .events import JobEvent, Kind, WorkerEvent
 
 __all__ = [
-    "SpoolFile", "SpoolError", "Batch", "default_spool_root", "spool_directory", "ensure_directory", "orphans",
+    "SpoolFile", "Batch", "default_spool_root", "spool_directory", "ensure_directory", "orphans",
     "describe", "SUFFIX",
 ]
 
@@ -86,10 +86,6 @@ SUFFIX = ".spool"
 #: Seconds between two fdatasync of a header being moved by a replay.
 SYNC_INTERVAL = 1.0
 _FIELDS = tuple(field.name for field in dataclasses.fields(JobEvent))
-
-
-class SpoolError(WatchtowerError):
-    """The spool directory cannot be used (not ours, not writable, not a directory)."""
 
 
 def default_spool_root() -> Path:

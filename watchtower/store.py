@@ -36,11 +36,12 @@ import peewee
 
 from . import derived, models
 from .clock import DAY_MS
+from .dialects import MYSQL, POSTGRESQL, SQLITE, Dialect, dialect_of
+from .dialects.sqlite import SQLITE_BUSY_TIMEOUT
 from .errors import DatabaseDriverError, DatabaseUnavailable, DatabaseURLError, SchemaError
 
 __all__ = [
     "connect", "create_database", "open_database", "ensure_schema", "check_database_url", "SCHEMA_VERSION",
-    "dialect", "driver",
     "DRIVERS",
 ]
 
@@ -90,11 +91,6 @@ DRIVERS: dict[str, tuple[Driver, ...]] = {
 }
 
 _KIND_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB"}
-
-# SQLite: how long a writer waits for the lock before giving up, in seconds.
-# Long, because the recorder's writes are short and off the jobs' threads.
-SQLITE_BUSY_TIMEOUT = 30.0
-
 
 @dataclass(frozen=True)
 class DatabaseURL:
@@ -216,7 +212,7 @@ def open_database(url: str) -> peewee.Database:
             pragmas={
                 "busy_timeout": int(SQLITE_BUSY_TIMEOUT * 1000),
                 # Before any table exists (it is a no-op afterwards): lets
-                # watchtower.prune hand pages freed by a prune back to the
+                # watchtower.retention.space hand pages freed by a prune back to the
                 # file system with PRAGMA incremental_vacuum.
                 "auto_vacuum": "incremental",
                 "journal_mode": "wal",
@@ -243,16 +239,21 @@ class _PostgresqlDatabase(peewee.PostgresqlDatabase):
     new connection is checked to come from that driver.
     """
 
+    dialect: Dialect = POSTGRESQL
+
     def __init__(self, database: str, *, driver: str, **kwargs: Any) -> None:
         self.driver = driver
         super().__init__(database, **kwargs)
 
     def _connect(self) -> Any:
-        return _checked(super()._connect(), self.driver)
+        # Peewee's connection hook (held by tests/test_peewee_internals.py), absent from its type stubs.
+        return _checked(super()._connect(), self.driver)  # type: ignore[misc]
 
 
 class _MySQLDatabase(peewee.MySQLDatabase):
     """MySQL or MariaDB through the driver chosen for it (Peewee takes PyMySQL if it imports)."""
+
+    dialect: Dialect = MYSQL
 
     def __init__(self, database: str, *, driver: str, **kwargs: Any) -> None:
         self.driver = driver
@@ -276,18 +277,6 @@ def _checked(conn: Any, name: str) -> Any:
     return conn
 
 
-def driver(db: peewee.Database) -> str:
-    """The name (as in DRIVERS) of the driver ``db`` uses: ``psycopg``, ``psycopg2``, ``pymysql``..."""
-    name = getattr(db, "driver", None)
-    if isinstance(name, str):
-        return name
-    if isinstance(db, peewee.SqliteDatabase):
-        return "sqlite3"
-    # A database made elsewhere (by a host app): ask its connection.
-    module = type(db.connection()).__module__.split(".")[0]
-    return {"MySQLdb": "mysqldb"}.get(module, module)
-
-
 class _SqliteDatabase(peewee.SqliteDatabase):
     """SQLite whose connection setup survives many processes opening a fresh file.
 
@@ -296,6 +285,8 @@ class _SqliteDatabase(peewee.SqliteDatabase):
     process holds one, for example a second worker creating the schema at
     the same moment.  Each pragma is retried until the busy timeout.
     """
+
+    dialect: Dialect = SQLITE
 
     def _set_pragmas(self, conn: sqlite3.Connection) -> None:
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
@@ -312,17 +303,6 @@ class _SqliteDatabase(peewee.SqliteDatabase):
                         time.sleep(0.01)
         finally:
             cursor.close()
-
-
-def dialect(db: peewee.Database) -> str:
-    """``sqlite``, ``postgresql`` or ``mysql``."""
-    if isinstance(db, peewee.SqliteDatabase):
-        return "sqlite"
-    if isinstance(db, peewee.PostgresqlDatabase):
-        return "postgresql"
-    if isinstance(db, peewee.MySQLDatabase):
-        return "mysql"
-    raise DatabaseURLError(f"unsupported database {type(db).__name__}")
 
 
 def connect(url: str, *, create: bool = True) -> peewee.Database:
@@ -444,8 +424,8 @@ def ensure_schema(db: peewee.Database) -> None:
     """
     if models.database.obj is not db:
         raise SchemaError("ensure_schema() needs the models bound to this database: call connect(url)")
-    kind = dialect(db)
-    with _schema_lock(db, kind):
+    dialect = dialect_of(db)
+    with dialect.schema_lock(db):
         # The version first: a newer release may have changed the tables, and
         # this one must not add its own beside them.
         if db.table_exists(models.Meta._meta.table_name):
@@ -457,17 +437,17 @@ def ensure_schema(db: peewee.Database) -> None:
                     "upgrade dramatiq-watchtower"
                 )
             if version < 2 and db.table_exists(models.Job._meta.table_name):
-                _migrate_to_2(db, kind)
+                _migrate_to_2(db, dialect)
                 models.Meta.update(value="2").where(models.Meta.key == "schema_version").execute()
         derived_tables = (models.JobCount._meta.table_name, models.HourlyRollup._meta.table_name)
         existed = {table: db.table_exists(table) for table in derived_tables}
         db.create_tables(models.MODELS, safe=True)
         # Job counts and hourly rollups, kept by triggers.
-        derived.install(db, kind, existed=existed)
+        derived.install(db, existed=existed)
         models.Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
 
 
-def _migrate_to_2(db: peewee.Database, kind: str) -> None:
+def _migrate_to_2(db: peewee.Database, dialect: Dialect) -> None:
     """Version 1 to 2: the job table's unique key becomes (queued_day, message_id).
 
     Adds and fills ``queued_day`` (the UTC day of ``queued_at``, truncated
@@ -482,36 +462,10 @@ def _migrate_to_2(db: peewee.Database, kind: str) -> None:
     with db.atomic():  # one transaction where the database has transactional DDL (SQLite, PostgreSQL)
         if "queued_day" not in {column.name for column in db.get_columns(table)}:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN queued_day BIGINT NOT NULL DEFAULT 0")
-        divide = "DIV" if kind == "mysql" else "/"
-        db.execute_sql(f"UPDATE {table} SET queued_day = queued_at {divide} {DAY_MS}")
+        db.execute_sql(f"UPDATE {table} SET queued_day = {dialect.int_divide('queued_at', str(DAY_MS))}")
         db.execute_sql(
             f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_queued_day_message_id ON {table} (queued_day, message_id)"
         )
-        on_table = f" ON {table}" if kind == "mysql" else ""
-        db.execute_sql(f"DROP INDEX IF EXISTS {table}_message_id{on_table}")
+        db.execute_sql(dialect.drop_index(table, f"{table}_message_id"))
     logger.info("the ledger's schema is version 2 (%.1f s)", time.monotonic() - started)
 
-
-class _schema_lock:
-    """A database-wide lock around schema creation (SQLite: an immediate transaction)."""
-
-    def __init__(self, db: peewee.Database, kind: str) -> None:
-        self.db, self.kind = db, kind
-        self._atomic: Any = None
-
-    def __enter__(self) -> None:
-        if self.kind == "sqlite":
-            self._atomic = self.db.atomic("IMMEDIATE")
-            self._atomic.__enter__()
-        elif self.kind == "postgresql":
-            self.db.execute_sql("SELECT pg_advisory_lock(727274)")
-        else:
-            self.db.execute_sql("SELECT GET_LOCK('watchtower_schema', 60)")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.kind == "sqlite":
-            self._atomic.__exit__(*exc)
-        elif self.kind == "postgresql":
-            self.db.execute_sql("SELECT pg_advisory_unlock(727274)")
-        else:
-            self.db.execute_sql("SELECT RELEASE_LOCK('watchtower_schema')")

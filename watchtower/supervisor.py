@@ -25,7 +25,7 @@ that only *record* a pending signal for the loop to act on.  Each pass
    supervisor (idempotently: see :func:`watchtower.records.clean_stale_workers`),
    and puts the messages those workers held back as in 2;
    with ``retention.auto``, it also starts a prune in a thread of its own when
-   one is due (one supervisor at a time: see :mod:`watchtower.prune`); every
+   one is due (one supervisor at a time: see :mod:`watchtower.retention.auto`); every
    few minutes it marks ``unknown`` the jobs with no news for
    ``unknown_after`` seconds (see :mod:`watchtower.stuck`).
 
@@ -71,8 +71,8 @@ from .ledger_queue import DeferredLedger
 from .models import Job, Worker
 from .statuses import WorkerStatus
 from .oom import OomCounter
+from .options import as_flags
 from .pool import (
-    WORKER_OPTIONS,
     Child,
     RestartPolicy,
     Slot,
@@ -82,7 +82,7 @@ from .pool import (
     worker_options,
 )
 from .process_pool import ProcessPool
-from .prune import AutoPruner
+from .retention import AutoPruner
 from .rescue import Rescuer
 from .startlog import start_block
 from .stuck import UnknownMarker
@@ -338,9 +338,7 @@ class Supervisor:
         ]
         for path in self._import_paths:
             command += ["--path", path]
-        for option in WORKER_OPTIONS:
-            command += [f"--{option}", str(slot.options[option])]
-        return command
+        return command + as_flags(slot.options)
 
     # Watching workers -----------------------------------------------------
 

@@ -35,12 +35,10 @@ import re
 from datetime import datetime
 from typing import Any, cast
 
-import peewee
-
-from .models import Job, Worker, actor_names, database
+from .dialects import dialect_of
+from .models import Job, Worker, database
 from .statuses import WorkerStatus
 from .redact import Redactor
-from .store import dialect
 
 __all__ = [
     "iso",
@@ -180,33 +178,20 @@ def search_ids(redactor: Redactor, where: list[Any], text: str, wanted: int) -> 
     # JSON writes it.
     escaped = json.dumps(text)[1:-1]
     needle, needle_escaped = text.casefold(), escaped.casefold()
-    postgresql = dialect(database.obj) == "postgresql"
+    dialect = dialect_of(database.obj)
     conditions = list(where)
     if floor is not None:
         conditions.append(Job.id >= floor)
-    if postgresql:
-        # The stored JSON and the escaped text are ASCII, so folding ASCII
-        # letters (the "C" collation's ILIKE) matches what the database's
-        # own collation would, at a third of the cost: that ILIKE lowercases
-        # each payload through the locale before matching.
-        match = _like(peewee.NodeList((Job.payload, peewee.SQL('COLLATE "C"'))), "ILIKE", escaped)
-    else:
-        # LIKE ignores ASCII case on SQLite, and on MySQL under the default
-        # (case-insensitive) collations.
-        match = _like(Job.payload, "LIKE", escaped)
+    # The stored JSON and the escaped text are ASCII, so folding ASCII
+    # letters matches what the database's own collation would.
+    match = dialect.contains_ascii_folded(Job.payload, escaped)
     if not _UNSTORABLE.search(text):
         # Text no column can hold (NUL, lone surrogates) cannot be in an
         # actor's name, and the drivers refuse to send it: match the
         # payload alone, where it is escaped as JSON writes it.
-        if postgresql:
-            # Names may be any Unicode: rather than lowercase every row's
-            # actor through the locale, pick the matching names among the
-            # few distinct ones, with the same test as the rows below.
-            names = [actor for actor in actor_names() if needle in actor.casefold()]
-            if names:
-                match = Job.actor.in_(names) | match
-        else:
-            match = _like(Job.actor, "LIKE", text) | match
+        names = dialect.contains_folded(database.obj, Job._meta.table_name, Job.actor, text)
+        if names is not None:
+            match = names | match
     conditions.append(match)
 
     found: list[int] = []
@@ -225,12 +210,6 @@ def search_ids(redactor: Redactor, where: list[Any], text: str, wanted: int) -> 
                     break
         last = chunk[-1][0]
     return found, complete
-
-
-def _like(column: peewee.ColumnBase, operator: str, text: str) -> peewee.ColumnBase:
-    """``column LIKE '%text%'`` with the text's own wildcards taken literally ('!' escapes)."""
-    literal = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
-    return peewee.NodeList((column, peewee.SQL(operator), f"%{literal}%", peewee.SQL("ESCAPE '!'")), parens=True)
 
 
 def _arguments_match(redactor: Redactor, payload: str | None, needle_escaped: str) -> bool:

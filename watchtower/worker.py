@@ -15,7 +15,8 @@ registration is turned off): status ``running`` / ``paused`` / ``stopping`` /
 ``stopped``, a heartbeat every ``heartbeat_interval`` seconds with the job
 counts and the resident memory, and on exit the exit code and reason.
 
-Limits (flags of ``watchtower worker``, defaults from ``[supervisors.NAME]``):
+Limits (flags of ``watchtower worker``, defaults from ``[supervisors.NAME]``;
+their ranges and defaults are declared in :mod:`watchtower.options`):
 
 - ``--tries N``: a job gets N attempts (Retries' default ``max_retries`` is
   N-1; an actor's or message's own ``max_retries`` wins);
@@ -78,15 +79,16 @@ import psutil
 from dramatiq.middleware import Retries, TimeLimit
 
 from .bus import CommandBus, WorkerCommand, worker_command_key
+from .clock import now_ms
 from .config import Settings, SupervisorSettings
 from .dramatiq_internals import q_name, set_max_retries, set_time_limit
 from .errors import BusError, ConfigError, WatchtowerError
 from .events import ALIVE_AS, WorkerEvent
 from .middleware import WatchtowerMiddleware
-from .clock import now_ms
-from .statuses import WorkerStatus
+from .options import WORKER_OPTIONS
 from .pausable import PausableWorker, install_idle_consumers
 from .rescue import name_consumers
+from .statuses import WorkerStatus
 
 __all__ = [
     "WorkerOptions",
@@ -120,27 +122,17 @@ BUS_WARNING_INTERVAL = 30.0
 _MB = 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerOptions:
-    """The limits of one worker process (see the module docstring for their meaning)."""
+    """The limits of one worker process, checked (their meaning, ranges and defaults: :mod:`watchtower.options`)."""
 
-    queues: tuple[str, ...] | None = None  # None: every queue the app declares
-    threads: int = 8
-    tries: int = 3
-    timeout: float = 60.0
-    memory: int = 128
-    sleep: float = 3.0
-    rest: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, low in (("threads", 1), ("tries", 1)):
-            value = getattr(self, name)
-            if value < low:
-                raise ConfigError(f"--{name} must be at least {low}, not {value!r}")
-        for name in ("timeout", "memory", "sleep", "rest"):
-            value = getattr(self, name)
-            if value < 0:
-                raise ConfigError(f"--{name} must not be negative, not {value!r}")
+    queues: tuple[str, ...] | None  # None: every queue the app declares
+    threads: int
+    tries: int
+    timeout: float
+    memory: int
+    sleep: float
+    rest: float
 
     def as_row(self) -> dict[str, Any]:
         """The options as stored in the worker row's ``options`` JSON."""
@@ -148,15 +140,24 @@ class WorkerOptions:
 
 
 def resolve_options(
-    settings: Settings, supervisor: str | None, queues: tuple[str, ...], **flags: Any
+    settings: Settings, supervisor: str | None, queues: tuple[str, ...], **flags: int | float | None
 ) -> WorkerOptions:
     """Flags first, then the supervisor's table (if one is named), then the defaults.
 
-    Raises ConfigError for an unknown supervisor or a limit out of range.
+    ``flags`` are the worker options given on the command line (None: not
+    given).  Raises ConfigError for an unknown supervisor or a flag out of
+    its range; the settings' own values were checked when they were loaded.
     """
     base = settings.supervisor(supervisor) if supervisor else SupervisorSettings()
-    values = {name: getattr(base, name) for name in ("threads", "tries", "timeout", "memory", "sleep", "rest")}
-    values.update({name: value for name, value in flags.items() if value is not None})
+    values = {name: getattr(base, name) for name in WORKER_OPTIONS}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        option = WORKER_OPTIONS[name]
+        problem = option.problem(value)
+        if problem is not None:
+            raise ConfigError(f"{option.flag} must be {problem}, not {value!r}")
+        values[name] = value
     chosen = tuple(queues) or (base.queues if supervisor else None)
     return WorkerOptions(queues=chosen, **values)
 
@@ -182,8 +183,8 @@ def apply_limits(broker: dramatiq.Broker, options: WorkerOptions) -> None:
     if not retries and options.tries > 1:
         logger.warning("the broker has no Retries middleware: --tries %d cannot apply", options.tries)
     limits = [m for m in broker.middleware if isinstance(m, TimeLimit)]
-    for middleware in limits:
-        set_time_limit(middleware, options.timeout * 1000 if options.timeout > 0 else float("inf"))
+    for limit in limits:
+        set_time_limit(limit, options.timeout * 1000 if options.timeout > 0 else float("inf"))
     if not limits and options.timeout > 0:
         logger.warning("the broker has no TimeLimit middleware: --timeout %s cannot apply", options.timeout)
 

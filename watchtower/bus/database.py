@@ -37,6 +37,7 @@ from typing import TypeVar
 import peewee
 
 from .. import store
+from ..dialects import dialect_of
 from ..errors import BusError, WatchtowerError
 from ..clock import now_ms
 from ..models import Command, CommandEntry
@@ -127,11 +128,7 @@ class DatabaseCommandBus:
 
         def write(db: peewee.Database) -> None:
             query = Command.insert(key=key, value=value, expires_at=expires)
-            if store.dialect(db) == "mysql":
-                query = query.on_conflict(preserve=[Command.value, Command.expires_at])
-            else:
-                query = query.on_conflict(conflict_target=[Command.key], preserve=[Command.value, Command.expires_at])
-            query.execute(db)
+            dialect_of(db).upsert_query(query, [Command.key], [Command.value, Command.expires_at]).execute(db)
             self._maybe_purge(db)
 
         self._run(write)

@@ -1,4 +1,5 @@
-"""What every ``watchtower`` command shares: the settings on the click context, exit codes, ``--path``.
+"""What every ``watchtower`` command shares: the settings on the click context, exit codes, ``--path``,
+the worker options' flags.
 
 The root group (:mod:`watchtower.cli`) puts a :class:`State` on the context;
 each command loads its settings through :func:`settings_from`, with its own
@@ -14,8 +15,9 @@ from typing import Any
 import click
 
 from ..config import Settings, load_settings
+from ..options import WORKER_OPTIONS
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "State", "settings_from", "import_path_option"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "State", "settings_from", "import_path_option", "worker_option_flags"]
 
 #: Exit codes: 0 ok, 1 refused or failed, 2 bad configuration or input.
 EXIT_FAILED = 1
@@ -50,3 +52,20 @@ def import_path_option(command: Any) -> Any:
         "--path", "-P", "paths", multiple=True, metavar="DIR", type=click.Path(file_okay=False),
         help="Put DIR first on sys.path to import the app (repeatable; default: the current directory).",
     )(command)
+
+
+def worker_option_flags(command: Any, *, short: dict[str, str] | None = None) -> Any:
+    """A ``--NAME`` flag for each worker option (``short`` adds aliases such as ``{"threads": "-t"}``).
+
+    Each flag has its option's type, and is None when not given (the
+    settings fill it in).  Its range is checked by whoever takes the value
+    (the settings, the worker), so that a value out of range gets the one
+    message of :mod:`watchtower.options` and says where it came from.
+    """
+    for option in reversed(WORKER_OPTIONS.values()):
+        aliases = [short[option.name]] if short and option.name in short else []
+        command = click.option(
+            option.flag, *aliases, option.name, type=option.kind, default=None, metavar=option.metavar,
+            help=option.help_text,
+        )(command)
+    return command

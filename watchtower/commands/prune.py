@@ -8,7 +8,7 @@ import click
 import peewee
 
 from .context import settings_from
-from ..prune import Retention, plan, prune
+from ..retention import Retention, plan, prune
 from ..errors import DatabaseUnavailable
 from ..store import connect, redact_url
 

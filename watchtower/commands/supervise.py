@@ -17,12 +17,13 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import IO
 
 import click
 import psutil
 
-from .context import State, import_path_option, settings_from
+from .context import State, import_path_option, settings_from, worker_option_flags
 from ..config import Settings, as_text, env_name, pool_key, value_of
 from ..errors import ConfigError, WatchtowerError
 
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 @click.argument("app_arg", metavar="[APP]", required=False)
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=None, metavar="N",
               help="A pool of N worker processes (sets min_processes and max_processes; default 1).")
-@click.option("--threads", "-t", type=int, default=None, metavar="N", help="Threads per worker process (default 8).")
 @click.option("--queues", "-Q", multiple=True, metavar="QUEUE",
               help="A queue to consume (repeatable, or comma-separated; default: the pool's, 'default').")
 @click.option("--supervisor", "name", default="default", show_default=True,
@@ -43,14 +43,7 @@ logger = logging.getLogger(__name__)
 @click.option("--min-processes", type=int, default=None, metavar="N", help="Worker processes kept running.")
 @click.option("--max-processes", type=int, default=None, metavar="N",
               help="Worker processes at most, with those started on request.")
-@click.option("--tries", type=int, default=None, metavar="N", help="Attempts per job (default 3; Dramatiq's: 21).")
-@click.option("--timeout", type=float, default=None, metavar="SECONDS",
-              help="A job's time limit, 0 for none (default 60; Dramatiq's: 600).")
-@click.option("--memory", type=int, default=None, metavar="MB",
-              help="Recycle a worker past this resident memory, 0 for no limit (default 128).")
-@click.option("--sleep", type=float, default=None, metavar="SECONDS",
-              help="Longest wait between two looks at an empty queue (default 3).")
-@click.option("--rest", type=float, default=None, metavar="SECONDS", help="Pause of each thread after a job (default 0).")
+@partial(worker_option_flags, short={"threads": "-t"})
 @click.option("--app", "app_option", default=None, help="The same as APP (setting app).")
 @import_path_option
 @click.option("--watch", "watch", multiple=True, metavar="DIR", type=click.Path(exists=True, file_okay=False),
@@ -65,21 +58,16 @@ def supervise(
     ctx: click.Context,
     app_arg: str | None,
     processes: int | None,
-    threads: int | None,
     queues: tuple[str, ...],
     name: str,
     min_processes: int | None,
     max_processes: int | None,
-    tries: int | None,
-    timeout: float | None,
-    memory: int | None,
-    sleep: float | None,
-    rest: float | None,
     app_option: str | None,
     paths: tuple[str, ...],
     watch: tuple[str, ...],
     pid_file: str | None,
     log_file: str | None,
+    **limits: int | float | None,
 ) -> None:
     """Run a pool of worker processes for APP: start, watch, restart and clean up after them.
 
@@ -100,13 +88,8 @@ def supervise(
     pool = {
         "min_processes": processes if processes is not None else min_processes,
         "max_processes": processes if processes is not None else max_processes,
-        "threads": threads,
         "queues": _queue_names(queues),
-        "tries": tries,
-        "timeout": timeout,
-        "memory": memory,
-        "sleep": sleep,
-        "rest": rest,
+        **limits,
     }
     settings = settings_from(ctx, app=app_arg or app_option,
                              **{pool_key(name, key): value for key, value in pool.items()})

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .context import import_path_option, settings_from
+from .context import import_path_option, settings_from, worker_option_flags
 from ..errors import AppImportError, BusError, ConfigError, DatabaseUnavailable, WatchtowerError
 
 
@@ -15,12 +15,7 @@ from ..errors import AppImportError, BusError, ConfigError, DatabaseUnavailable,
 @click.option("--app", "app", default=None, help="The app module that sets the broker and declares the actors (setting app).")
 @click.option("--worker-id", default=None, help="This worker's id (default HOSTNAME-PID).")
 @click.option("--supervisor", default=None, help="The supervisor this worker belongs to; its [supervisors.NAME] gives the defaults.")
-@click.option("--tries", type=int, default=None, help="Attempts per job (default 3; an actor's own max_retries wins).")
-@click.option("--timeout", type=float, default=None, help="A job's time limit in seconds, 0 for none (default 60; an actor's own time_limit wins).")
-@click.option("--memory", type=int, default=None, help="Recycle past this resident memory in MB, 0 for no limit (default 128); counted from the footprint after boot when that is already bigger.")
-@click.option("--sleep", type=float, default=None, help="Longest wait in seconds between two looks at an empty queue (default 3).")
-@click.option("--rest", type=float, default=None, help="Seconds each thread rests after a job (default 0).")
-@click.option("--threads", type=int, default=None, help="Worker threads (default 8).")
+@worker_option_flags
 @click.option("--parent-pid", type=int, default=None, help="Stop when this process is gone (the supervisor).")
 @click.option("--hostname", default=None, help="The host name to record (setting hostname).")
 @import_path_option
@@ -31,17 +26,15 @@ def worker(
     app: str | None,
     worker_id: str | None,
     supervisor: str | None,
-    tries: int | None,
-    timeout: float | None,
-    memory: int | None,
-    sleep: float | None,
-    rest: float | None,
-    threads: int | None,
     parent_pid: int | None,
     hostname: str | None,
     paths: tuple[str, ...],
+    **limits: int | float | None,
 ) -> None:
     """Run one Dramatiq worker process for QUEUES (default: the app's or the supervisor's queues).
+
+    The limits (--threads ... --rest) default to the supervisor's, or to
+    the defaults shown when no --supervisor is given.
 
     Exit codes: 0 stopped gracefully, 1 failed, 2 bad arguments or app import
     failure, 64 recycled past --memory, 65 stopped gracefully by the restart
@@ -63,10 +56,7 @@ def worker(
     try:
         settings = settings_from(ctx, app=app, hostname=hostname)
         worker_id = worker_id or f"{settings.hostname}-{os.getpid()}"
-        options = resolve_options(
-            settings, supervisor, queues,
-            tries=tries, timeout=timeout, memory=memory, sleep=sleep, rest=rest, threads=threads,
-        )
+        options = resolve_options(settings, supervisor, queues, **limits)
         _share_settings(ctx)
         add_import_paths(paths)
         broker = load_app(settings.app)

@@ -44,6 +44,7 @@ import falcon
 import jinja2
 
 from ..errors import AppImportError
+from ..options import WORKER_OPTIONS
 from ..statuses import JobStatus, WorkerStatus
 from ..scrape import queue_depths_for
 from . import jobs, params, session, workers
@@ -375,6 +376,7 @@ class WorkersPage(_Page):
                     for (supervisor, host), rows in sorted(groups.items())],
             alive=WorkerStatus.ALIVE, commands=workers.COMMANDS, queues=_queue_names(self.services),
             supervisors=sorted(settings.supervisors), default_supervisor=_default_supervisor(self.services),
+            worker_options=list(WORKER_OPTIONS.values()),
         )
 
 
@@ -515,7 +517,7 @@ class StartWorkerAction(_Page):
         for name, value in req.context.form.items():
             if name in (session.CSRF_FIELD, "next") or value == "":
                 continue
-            body[name] = _number(value) if name in workers.START_OPTIONS else value
+            body[name] = _number(value) if name in WORKER_OPTIONS else value
         queue, options, supervisor = workers.start_request(body)
         manager = self.services.manager()
         supervisor = supervisor or manager.default_supervisor()

@@ -10,12 +10,12 @@ the order sent.  Both go through the WorkerManager.
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
 import falcon
 
+from ..options import WORKER_OPTIONS
 from ..statuses import WorkerStatus
 from ..views import list_workers, worker_record, worker_rows
 from . import params
@@ -28,19 +28,7 @@ __all__ = [
     "WorkersResource",
     "StartWorkerResource",
     "WorkerCommandResource",
-    "START_OPTIONS",
 ]
-
-#: The options a start request may carry: name -> (type, smallest, largest).
-#: A timeout or memory of 0 means no limit (as for ``watchtower worker``).
-START_OPTIONS: dict[str, tuple[type, float, float]] = {
-    "threads": (int, 1, 256),
-    "tries": (int, 1, 1000),
-    "timeout": (float, 0, 7 * 24 * 3600),
-    "memory": (int, 0, 1024 * 1024),
-    "sleep": (float, 0, 3600),
-    "rest": (float, 0, 3600),
-}
 
 _SUPERVISOR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
@@ -68,7 +56,10 @@ class WorkersResource:
 
 
 def start_request(body: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
-    """The queue, options and supervisor of a start request's body, checked (422 otherwise)."""
+    """The queue, options and supervisor of a start request's body, checked (422 otherwise).
+
+    The options are the worker options of :mod:`watchtower.options`, with their ranges.
+    """
     if "queue" not in body:
         raise params.unprocessable('"queue" is required: the queue the new worker consumes, such as "default"')
     queue = params.check_queue_name(body["queue"])
@@ -81,17 +72,14 @@ def start_request(body: dict[str, Any]) -> tuple[str, dict[str, Any], str | None
     for name, value in body.items():
         if name in ("queue", "supervisor"):
             continue
-        if name not in START_OPTIONS:
-            known = ", ".join(["queue", "supervisor", *START_OPTIONS])
+        option = WORKER_OPTIONS.get(name)
+        if option is None:
+            known = ", ".join(["queue", "supervisor", *WORKER_OPTIONS])
             raise params.unprocessable(f"unknown field {name[:64]!r}: a start request takes {known}")
-        kind, smallest, largest = START_OPTIONS[name]
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not numeric or (kind is int and not isinstance(value, int)) or not math.isfinite(value):
-            what = "a whole number" if kind is int else "a number"
-            raise params.unprocessable(f"{name!r} must be {what} from {smallest:g} to {largest:g}, not {json.dumps(value)[:40]}")
-        if not smallest <= value <= largest:
-            raise params.unprocessable(f"{name!r} must be from {smallest:g} to {largest:g}, not {value}")
-        options[name] = kind(value)
+        problem = option.problem(value)
+        if problem is not None:
+            raise params.unprocessable(f"{name!r} must be {problem}, not {json.dumps(value)[:40]}")
+        options[name] = option.kind(value)
     return queue, options, supervisor
 
 

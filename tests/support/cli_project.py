@@ -27,9 +27,10 @@ from typing import Any
 
 import dramatiq
 import redis
-from conftest import REDIS_URL, unique
 from dramatiq.brokers.redis import RedisBroker
-from supervision import running
+
+from tests.support.servers import REDIS_URL, unique
+from tests.support.supervisors import running
 
 #: The console script installed beside this test's Python.
 WATCHTOWER = shutil.which("watchtower", path=os.path.dirname(sys.executable)) or shutil.which("watchtower")

@@ -4,7 +4,7 @@ Configured through the environment (never WATCHTOWER_* variables: the
 settings loader refuses unknown ones): WT_APP_REDIS, WT_APP_NAMESPACE,
 WT_APP_QUEUE, WT_APP_DATABASE_URL, WT_APP_WORKER_ID.
 
-``python -m metrics_workload`` runs a dramatiq.Worker (2 threads) until its
+``python -m apps.metrics_workload`` runs a dramatiq.Worker (2 threads) until its
 stdin closes, then stops it and flushes the ledger, as a worker process of
 the supervisor would.
 """

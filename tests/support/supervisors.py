@@ -18,9 +18,11 @@ from typing import Any
 
 import dramatiq
 import psutil
-from conftest import REDIS_URL, subprocess_env, wait_until
 from dramatiq.brokers.redis import RedisBroker
 
+from tests.support.checkout import subprocess_env
+from tests.support.polling import wait_until
+from tests.support.servers import REDIS_URL
 from watchtower.config import Settings, load_settings
 from watchtower.models import Worker
 
@@ -124,7 +126,7 @@ def measure(predicate: Any, timeout: float, message: str) -> float:
 
 
 __all__ = [
-    "REDIS_URL", "app_env", "children", "config", "enqueue", "enqueue_grow", "measure", "metrics_url", "pid_gone", "rows", "running",
+    "app_env", "children", "config", "enqueue", "enqueue_grow", "measure", "metrics_url", "pid_gone", "rows", "running",
     "settings_for", "start_supervisor", "wait_exit", "write_config",
 ]
 
@@ -161,21 +163,19 @@ def config(tmp_path: Path, database_url: str, namespace: str, *, bus: str = "red
 
 def enqueue(namespace: str, queue: str, token: str, seconds: float) -> str:
     """Send ``nap(token, seconds)``; returns the message id."""
-    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
-    try:
-        broker.declare_queue(queue)
-        message = dramatiq.Message(queue_name=queue, actor_name="nap", args=(token, seconds), kwargs={}, options={})
-        return broker.enqueue(message).message_id
-    finally:
-        broker.close()
+    return _send(namespace, queue, "nap", token, seconds)
 
 
 def enqueue_grow(namespace: str, queue: str, token: str, megabytes: int) -> str:
     """Send ``grow(token, megabytes)``: the worker keeps that much more memory; returns the message id."""
+    return _send(namespace, queue, "grow", token, megabytes)
+
+
+def _send(namespace: str, queue: str, actor: str, *args: Any) -> str:
     broker = RedisBroker(url=REDIS_URL, namespace=namespace)
     try:
         broker.declare_queue(queue)
-        message = dramatiq.Message(queue_name=queue, actor_name="grow", args=(token, megabytes), kwargs={}, options={})
+        message = dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
         return broker.enqueue(message).message_id
     finally:
         broker.close()

@@ -17,7 +17,7 @@ from watchtower.events import JobEvent, Kind
 from watchtower.clock import day_of, now_ms
 from watchtower.models import Job
 from watchtower.statuses import JobStatus
-from watchtower.store import dialect, driver
+from watchtower.dialects import dialect_of, driver
 
 _COLUMNS = (
     "message_id", "queue", "actor", "connection", "status", "worker_id", "attempts",
@@ -45,7 +45,7 @@ def insert_jobs(db: peewee.Database, rows: Iterable[Sequence[Any]], *, chunk: in
     On PostgreSQL through psycopg 3, COPY (executemany there costs a round
     trip per row; psycopg2's executemany is slow too, but small fills use it).
     """
-    if dialect(db) == "postgresql" and driver(db) == "psycopg":
+    if dialect_of(db).name == "postgresql" and driver(db) == "psycopg":
         return _copy_jobs(db, rows)
     sql = (
         f"INSERT INTO {Job._meta.table_name} ({', '.join(_COLUMNS)}) "

@@ -29,10 +29,10 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.checkout import ROOT
+
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 ALL = "$__all"
 

@@ -1,10 +1,13 @@
 """Servers of a test's own, to stop and start: a PostgreSQL cluster and a Redis server.
 
-The machine's shared servers are never stopped; an outage test starts its
-own on a free loopback port, takes it down (``stop()``: the process is
-killed as a crash would kill it) and brings it back on the same port with
-the same data (``start()``).  Everything runs as child processes of the
-test, stopped by their PIDs when the block ends.
+The machine's shared servers are never stopped; an outage test (or the
+outage benchmark) starts its own on a free loopback port, takes it down and
+brings it back on the same port with the same data (``start()``), so that
+URLs keep working.  PostgreSQL goes down cleanly (``stop()``: every session
+ended at once) or as a crash would take it (``crash()``); Redis's ``stop()``
+is a crash.  Everything runs as child processes of the test, stopped by
+their PIDs when the block ends.  Trust authentication, no fsync (a test's
+data need not survive a power cut).
 
 PostgreSQL refuses to run as root: when the tests run as root, the cluster
 belongs to the ``postgres`` user and lives in a directory of its own under
@@ -22,13 +25,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_until
+from tests.support.polling import wait_until
 
 __all__ = ["PrivatePostgres", "PrivateRedis", "private_postgres", "private_redis", "free_port"]
 
@@ -88,16 +90,21 @@ class PrivateRedis:
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of its own (``initdb``), served on a free port."""
+    """A PostgreSQL cluster of its own (``initdb`` into a new temporary directory), served on a free port.
 
-    def __init__(self, log: Path) -> None:
+    ``log`` is where the server writes (by default ``server.log`` in its directory);
+    ``close()`` takes it down and deletes the directory.  As a context manager it is
+    started on entry and closed on exit.
+    """
+
+    def __init__(self, log: Path | None = None) -> None:
         self.port = free_port()
-        self.log = log
-        self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))[-1]).parent
+        self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=_major)[-1]).parent
         self.user: Any = None if os.geteuid() != 0 else pwd.getpwnam("postgres")
         self.root = Path(tempfile.mkdtemp(prefix="wt-private-pg-"))
         if self.user is not None:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
+        self.log = log or self.root / "server.log"
         self.data = self.root / "data"
         self.process: subprocess.Popen[bytes] | None = None
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
@@ -105,6 +112,15 @@ class PrivatePostgres:
 
     def url(self, database: str = "ledger") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new database on this server; its URL."""
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
 
     def _as_owner(self) -> dict[str, Any]:
         return {} if self.user is None else {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
@@ -132,13 +148,30 @@ class PrivatePostgres:
         return result.returncode == 0
 
     def stop(self) -> None:
-        """Down at once (SIGQUIT: immediate shutdown, every session cut, crash recovery on the next start)."""
+        """Down cleanly and at once (SIGINT: fast shutdown, every session ended)."""
+        _kill(self.process, signal.SIGINT)
+        self.process = None
+
+    def crash(self) -> None:
+        """Down as a crash would take it (SIGQUIT: immediate shutdown, crash recovery on the next start)."""
         _kill(self.process, signal.SIGQUIT)
         self.process = None
 
-    def remove(self) -> None:
-        self.stop()
+    def close(self) -> None:
+        self.crash()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PrivatePostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _major(path: str) -> int:
+    """The major version in /usr/lib/postgresql/<major>/bin/postgres."""
+    return int(Path(path).parts[4])
 
 
 @contextmanager
@@ -153,17 +186,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 @contextmanager
 def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(tmp_path / "postgres.log")
-    try:
-        server.start()
+    """A started private PostgreSQL that logs to ``tmp_path``; closed afterwards."""
+    with PrivatePostgres(tmp_path / "postgres.log") as server:
         yield server
-    finally:
-        server.remove()
 
-
-def wait_down(port: int, timeout: float = 30.0) -> None:
-    """Until nothing answers on ``port``."""
-    deadline = time.monotonic() + timeout
-    while _answers(port):
-        assert time.monotonic() < deadline, f"port {port} still answers"
-        time.sleep(0.05)

@@ -1,33 +1,24 @@
-"""Helpers of the control API's tests: settings, seeded jobs, an authorised test client."""
+"""Helpers of the control API's tests: settings, seeded jobs, an authorised test client, a served API."""
 
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 import falcon.testing
-import pytest
-import redis
-from conftest import REDIS_URL, subprocess_env, unique, wait_until
-from dramatiq.brokers.redis import RedisBroker
 
-from watchtower import store
+from tests.support.polling import DEADLINE
+from tests.support.servers import REDIS_URL
 from watchtower.config import Settings, load_settings
 from watchtower.payload import encode_message
 from watchtower.clock import day_of, now_ms
-from watchtower.models import Job, Worker
+from watchtower.models import Job
 from watchtower.statuses import JobStatus
 
 TOKEN = "s3cret-token-for-tests"
-#: Seconds to wait for anything a worker process does.
-DEADLINE = 30.0
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 _clock = itertools.count()
@@ -124,7 +115,7 @@ class ServedAPI:
         return int(self.process.returncode)
 
 
-def serve_api(env: dict[str, str], *args: str, timeout: float = 30.0,
+def serve_api(env: dict[str, str], *args: str, timeout: float = DEADLINE,
               preexec_fn: Callable[[], None] | None = None) -> ServedAPI:
     """Start ``python -m watchtower serve --port 0 ARGS`` and wait for its "listening on" line.
 
@@ -159,97 +150,3 @@ def serve_api(env: dict[str, str], *args: str, timeout: float = 30.0,
     match = re.search(r"http://(\S+?):(\d+)/", "".join(lines))
     assert match, lines
     return ServedAPI(process, f"http://{match.group(1)}:{match.group(2)}", lines)
-
-
-@dataclass
-class World:
-    """One test's world: Redis namespace, queue, ledger, a producer broker, the workers it started."""
-
-    namespace: str
-    queue: str
-    database_url: str
-    tmp_path: Path
-    redis: redis.Redis
-    producer: RedisBroker
-    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return subprocess_env(
-            WT_TEST_NAMESPACE=self.namespace,
-            WT_TEST_REDIS=REDIS_URL,
-            WT_TEST_QUEUE=self.queue,
-            WATCHTOWER_DATABASE_URL=self.database_url,
-            WATCHTOWER_COMMAND_BUS="redis",
-            WATCHTOWER_REDIS_URL=REDIS_URL,
-            WATCHTOWER_REDIS_PREFIX=self.namespace,
-            WATCHTOWER_HEARTBEAT_INTERVAL="0.5",
-            **extra,
-        )
-
-    def start_worker(self) -> tuple[subprocess.Popen[bytes], str]:
-        """``watchtower worker`` on this world's queue; the process and its worker id."""
-        worker_id = unique("w")
-        log = (self.tmp_path / f"{worker_id}.log").open("wb")
-        child = subprocess.Popen(
-            [sys.executable, "-m", "watchtower", "worker", self.queue, "--app", "apps.web",
-             "--worker-id", worker_id, "--sleep", "0.2"],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
-        self.children.append(child)
-        return child, worker_id
-
-    def send(self, actor: str, *args: Any, **kwargs: Any) -> str:
-        self.producer.declare_queue(self.queue)
-        message = dramatiq.Message(queue_name=self.queue, actor_name=actor, args=args, kwargs=kwargs, options={})
-        self.producer.enqueue(message)
-        return message.message_id
-
-    def job(self, message_id: str, status: str) -> Job:
-        return wait_until(
-            lambda: (job := Job.get_or_none(Job.message_id == message_id)) is not None and job.status == status and job,
-            timeout=DEADLINE, message=f"job {message_id} to be {status}",
-        )
-
-    def trace(self, name: str) -> int:
-        return int(self.redis.get(f"{self.namespace}:t:{name}") or 0)
-
-    def worker(self, worker_id: str, status: str) -> Worker:
-        return wait_until(
-            lambda: (row := Worker.get_or_none(Worker.worker_id == worker_id)) is not None
-            and row.status == status and row,
-            timeout=DEADLINE, message=f"worker {worker_id} to be {status}",
-        )
-
-    def held_messages(self) -> int:
-        """Messages fetched and not acked by any worker (the broker's ack sets)."""
-        keys = list(self.redis.scan_iter(match=f"{self.namespace}:__acks__.*", count=1000))
-        return sum(self.redis.scard(key) for key in keys)
-
-    def dead_letter(self, broker_message_id: str) -> tuple[Any, Any]:
-        key = f"{self.namespace}:{self.queue}.XQ"
-        return self.redis.zscore(key, broker_message_id), self.redis.hget(key + ".msgs", broker_message_id)
-
-
-@pytest.fixture
-def world(tmp_path: Path, redis_namespace: str, queue_name: str) -> Iterator[World]:
-    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    db = store.connect(database_url)
-    connection = redis.Redis.from_url(REDIS_URL)
-    producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
-    world = World(redis_namespace, queue_name, database_url, tmp_path, connection, producer)
-    try:
-        yield world
-    finally:
-        for child in world.children:
-            if child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(timeout=DEADLINE)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-        for log in tmp_path.glob("*.log"):
-            print(f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}")
-        producer.close()
-        connection.close()
-        db.close()

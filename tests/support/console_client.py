@@ -7,10 +7,15 @@ import re
 from typing import Any
 from urllib.parse import urlencode
 
+import falcon
 import falcon.testing
+
+from tests.support.web_api import TOKEN, web_settings
+from watchtower.web import create_app
 
 #: What a browser sends when it navigates to a page.
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
 CONSOLE = "/watchtower/console"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -77,3 +82,15 @@ class Browser:
 
     def log_in(self, token: str, next_page: str = "") -> falcon.testing.Result:
         return self.post(CONSOLE + "/login", {"csrf": self.csrf(), "token": token, "next": next_page})
+
+
+def console_app(ledger: str, namespace: str, broker: Any = None, **settings: Any) -> falcon.App:
+    """The API's app with the console, on ``ledger`` and a Redis bus under ``namespace``."""
+    return create_app(web_settings(ledger, namespace, **settings), broker=broker)
+
+
+def logged_in(app: falcon.App) -> Browser:
+    """A browser of the console, logged in with the test token."""
+    browser = Browser(app)
+    assert browser.log_in(TOKEN).status_code == 303
+    return browser
