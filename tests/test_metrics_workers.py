@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import redis
 
-
 from tests.support.checkout import subprocess_env
 from tests.support.exposition import parse, promtool_check, value
 from tests.support.polling import wait_until

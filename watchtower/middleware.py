@@ -50,9 +50,9 @@ from .dramatiq_internals import proxy_state as _proxy_state
 from .dramatiq_internals import unwrap_proxy as _unwrap
 from .events import ALIVE_AS, JobEvent, Kind, WorkerEvent
 from .payload import SendEncoder, encode_message
-from .statuses import WorkerStatus
 from .recorder import Recorder
 from .spool import spool_directory
+from .statuses import WorkerStatus
 from .tracebacks import EXCEPTION_LIMIT, format_exception, within
 from .tracebacks import cap as _cap
 

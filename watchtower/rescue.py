@@ -48,11 +48,11 @@ import dramatiq
 import psutil
 
 from . import dramatiq_internals as internals
-from .payload import encode_message
 from .ledger import give_up
 from .metric_listeners import record_given_up
 from .middleware import broker_kind
 from .models import Job, Worker
+from .payload import encode_message
 from .poison import give_up_reason, poison_jobs
 
 __all__ = ["PutBack", "Rescuer", "name_consumers", "RESCUE_SCRIPT", "PENDING_FOR"]

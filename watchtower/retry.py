@@ -28,11 +28,11 @@ from typing import Any, cast
 import dramatiq
 
 from . import dramatiq_internals as internals
-from .errors import BrokerError, JobConflict, JobNotFound
-from .payload import encode_message
-from .middleware import READY_AT_OPTION
 from .clock import day_of
+from .errors import BrokerError, JobConflict, JobNotFound
+from .middleware import READY_AT_OPTION
 from .models import Job, database
+from .payload import encode_message
 from .statuses import JobStatus
 
 __all__ = ["RetryResult", "retry_failed", "remove_dead_letter", "retryable_failed_ids", "RESET_OPTIONS"]

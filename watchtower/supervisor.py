@@ -64,12 +64,11 @@ import peewee
 from . import metric_listeners, records, store
 from .app import find_app
 from .bus import CommandBus, open_bus, supervisor_inbox_key
+from .clock import now_ms
 from .config import Settings
 from .errors import DatabaseUnavailable, WatchtowerError, WorkerError
-from .clock import now_ms
 from .ledger_queue import DeferredLedger
 from .models import Job, Worker
-from .statuses import WorkerStatus
 from .oom import OomCounter
 from .options import as_flags
 from .pool import (
@@ -82,9 +81,10 @@ from .pool import (
     worker_options,
 )
 from .process_pool import ProcessPool
-from .retention import AutoPruner
 from .rescue import Rescuer
+from .retention import AutoPruner
 from .startlog import start_block
+from .statuses import WorkerStatus
 from .stuck import UnknownMarker
 from .supervisor_server import SupervisorServer
 from .worker import EXIT_MEMORY, EXIT_OK, EXIT_RESTART
