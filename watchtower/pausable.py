@@ -48,7 +48,6 @@ from dramatiq.message import Message
 from .dramatiq_internals import (
     BrokerConnectionError,
     MessageProxy,
-    WorkerRouter,
     WorkerThread,
     compute_backoff,
     consumer_is_full,
@@ -111,7 +110,7 @@ class PausableWorker(dramatiq.Worker):
         super().__init__(broker, queues=queues, worker_timeout=worker_timeout, worker_threads=worker_threads)
         self.rest = rest
         self.released = False
-        self._router: WorkerRouter | None = None
+        self._router: dramatiq.Middleware | None = None
         self._lock = threading.Lock()
 
     # Life cycle -----------------------------------------------------------
@@ -138,8 +137,8 @@ class PausableWorker(dramatiq.Worker):
         self.released = False
         # Adding the router replays every declared queue to it, which starts
         # one consumer per queue (and delay queue), as Worker.start does.
-        self._router = worker_router(self)
-        self.broker.add_middleware(self._router)
+        router = self._router = worker_router(self)
+        self.broker.add_middleware(router)
         for _ in range(self.worker_threads):
             self._add_worker()
 
