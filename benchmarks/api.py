@@ -36,8 +36,14 @@ import argparse
 import sys
 import time
 
-
-from collector import METHODS, Row, alternate, compared, ledger_pair, print_table  # benchmarks/collector.py: the same ledger
+from collector import (  # benchmarks/collector.py: the same ledger
+    METHODS,
+    Row,
+    alternate,
+    compared,
+    ledger_pair,
+    print_table,
+)
 from harness import time_get
 
 TOKEN = "bench-token"

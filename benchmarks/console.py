@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from api import give_payloads  # benchmarks/api.py: the same ledgers
 from collector import Row, alternate, compared, ledger_pair, print_table
 from harness import time_get

@@ -21,6 +21,7 @@ import time
 import uuid
 
 from harness import POSTGRES_ADMIN
+
 from watchtower import ledger, store
 from watchtower.dialects import dialect_of
 from watchtower.events import JobEvent, Kind

@@ -27,8 +27,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import prune as bench  # the same ledgers and servers
-    from tests.support.ledger_fill import as_version_1
 
+    from tests.support.ledger_fill import as_version_1
     from watchtower import store
     from watchtower.clock import day_of
     from watchtower.models import Job, Meta

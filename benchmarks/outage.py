@@ -32,8 +32,8 @@ import uuid
 from pathlib import Path
 
 import psutil
-
 from harness import REDIS_URL, ROOT
+
 from tests.support.private_servers import PrivatePostgres
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +83,7 @@ def slope_per_minute(samples: list[tuple[float, float]]) -> float:
     ys = [v for _, v in samples]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     den = sum((x - mx) ** 2 for x in xs)
-    return 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else float("nan")
+    return 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
 
 
 def spool_bytes(root: Path) -> int:
@@ -110,8 +110,8 @@ def main() -> None:
 
     from watchtower import store
     from watchtower.models import Job, Rollup
-    from watchtower.statuses import JobStatus
     from watchtower.multiproc import read_metrics
+    from watchtower.statuses import JobStatus
 
     namespace = f"wtbench-{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix="wt-outage-"))

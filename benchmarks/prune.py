@@ -57,7 +57,6 @@ DAY_MS = 86_400_000
 
 def fill(db: Any, rows: int, keep: int) -> None:
     from tests.support.ledger_fill import insert_jobs, job_row
-
     from watchtower.clock import now_ms
 
     now = now_ms()
@@ -80,7 +79,6 @@ def fill(db: Any, rows: int, keep: int) -> None:
 def measure(kind: str, url: str, rows: int, keep: int, rate: int) -> dict[str, float]:
     """Prune the filled ledger at ``url`` while recording; returns the numbers."""
     from tests.support.ledger_fill import completed_job_events
-
     from watchtower import Recorder, store
     from watchtower.retention import Retention, prune
 
@@ -279,7 +277,7 @@ def main() -> None:
           "| longest recorder write (s) | recorder writes during prune | load average |")
     print("|---|---|---|---|---|---|---|---|---|")
     for kind, rounds in results.items():
-        def cell(name: str, fmt: str) -> str:
+        def cell(name: str, fmt: str, rounds: list[dict] = rounds) -> str:
             values = [r[name] for r in rounds]
             return f"{statistics.median(values):{fmt}} ({max(values):{fmt}})"
 

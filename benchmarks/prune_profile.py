@@ -37,7 +37,6 @@ import tempfile
 import time
 from typing import Any
 
-
 _JOBS = "watchtower_jobs"
 VARIANTS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
     ("as shipped", (), {}),

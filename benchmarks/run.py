@@ -90,7 +90,7 @@ def tables(text: str) -> list[list[list[str]]]:
     """The Markdown tables in ``text``: rows of cells, header first, separator rows dropped."""
     found: list[list[list[str]]] = []
     current: list[list[str]] = []
-    for line in text.splitlines() + [""]:
+    for line in [*text.splitlines(), ""]:
         if line.startswith("|"):
             cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
             if not all(set(cell) <= set("-: ") for cell in cells):
@@ -179,7 +179,7 @@ def header(command: str) -> str:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return (
         f"# Benchmark results\n\n"
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
         f"- machine: {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}, load average at start {load}\n"
         f"- Python {platform.python_version()}; {versions}\n"
         f"- command: `{command}`\n"

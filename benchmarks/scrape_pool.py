@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from harness import REDIS_URL, ROOT, wait_for
 
 QUEUE = "bench"

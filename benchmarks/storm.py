@@ -50,10 +50,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from harness import REDIS_URL, ROOT, postgres_database
-
 # The same rounds, pairing, clean-up and CPU counters as the other throughput scripts.
 from drain_profile import _thread_cpu
+from harness import REDIS_URL, ROOT, postgres_database
 from throughput import delete_namespace, paired_ratio, rotating_rounds
 
 QUEUE = "storm"

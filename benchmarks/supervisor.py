@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from harness import REDIS_URL, ROOT, stop_process, wait_for
 
 
@@ -122,9 +121,9 @@ def main() -> None:
                 time.sleep(max(0.0, RestartPolicy.quick + 0.5 - victim.get_uptime()))
                 started = time.perf_counter()
                 os.kill(victim.pid, signal.SIGKILL)
-                new = wait_for(lambda: [w for w in running() if w.worker_id not in before])[0]
+                new = wait_for(lambda before=before: [w for w in running() if w.worker_id not in before])[0]
                 kills.append(time.perf_counter() - started)
-                wait_for(lambda: Job.select().where((Job.worker_id == new.worker_id)
+                wait_for(lambda new=new: Job.select().where((Job.worker_id == new.worker_id)
                                                     & (Job.status == JobStatus.COMPLETED)).exists())
                 first_jobs.append(time.perf_counter() - started)
                 wait_for(lambda: len(running()) == 2)
@@ -133,13 +132,13 @@ def main() -> None:
             for _ in range(args.rounds):
                 target = running()[0].worker_id
 
-                def status() -> str:
+                def status(target: str = target) -> str:
                     return str(Worker.get(Worker.worker_id == target).status)
 
                 for command, expected in (("pause", WorkerStatus.PAUSED), ("resume", WorkerStatus.RUNNING)):
                     started = time.perf_counter()
                     getattr(manager, f"{command}_worker")(target)
-                    wait_for(lambda: status() == expected)
+                    wait_for(lambda expected=expected: status() == expected)
                     commands[command].append(time.perf_counter() - started)
                 started = time.perf_counter()
                 manager.stop_worker(target)
@@ -150,7 +149,7 @@ def main() -> None:
                 before = {w.worker_id for w in Worker.select()}
                 started = time.perf_counter()
                 manager.restart_worker(running()[0].worker_id)
-                wait_for(lambda: [w for w in running() if w.worker_id not in before])
+                wait_for(lambda before=before: [w for w in running() if w.worker_id not in before])
                 commands["restart"].append(time.perf_counter() - started)
                 wait_for(lambda: len(running()) == 2)
         finally:

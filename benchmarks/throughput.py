@@ -210,7 +210,7 @@ def rotating_rounds(
 
 def paired_ratio(runs: list[dict[str, float]], bare: list[dict[str, float]], key: str) -> float:
     """The median, over rounds, of a variant's ``key`` over bare's in the same round."""
-    return statistics.median(run[key] / base[key] for run, base in zip(runs, bare))
+    return statistics.median(run[key] / base[key] for run, base in zip(runs, bare, strict=True))
 
 
 if __name__ == "__main__":

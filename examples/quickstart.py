@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        if sys.version_info < (3, 11):
+        if sys.version_info < (3, 11):  # noqa: UP036 (run by hand with whatever python3 a user has)
             raise DemoError(f"Watchtower needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
         missing = missing_modules()
         if missing:

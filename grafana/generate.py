@@ -104,7 +104,7 @@ def panel(
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "textMode": "auto",
         }
-    for ref, entry in zip("ABCDEFGH", targets):
+    for ref, entry in zip("ABCDEFGH", targets, strict=False):
         entry["refId"] = ref
     return {
         "type": kind,

@@ -234,7 +234,7 @@ def test_pop_all_from_many_processes_takes_each_entry_once(bus_spec: dict[str, s
                 child.kill()
                 child.wait()
         bus.close()
-    for child, (_, err) in zip(children, outputs):
+    for child, (_, err) in zip(children, outputs, strict=True):
         assert child.returncode == 0, err
     taken = [json.loads(out) for out, _ in outputs]
     everything = [value for mine in taken for value in mine]

@@ -10,11 +10,11 @@ import peewee
 import pytest
 
 from watchtower import MetricsCollector, derived
+from watchtower.dialects import dialect_of
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import mark_lost, write_batch
 from watchtower.models import Job, JobCount, Worker
 from watchtower.statuses import WorkerStatus
-from watchtower.dialects import dialect_of
 from watchtower.store import connect
 
 NOW = 1_800_000_000.0  # the collector's clock, epoch seconds
@@ -37,7 +37,7 @@ def life(n: int, rng: random.Random) -> list[JobEvent]:
     if fate == "pending":
         return events
     if fate == "skipped":
-        return events + [event(Kind.SKIPPED, 1, queued + 5, finished_at=queued + 5)]
+        return [*events, event(Kind.SKIPPED, 1, queued + 5, finished_at=queued + 5)]
     attempt, at = 1, queued
     if fate == "retried":
         started = at + rng.randrange(1, 1000)
@@ -54,7 +54,7 @@ def life(n: int, rng: random.Random) -> list[JobEvent]:
         return events
     finished = min(started + rng.randrange(1, 60_000), NOW_MS - 1)
     kind = Kind.COMPLETED if fate == "completed" else Kind.FAILED
-    return events + [event(kind, attempt, finished, started_at=started, finished_at=finished,
+    return [*events, event(kind, attempt, finished, started_at=started, finished_at=finished,
                            duration=(finished - started) / 1000)]
 
 

@@ -63,7 +63,7 @@ timeout = 30
     assert (emails.min_processes, emails.max_processes, emails.timeout) == (2, 6, 30.0)
     assert emails.threads == SupervisorSettings().threads
     assert settings.sources["http.port"] == str(tmp_path / "watchtower.toml")
-    with pytest.raises(ConfigError, match="unknown supervisor 'default'.*emails"):
+    with pytest.raises(ConfigError, match=r"unknown supervisor 'default'.*emails"):
         settings.supervisor("default")
 
 
@@ -297,7 +297,7 @@ def test_bad_database_urls_are_config_errors(tmp_path: Path) -> None:
 
 
 def test_a_bad_flag_names_the_flag(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="'http.port' from command line option --http.port must be a whole number"):
+    with pytest.raises(ConfigError, match=r"'http\.port' from command line option --http\.port must be a whole number"):
         load_settings(env={}, cwd=tmp_path, overrides={"http.port": "x"})
     with pytest.raises(ConfigError, match="unknown setting 'no_such_key' in command line option"):
         load_settings(env={}, cwd=tmp_path, overrides={"no_such_key": 1})

@@ -11,7 +11,6 @@ import importlib
 import re
 
 from tests.support.checkout import package_modules
-
 from watchtower import errors
 
 

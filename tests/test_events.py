@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from tests.support.servers import unique
 from watchtower import WatchtowerMiddleware, load_settings
-from watchtower.payload import BASE64_PREFIX, SendEncoder, decode_message, encode_message
 from watchtower.models import Job
+from watchtower.payload import BASE64_PREFIX, SendEncoder, decode_message, encode_message
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),

@@ -236,7 +236,7 @@ def test_the_metrics_server_listens_on_ipv6_loopback_on_a_free_port(settings_sql
     try:
         assert server.host == "::1" and server.port > 0
         assert server.url == f"http://[::1]:{server.port}/metrics"
-        status, kind, body = fetch(server.url)
+        status, _, body = fetch(server.url)
         assert status == 200 and b"\nwatchtower_build_info{" in body
     finally:
         server.stop()

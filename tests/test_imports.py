@@ -17,6 +17,7 @@ import sys
 
 from tests.support.checkout import package_modules
 
+
 def _imports(node: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     """Every import under ``node``, leaving out ``if TYPE_CHECKING:`` blocks."""
     found: list[ast.Import | ast.ImportFrom] = []

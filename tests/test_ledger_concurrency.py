@@ -18,8 +18,8 @@ import uuid
 import pytest
 
 from watchtower import store
-from watchtower.dialects import dialect_of
 from watchtower.derived import read_counts
+from watchtower.dialects import dialect_of
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import write_batch
 from watchtower.models import Job, Rollup

@@ -260,11 +260,11 @@ def stages(stories: list[Story], rnd: random.Random) -> tuple[list[list[JobEvent
     for story in stories:
         moments = sorted(rnd.sample(range(MOMENTS), len(story.marks)))  # story.marks are in time order
 
-        def earliest(event: JobEvent) -> int:
+        def earliest(event: JobEvent, story: Story = story, moments: list[int] = moments) -> int:
             """The first write after every mark that came before ``event`` happened."""
-            return max((moment + 1 for mark, moment in zip(story.marks, moments) if mark.at < event.at), default=0)
+            return max((moment + 1 for mark, moment in zip(story.marks, moments, strict=True) if mark.at < event.at), default=0)
 
-        for mark, moment in zip(story.marks, moments):
+        for mark, moment in zip(story.marks, moments, strict=True):
             marks[moment].append(mark)
             for needed in mark.needs:  # before its own mark
                 writes[rnd.randint(earliest(needed), moment)].append(needed)
@@ -325,7 +325,7 @@ story_lists = st.lists(plans(), min_size=1, max_size=10)
 
 
 def test_write_batch_converges_in_any_order(ledger_db: tuple[str, Any]) -> None:
-    url, db = ledger_db
+    _, db = ledger_db
     kind = dialect_of(db).name
 
     @settings(max_examples=examples(kind, 200), deadline=None,
@@ -366,7 +366,7 @@ def test_two_recorders_at_once_converge(ledger_db: tuple[str, Any]) -> None:
                 rnd.shuffle(events)
                 for event in events:
                     shares[rnd.randrange(2)].append(event)
-                feeders = [threading.Thread(target=_feed, args=(r, share)) for r, share in zip(recorders, shares)]
+                feeders = [threading.Thread(target=_feed, args=(r, share)) for r, share in zip(recorders, shares, strict=True)]
                 for thread in feeders:
                     thread.start()
                 for thread in feeders:

@@ -24,7 +24,6 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-
 from tests.support.checkout import subprocess_env
 from tests.support.polling import wait_until
 from tests.support.private_servers import PrivatePostgres
@@ -33,10 +32,10 @@ from tests.support.servers import REDIS_URL, unique
 from watchtower import models, store
 from watchtower.events import WorkerEvent
 from watchtower.models import Job, Worker
-from watchtower.statuses import JobStatus
 from watchtower.multiproc import read_metrics
 from watchtower.recorder import Recorder
 from watchtower.spool import HEADER_SIZE, spool_directory
+from watchtower.statuses import JobStatus
 
 
 @pytest.fixture

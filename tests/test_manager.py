@@ -18,11 +18,11 @@ from tests.support.supervisors import write_config
 from watchtower import WorkerManager, store
 from watchtower.bus import COMMAND_TTL, supervisor_inbox_key, worker_command_key
 from watchtower.bus.redis import RedisCommandBus
+from watchtower.clock import now_ms, to_ms
 from watchtower.config import Settings, load_settings
 from watchtower.errors import UnknownWorker, WorkerError, WorkerGone
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import write_batch
-from watchtower.clock import now_ms, to_ms
 from watchtower.models import CommandEntry, Job, Rollup, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
 

@@ -207,7 +207,7 @@ def test_two_servers_on_one_host_each_serve_their_own(tmp_path: Path, settings):
         assert servers[0].port != servers[1].port
         assert servers[0].host == "127.0.0.1"
         job = {"queue": "q1", "actor": "work"}
-        for server, expected in zip(servers, (4, 1)):
+        for server, expected in zip(servers, (4, 1), strict=True):
             status, body = fetch(server.url)
             assert status == 200
             assert value(parse(body), "watchtower_jobs_started_total", **job) == expected
@@ -397,8 +397,8 @@ def test_recorder_metrics_count_writes_flushes_drops_and_the_buffer(sqlite_url: 
 def test_queue_depths_as_the_broker_counts_them(kind: str, redis_namespace: str, queue_name: str, settings):
     """Two ready, one delayed, one dead-lettered; RabbitMQ gives ready and dead only."""
     import dramatiq
-    from tests.support.brokers import open_broker
 
+    from tests.support.brokers import open_broker
     from watchtower.scrape import ScrapeSources, queue_depths_for
 
     with open_broker(kind, redis_namespace, queue_name) as broker:
@@ -447,8 +447,8 @@ def test_worker_gauges_count_live_rows_and_only_recent_exits(database_url: str):
 
     from watchtower import store
     from watchtower.models import Worker
-    from watchtower.statuses import WorkerStatus
     from watchtower.scrape import RECENT_EXITS_SECONDS, ScrapeSources
+    from watchtower.statuses import WorkerStatus
 
     store.connect(database_url)
     now = int(time.time() * 1000)

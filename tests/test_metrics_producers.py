@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.checkout import ROOT, subprocess_env
-from tests.support.exposition import scrape
-from tests.support.exposition import value
+from tests.support.exposition import scrape, value
 from tests.support.polling import wait_until
 from tests.support.supervisors import app_env, config, metrics_url, rows, running, start_supervisor
 from watchtower import store
 from watchtower.models import Job
-from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.multiproc import file_pid
+from watchtower.statuses import JobStatus, WorkerStatus
 
 pytestmark = pytest.mark.timeout(240)
 

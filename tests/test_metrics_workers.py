@@ -165,7 +165,7 @@ def test_counters_equal_the_ledger_after_a_run_of_real_workers(workers: Workers,
     for actor, numbers in expected.items():
         job = {"queue": queue, "actor": actor}
 
-        def counter(name: str) -> float:
+        def counter(name: str, job: dict[str, str] = job) -> float:
             return value(samples, f"watchtower_jobs_{name}_total", **job) or 0
 
         # The metrics, the job rows and the rollups all say the same.

@@ -19,7 +19,7 @@ def test_the_files_come_from_this_process_cgroup_v1_and_v2(tmp_path: Path) -> No
         tmp_path / "memory" / "pods" / "worker-7" / "memory.oom_control", tmp_path / "memory" / "memory.oom_control",
     ]
     proc.write_text("0::/system.slice/app.service\n")
-    assert list(cgroup_oom_files(str(proc), tmp_path))[0] == tmp_path / "system.slice" / "app.service" / "memory.events"
+    assert next(iter(cgroup_oom_files(str(proc), tmp_path))) == tmp_path / "system.slice" / "app.service" / "memory.events"
     assert list(cgroup_oom_files(str(tmp_path / "missing"), tmp_path)) == []
 
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import click.testing
 import pytest
+
 from tests.support.console_client import CONSOLE, console_app, logged_in, text_of
 from tests.support.lab import Lab
 from tests.support.servers import unique
 from tests.support.web_api import client, web_settings
-
 from watchtower import store
 from watchtower.cli import cli
 from watchtower.commands.worker import worker as worker_command

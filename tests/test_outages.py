@@ -50,16 +50,16 @@ from tests.support.supervisors import (
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.web_api import TOKEN, client
 from watchtower import WorkerManager, models, store
+from watchtower.clock import now_ms
 from watchtower.config import load_settings
 from watchtower.errors import BusError, WorkerGone
 from watchtower.events import ALIVE_AS, JobEvent, Kind, WorkerEvent
 from watchtower.ledger import write_batch
-from watchtower.clock import now_ms
 from watchtower.models import Job, LostMark, Rollup, Worker
-from watchtower.statuses import JobStatus, WorkerStatus
-from watchtower.records import HeartbeatGrace, clean_stale_workers
 from watchtower.recorder import MAX_BACKOFF, Recorder
+from watchtower.records import HeartbeatGrace, clean_stale_workers
 from watchtower.scrape import ScrapeSources
+from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.web import create_app
 
 pytestmark = pytest.mark.timeout(420)

@@ -43,8 +43,17 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.checkout import subprocess_env
-from tests.support.grafana import (ALL, TimeRange, dashboards, expand, interpolate, panels, parse_label_values,
-                                   variable_query, variables)
+from tests.support.grafana import (
+    ALL,
+    TimeRange,
+    dashboards,
+    expand,
+    interpolate,
+    panels,
+    parse_label_values,
+    variable_query,
+    variables,
+)
 from tests.support.polling import wait_until
 from tests.support.servers import REDIS_URL, unique
 from tests.support.supervisors import write_config

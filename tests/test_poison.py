@@ -12,12 +12,12 @@ import peewee
 import pytest
 
 from watchtower import store
+from watchtower.clock import day_of, now_ms
 from watchtower.events import PHASE_FINISHED, PHASE_LOST, PHASE_STARTED
 from watchtower.ledger import LOSS_FIELDS, give_up, mark_lost
-from watchtower.clock import day_of, now_ms
 from watchtower.models import Job, Rollup, Worker
-from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.poison import check_redelivered, give_up_reason, poison_jobs
+from watchtower.statuses import JobStatus, WorkerStatus
 
 
 @pytest.fixture

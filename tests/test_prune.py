@@ -11,8 +11,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -22,11 +22,10 @@ from tests.support.ledger_fill import completed_job_events, insert_jobs, job_row
 from tests.support.polling import wait_until
 from watchtower import Recorder, derived, store
 from watchtower.cli import cli
-from watchtower.clock import now_ms
+from watchtower.clock import DAY_MS, now_ms
 from watchtower.models import HourlyRollup, Job, LostMark, Rollup, Worker
-from watchtower.statuses import JobStatus, WorkerStatus
-from watchtower.clock import DAY_MS
 from watchtower.retention import Retention, plan, prune
+from watchtower.statuses import JobStatus, WorkerStatus
 
 
 def _remaining(status: str | None = None) -> set[str]:
@@ -444,7 +443,7 @@ def test_a_negative_number_of_days_is_refused_naming_the_setting(sqlite_url: str
     store.connect(sqlite_url)
     from watchtower.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="retention.completed_days.*must not be negative"):
+    with pytest.raises(ConfigError, match=r"retention\.completed_days.*must not be negative"):
         _invoke(sqlite_url, "--completed", "-1")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -14,15 +15,13 @@ from tests.support.ledger_fill import insert_jobs, job_row
 from tests.support.polling import wait_until
 from tests.support.servers import REDIS_URL
 from watchtower import store
+from watchtower.clock import DAY_MS, now_ms
 from watchtower.config import Settings
 from watchtower.lease import acquire, free_at
-from watchtower.clock import now_ms
 from watchtower.models import Job
-from watchtower.statuses import JobStatus
-from watchtower.clock import DAY_MS
 from watchtower.retention import AutoPruner, PruneResult, Retention, prune, prune_if_due
 from watchtower.retention.auto import LEASE_NAME
-
+from watchtower.statuses import JobStatus
 
 AUTO = Settings(retention_auto=True, retention_interval=0.0)
 
@@ -141,7 +140,7 @@ def test_two_supervisors_trimming_one_database_never_prune_at_the_same_time(data
 
     pruned = sorted((a for a in attempts if a.result is not None), key=lambda a: a.result.started_at)  # type: ignore[union-attr]
     windows = [(a.owner, a.result.started_at, a.result.finished_at) for a in pruned]  # type: ignore[union-attr]
-    for (_, _, end), (owner, start, _) in zip(windows, windows[1:]):
+    for (_, _, end), (owner, start, _) in itertools.pairwise(windows):
         assert start >= end, f"{owner} started pruning at {start} before {end}: two pruners at once"
     assert {owner for owner, _, _ in windows} == {"host-a", "host-b"}, windows  # the lease changes hands
     # Each was turned away while the other was pruning: the lease was contended, not just idle.

@@ -27,9 +27,9 @@ from tests.support.servers import REDIS_URL, unique
 from tests.support.web_api import client, web_settings
 from watchtower import store
 from watchtower.models import Job, Worker
-from watchtower.statuses import JobStatus
 from watchtower.multiproc import read_metrics
 from watchtower.recorder import is_outage
+from watchtower.statuses import JobStatus
 from watchtower.web import create_app
 
 COUNT = 20

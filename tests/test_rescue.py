@@ -23,12 +23,12 @@ from tests.support.polling import wait_until
 from tests.support.servers import REDIS_URL
 from watchtower import dramatiq_internals as internals
 from watchtower import store
+from watchtower.clock import day_of, now_ms
 from watchtower.events import PHASE_STARTED
 from watchtower.ledger import mark_lost
-from watchtower.clock import day_of, now_ms
 from watchtower.models import Job
-from watchtower.statuses import JobStatus
 from watchtower.rescue import PutBack, Rescuer, name_consumers
+from watchtower.statuses import JobStatus
 
 
 @pytest.fixture

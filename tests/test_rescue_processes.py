@@ -122,7 +122,7 @@ def test_the_jobs_of_a_worker_killed_with_sigkill_run_again_at_once(
         killed = time.monotonic()
         again = {}
         for message_id, token in held.items():
-            wait_until(lambda: len(starts(redis_namespace, token)) >= 2, RERUN_DEADLINE,
+            wait_until(lambda token=token: len(starts(redis_namespace, token)) >= 2, RERUN_DEADLINE,
                        message="the killed worker's job to start again")
             again[message_id] = time.monotonic() - killed
         print(f"\n{kind}: kill -9 of a worker holding {len(held)} jobs -> running again after "
@@ -178,8 +178,8 @@ def test_a_killed_workers_jobs_go_back_while_the_ledger_is_down(
 ) -> None:
     import peewee
     import psycopg
-    from tests.support.servers import POSTGRES_ADMIN
 
+    from tests.support.servers import POSTGRES_ADMIN
     from watchtower.store import check_database_url
 
     path = config(tmp_path, postgres_url, redis_namespace, app="apps.sup_app", queues=[queue_name],
@@ -245,7 +245,7 @@ def test_only_a_supervised_worker_names_its_consumers_by_its_id(
             child = subprocess.Popen(command, env=subprocess_env(**env_for(redis_namespace, queue_name)),
                                      stdout=out, stderr=subprocess.STDOUT)
         with running(child, log), contextlib.closing(traces()) as client:
-            wait_until(lambda: Worker.get_or_none((Worker.worker_id == worker_id)
+            wait_until(lambda worker_id=worker_id: Worker.get_or_none((Worker.worker_id == worker_id)
                                                   & (Worker.status == WorkerStatus.RUNNING)), 60,
                        message="the worker running")
             wait_until(lambda: client.zcard(heartbeats) >= 1, 30, message="its consumers' heartbeat")

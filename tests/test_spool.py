@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pytest
 
-
 from tests.support.checkout import subprocess_env
 from tests.support.polling import wait_until
 from tests.support.recording import enqueued, refused_url
 from watchtower import store
+from watchtower.errors import SpoolError
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.models import Job, Rollup, Worker
 from watchtower.recorder import Recorder
-from watchtower.errors import SpoolError
 from watchtower.spool import HEADER_SIZE, SpoolFile, encode_batch, ensure_directory, orphans, spool_directory
 
 
@@ -48,7 +47,7 @@ def new_spool(tmp_path: Path, max_bytes: int = 10_000_000) -> tuple[Path, SpoolF
 
 
 def test_batches_come_back_in_order_with_their_worker_values_and_a_written_file_starts_again(tmp_path: Path) -> None:
-    directory, spool = new_spool(tmp_path)
+    _, spool = new_spool(tmp_path)
     first, second, third = events("a", 3), events("b", 2), events("c", 1)
     first[0].exception = "Traceback ... ünïcode"
     first[1].kind, first[1].started_at, first[1].duration = Kind.COMPLETED, 123, 0.5
@@ -72,7 +71,7 @@ def test_batches_come_back_in_order_with_their_worker_values_and_a_written_file_
 
 
 def test_the_header_remembers_what_was_written_for_whoever_replays_next(tmp_path: Path) -> None:
-    directory, spool = new_spool(tmp_path)
+    _, spool = new_spool(tmp_path)
     assert spool.append([(events("a", 2), []), (events("b", 2), [])]) == 2
     batch = spool.next_batch(max_events=2)
     assert batch is not None
@@ -115,7 +114,7 @@ def test_a_torn_last_batch_ends_the_file_and_the_batches_before_it_are_read(tmp_
 
 def test_a_batch_past_the_bound_is_refused_and_leaves_the_file_as_it_was(tmp_path: Path) -> None:
     one = len(encode_batch(events("a", 10)))
-    directory, spool = new_spool(tmp_path, max_bytes=HEADER_SIZE + 3 * one + one // 2)
+    _, spool = new_spool(tmp_path, max_bytes=HEADER_SIZE + 3 * one + one // 2)
     assert spool.append([(events("a", 10), [])]) == 1
     assert spool.append([(events("b", 10), []), (events("c", 10), []), (events("d", 10), [])]) == 2  # what fits
     before = spool.path.read_bytes()

@@ -12,10 +12,10 @@ import pytest
 from tests.support.checkout import subprocess_env
 from tests.support.ledger_fill import as_version_1
 from watchtower import clock, models, store
+from watchtower.clock import now_ms
 from watchtower.errors import DatabaseUnavailable, DatabaseURLError, SchemaError
 from watchtower.events import JobEvent, Kind, WorkerEvent
 from watchtower.ledger import write_batch
-from watchtower.clock import now_ms
 from watchtower.models import Job, Meta, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
 
@@ -203,7 +203,7 @@ def test_many_processes_create_the_schema_at_once(database_url: str) -> None:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-    for child, (out, err) in zip(children, outputs):
+    for child, (_, err) in zip(children, outputs, strict=True):
         assert child.returncode == 0, err
         assert "locked" not in err
     db = store.connect(database_url)

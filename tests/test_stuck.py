@@ -9,9 +9,9 @@ import pytest
 
 from tests.support.web_api import client, web_settings
 from watchtower import store
+from watchtower.clock import now_ms
 from watchtower.events import JobEvent, Kind
 from watchtower.ledger import write_batch
-from watchtower.clock import now_ms
 from watchtower.models import Job
 from watchtower.statuses import JobStatus
 from watchtower.stuck import UnknownMarker, mark_unknown

@@ -8,6 +8,7 @@ never asserted (see benchmarks/ for budgets).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -165,7 +166,7 @@ def test_a_worker_whose_app_fails_to_import_crash_loops_slowly_and_says_why(
         spawned = len(history) - spawned_before
         print(f"\ncrash loop: {spawned_before} starts before the loop was declared, {spawned} in the next 25 s")
         assert 1 <= spawned <= 5
-        gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(history, history[1:])]
+        gaps = [(b.started_at - a.started_at).total_seconds() for a, b in itertools.pairwise(history)]
         assert gaps[-1] > 2 * gaps[0]
         assert len(rows("default", WorkerStatus.CRASHLOOPING)) == 1  # only the latest attempt says so
         sup.send_signal(signal.SIGTERM)
@@ -460,8 +461,8 @@ def test_the_pool_keeps_healing_while_the_ledger_is_down_and_records_it_afterwar
 ) -> None:
     import peewee
     import psycopg
-    from tests.support.servers import POSTGRES_ADMIN
 
+    from tests.support.servers import POSTGRES_ADMIN
     from watchtower.store import check_database_url
 
     path = config(tmp_path, postgres_url, redis_namespace, queues=[queue_name], min_processes=1)

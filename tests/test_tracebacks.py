@@ -53,7 +53,7 @@ def standard_without_carets(exception: BaseException) -> str:
 def raised(fn: Callable[[], object]) -> BaseException:
     try:
         fn()
-    except BaseException as exception:  # noqa: BLE001 - what is raised is the subject
+    except BaseException as exception:
         return exception
     raise AssertionError("nothing raised")
 
@@ -74,7 +74,7 @@ def nested(depth: int) -> Callable[[], None]:
     """A function whose call fails ``depth`` distinct frames down (no recursion to fold)."""
     namespace: dict[str, Any] = {"charge": charge}
     source = "def f0():\n    charge(0)\n" + "".join(f"def f{n}():\n    f{n - 1}()\n" for n in range(1, depth))
-    exec(compile(source, NESTED, "exec"), namespace)  # noqa: S102 - builds the deep stack the test needs
+    exec(compile(source, NESTED, "exec"), namespace)
     return namespace[f"f{depth - 1}"]  # type: ignore[no-any-return]
 
 

@@ -30,9 +30,9 @@ from tests.support.servers import REDIS_URL
 from tests.support.web_api import AUTH, TOKEN, seed_job, table_fingerprint, web_settings
 from watchtower import store
 from watchtower.bus import supervisor_inbox_key
+from watchtower.clock import now_ms
 from watchtower.config import load_settings
 from watchtower.errors import ConfigError
-from watchtower.clock import now_ms
 from watchtower.models import Job, Worker
 from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.web import create_app
@@ -595,6 +595,7 @@ def test_a_supervisor_serves_the_console_beside_its_metrics(
     tmp_path: Path, sqlite_url: str, redis_namespace: str, queue_name: str
 ) -> None:
     import httpx
+
     from tests.support.polling import wait_until
     from tests.support.supervisors import app_env, config, metrics_url, rows, running, start_supervisor
 

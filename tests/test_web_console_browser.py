@@ -213,7 +213,7 @@ class _AttackerPage(http.server.BaseHTTPRequestHandler):
 
     form = ""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         body = f"<!doctype html><body onload='document.forms[0].submit()'>{self.form}</body>".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html")

@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 
 from tests.support.web_api import client, seed_job, seed_many, table_fingerprint, web_settings
-from watchtower import store
+from watchtower import store, views
 from watchtower.models import Job
 from watchtower.statuses import JobStatus
 from watchtower.web import create_app
-from watchtower import views
 from watchtower.web import jobs as jobs_module
 
 

@@ -28,6 +28,7 @@ from watchtower.statuses import JobStatus, WorkerStatus
 from watchtower.web import create_app
 from watchtower.web.system import openapi_document
 
+
 def example(path: str, method: str, name: str) -> str:
     """The example value openapi.json gives for parameter ``name`` of an operation."""
     for parameter in openapi_document()["paths"][path][method]["parameters"]:

@@ -7,6 +7,7 @@ it through the command bus (Redis with the same prefix, or the database).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -271,7 +272,7 @@ def test_an_app_bigger_than_the_memory_limit_keeps_working_and_says_so_once(lab:
 
 
 def test_tries_caps_the_attempts_unless_the_actor_sets_its_own(lab: Lab) -> None:
-    child, worker_id = lab.start("--tries", "2")
+    child, _ = lab.start("--tries", "2")
     capped = lab.send("fail", "capped")
     own = lab.send("fail_without_retries", "own")
     assert lab.wait_job(capped, JobStatus.FAILED).attempts == 2
@@ -282,7 +283,7 @@ def test_tries_caps_the_attempts_unless_the_actor_sets_its_own(lab: Lab) -> None
 
 
 def test_timeout_interrupts_long_jobs_unless_the_actor_sets_its_own_limit(lab: Lab) -> None:
-    child, worker_id = lab.start("--timeout", "1", "--tries", "1")
+    child, _ = lab.start("--timeout", "1", "--tries", "1")
     limited = lab.send("work", "limited", 6)
     own = lab.send("work_with_own_limit", "own", 2.5)
     job = lab.wait_job(limited, JobStatus.FAILED)
@@ -322,7 +323,7 @@ def test_rest_makes_each_thread_wait_between_jobs(lab: Lab) -> None:
         lab.send("work", token, 0)
     wait_until(lambda: all(lab.trace(f"finished:{t}") for t in tokens), timeout=DEADLINE, message="three jobs")
     spans = sorted((float(lab.trace(f"started:{t}")), float(lab.trace(f"finished:{t}"))) for t in tokens)
-    gaps = [start - previous_end for (_, previous_end), (start, _) in zip(spans, spans[1:])]
+    gaps = [start - previous_end for (_, previous_end), (start, _) in itertools.pairwise(spans)]
     print("gaps between jobs with --rest 1:", ", ".join(f"{gap:.2f} s" for gap in gaps))
     assert all(gap >= 0.9 for gap in gaps)
     child.send_signal(signal.SIGTERM)

@@ -10,8 +10,8 @@ from .errors import ConfigError, WatchtowerError
 from .manager import WorkerManager
 from .middleware import WatchtowerMiddleware
 from .models import Job, Worker
-from .statuses import JobStatus, WorkerStatus
 from .recorder import Recorder
+from .statuses import JobStatus, WorkerStatus
 from .store import connect
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ can be pruned by index range.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = ["now_ms", "to_datetime", "to_ms", "DAY_MS", "day_of"]
 
@@ -23,7 +23,7 @@ def to_datetime(ms: int | None) -> datetime | None:
     """Epoch milliseconds to an aware UTC datetime."""
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def to_ms(value: datetime | int | float | None) -> int | None:
@@ -32,7 +32,7 @@ def to_ms(value: datetime | int | float | None) -> int | None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return int(value.timestamp() * 1000)
     return int(value)
 

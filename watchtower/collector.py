@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import peewee
@@ -160,7 +160,7 @@ class MetricsCollector:
             (first, first + length, "completed", "failed"),
         ).fetchall()
         periods: list[dict[str, Any]] = [
-            {unit: datetime.fromtimestamp((first + i) * seconds, tz=timezone.utc), "completed": 0, "failed": 0, "total": 0}
+            {unit: datetime.fromtimestamp((first + i) * seconds, tz=UTC), "completed": 0, "failed": 0, "total": 0}
             for i in range(length)
         ]
         for period_number, kind, total in rows:

@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-
 from .clock import day_of
 from .statuses import JobStatus
 

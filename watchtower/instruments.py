@@ -48,7 +48,7 @@ def file_owner(pid: int) -> str:
 class _Value:
     """One float of one series, in memory and (with a directory) in its file."""
 
-    __slots__ = ("values", "prefix", "key", "value", "file")
+    __slots__ = ("file", "key", "prefix", "value", "values")
 
     def __init__(self, values: Values, prefix: str, key: str) -> None:
         self.values = values
@@ -290,7 +290,7 @@ class _HistogramChild:
 
     def observe(self, amount: float) -> None:
         self._sum.inc(amount)
-        for bound, bucket in zip(self._bounds, self._buckets):
+        for bound, bucket in zip(self._bounds, self._buckets, strict=True):
             if amount <= bound:
                 bucket.inc(1.0)
                 return

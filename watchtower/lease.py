@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import peewee
 
-from .models import Lease as LeaseRow
 from .clock import now_ms
 from .dialects import dialect_of
+from .models import Lease as LeaseRow
 
 __all__ = ["Lease", "acquire", "free_at"]
 

@@ -37,12 +37,12 @@ from typing import Any
 import peewee
 
 from . import models
-from .events import ALIVE_AS, PHASE_FINISHED, PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
 from .clock import now_ms
-from .models import Job, LostMark, Rollup, Worker
-from .statuses import JobStatus, WorkerStatus
 from .dialects import Dialect, dialect_of
 from .dialects.base import Speller
+from .events import ALIVE_AS, PHASE_FINISHED, PHASE_LOST, PHASE_STARTED, JobEvent, Kind, WorkerEvent
+from .models import Job, LostMark, Rollup, Worker
+from .statuses import JobStatus, WorkerStatus
 
 __all__ = [
     "coalesce", "write_batch", "mark_lost", "mark_attempt_lost", "give_up", "LOSS_FIELDS", "LOST_PREFIX", "ROLLUP_KINDS",

@@ -30,14 +30,14 @@ import psutil
 
 from . import store
 from .bus import COMMAND_TTL, CommandBus, WorkerCommand, open_bus, supervisor_inbox_key, worker_command_key
+from .clock import now_ms, to_ms
 from .config import Settings
 from .errors import BusError, UnknownWorker, WorkerError, WorkerGone
-from .clock import now_ms, to_ms
 from .models import Job, Worker
-from .statuses import WorkerStatus
 from .pool import check_options, check_queues
 from .records import clean_stale_workers
 from .rescue import Rescuer
+from .statuses import WorkerStatus
 
 __all__ = ["WorkerManager", "START_REQUEST_TTL"]
 

@@ -180,8 +180,17 @@ class ProcessMetrics:
 class _JobChildren:
     """The labelled children of the job metrics for one (queue, actor)."""
 
-    __slots__ = ("enqueued", "started", "completed", "failed", "retried", "skipped", "duration", "queue_wait",
-                 "in_progress")
+    __slots__ = (
+        "completed",
+        "duration",
+        "enqueued",
+        "failed",
+        "in_progress",
+        "queue_wait",
+        "retried",
+        "skipped",
+        "started",
+    )
 
     def __init__(self, metrics: ProcessMetrics, queue: str, actor: str) -> None:
         self.enqueued = metrics.enqueued.labels(queue, actor)

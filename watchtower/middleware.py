@@ -72,7 +72,7 @@ class _Attempt:
     raises AttributeError there, which costs more than the rest of a hook.
     """
 
-    __slots__ = ("number", "started", "clock", "finished", "duration", "raised", "exception", "skipped", "given_up")
+    __slots__ = ("clock", "duration", "exception", "finished", "given_up", "number", "raised", "skipped", "started")
 
     def __init__(self, number: int | None = None, started: int | None = None, clock: float | None = None) -> None:
         self.number = number  # the attempt, set when it started here

@@ -18,7 +18,7 @@ give the relation in Python.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import peewee
@@ -132,13 +132,13 @@ class Worker(BaseModel):
         """Alive, with a heartbeat within the last ``seconds``."""
         if self.status not in WorkerStatus.ALIVE or self.last_heartbeat is None:
             return False
-        return datetime.now(timezone.utc) - self.last_heartbeat <= timedelta(seconds=seconds)
+        return datetime.now(UTC) - self.last_heartbeat <= timedelta(seconds=seconds)
 
     def get_uptime(self) -> float:
         """Seconds since the worker started (until it stopped, if it did)."""
         if self.started_at is None:
             return 0.0
-        end = self.stopped_at or datetime.now(timezone.utc)
+        end = self.stopped_at or datetime.now(UTC)
         return max(0.0, (end - self.started_at).total_seconds())
 
     def get_jobs_processed_count(self) -> int:

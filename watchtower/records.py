@@ -17,8 +17,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import peewee
 
-from .ledger import mark_lost
 from .clock import now_ms, to_ms
+from .ledger import mark_lost
 from .models import Job, Worker, database
 from .statuses import JobStatus, WorkerStatus
 

@@ -185,7 +185,7 @@ def decode_payload(payload: bytes) -> tuple[list[JobEvent], list[WorkerEvent]]:
         jobs = [JobEvent(*row) for row in data["jobs"]]
     else:
         known = set(_FIELDS)
-        jobs = [JobEvent(**{name: value for name, value in zip(names, row) if name in known})
+        jobs = [JobEvent(**{name: value for name, value in zip(names, row, strict=False) if name in known})
                 for row in data["jobs"]]
     kinds = _KINDS
     for event in jobs:

@@ -27,8 +27,8 @@ from typing import Any, cast
 
 import peewee
 
-from .collector import MetricsCollector
 from .clock import now_ms
+from .collector import MetricsCollector
 from .models import Job, Rollup, Worker
 from .statuses import JobStatus, WorkerStatus
 

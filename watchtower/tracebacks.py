@@ -136,7 +136,7 @@ def _exception_line(exception: BaseException) -> str:
 class _Run:
     """Consecutive frames of a traceback at the same line of the same function (recursion), and how many."""
 
-    __slots__ = ("filename", "lineno", "name", "globals", "count")
+    __slots__ = ("count", "filename", "globals", "lineno", "name")
 
     def __init__(self, filename: str, lineno: int | None, name: str, module_globals: dict[str, object]) -> None:
         self.filename, self.lineno, self.name, self.globals = filename, lineno, name, module_globals

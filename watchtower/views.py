@@ -37,8 +37,8 @@ from typing import Any, cast
 
 from .dialects import dialect_of
 from .models import Job, Worker, database
-from .statuses import WorkerStatus
 from .redact import Redactor
+from .statuses import WorkerStatus
 
 __all__ = [
     "iso",

@@ -8,6 +8,6 @@ from __future__ import annotations
 
 import os
 
-from apps.basic import *  # noqa: F401,F403  (the broker and the actors)
+from apps.basic import *  # noqa: F403  (the broker and the actors)
 
 BALLAST = b"\x01" * (int(os.environ.get("WT_TEST_BALLAST_MB", "200")) * 1024 * 1024)  # written: resident

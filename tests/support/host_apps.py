@@ -11,7 +11,6 @@ import httpx
 
 from tests.support.polling import DEADLINE
 
-
 #: name -> (server kind, app); Django under both.
 HOSTS = {
     "flask": ("wsgi", "apps.host_flask:app"),

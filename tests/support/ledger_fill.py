@@ -13,11 +13,11 @@ from typing import Any
 
 import peewee
 
-from watchtower.events import JobEvent, Kind
 from watchtower.clock import day_of, now_ms
+from watchtower.dialects import dialect_of, driver
+from watchtower.events import JobEvent, Kind
 from watchtower.models import Job
 from watchtower.statuses import JobStatus
-from watchtower.dialects import dialect_of, driver
 
 _COLUMNS = (
     "message_id", "queue", "actor", "connection", "status", "worker_id", "attempts",

@@ -14,11 +14,11 @@ from dramatiq.brokers.redis import RedisBroker
 
 from tests.support.servers import REDIS_URL, unique
 from watchtower import WatchtowerMiddleware, load_settings
-from watchtower.events import JobEvent, Kind
 from watchtower.clock import now_ms
+from watchtower.events import JobEvent, Kind
 from watchtower.models import Job, Rollup
-from watchtower.statuses import JobStatus
 from watchtower.recorder import Recorder
+from watchtower.statuses import JobStatus
 
 
 def enqueued(message_id: str, queue: str = "default") -> JobEvent:

@@ -12,10 +12,10 @@ import falcon.testing
 
 from tests.support.polling import DEADLINE
 from tests.support.servers import REDIS_URL
-from watchtower.config import Settings, load_settings
-from watchtower.payload import encode_message
 from watchtower.clock import day_of, now_ms
+from watchtower.config import Settings, load_settings
 from watchtower.models import Job
+from watchtower.payload import encode_message
 from watchtower.statuses import JobStatus
 
 TOKEN = "s3cret-token-for-tests"

@@ -37,9 +37,9 @@ from typing import TypeVar
 import peewee
 
 from .. import store
+from ..clock import now_ms
 from ..dialects import dialect_of
 from ..errors import BusError, WatchtowerError
-from ..clock import now_ms
 from ..models import Command, CommandEntry
 from . import DEFAULT_TTL
 

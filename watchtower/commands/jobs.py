@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
-from .context import import_path_option, settings_from
 from ..errors import JobConflict
+from .context import import_path_option, settings_from
 
 __all__ = ["retry", "workers"]
 
@@ -59,7 +59,7 @@ def retry(
 def _age(value: datetime | None) -> str:
     if value is None:
         return "-"
-    seconds = max(0.0, (datetime.now(timezone.utc) - value).total_seconds())
+    seconds = max(0.0, (datetime.now(UTC) - value).total_seconds())
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
@@ -97,4 +97,4 @@ def workers(ctx: click.Context, show_all: bool, as_json: bool) -> None:
         ))
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())

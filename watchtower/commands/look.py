@@ -13,11 +13,11 @@ from typing import Any
 
 import click
 
-from .context import import_path_option, settings_from
 from ..config import Settings
 from ..errors import JobNotFound
 from ..statuses import JobStatus
 from ..views import MAX_PAGE, MAX_PER_PAGE, MAX_SEARCH, PER_PAGE, SEARCH_WINDOW
+from .context import import_path_option, settings_from
 from .output import age, echo_json, table
 
 __all__ = ["jobs", "failed", "show", "status"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -17,7 +17,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [list(header)] + [["-" if cell is None else str(cell) for cell in row] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     for line in cells:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 def age(value: datetime | str | None) -> str:
@@ -26,7 +26,7 @@ def age(value: datetime | str | None) -> str:
         return "-"
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    seconds = max(0.0, (datetime.now(timezone.utc) - value).total_seconds())
+    seconds = max(0.0, (datetime.now(UTC) - value).total_seconds())
     if seconds < 120:
         return f"{seconds:.0f}s ago"
     if seconds < 7200:

@@ -7,10 +7,10 @@ import sys
 import click
 import peewee
 
-from .context import settings_from
-from ..retention import Retention, plan, prune
 from ..errors import DatabaseUnavailable
+from ..retention import Retention, plan, prune
 from ..store import connect, redact_url
+from .context import settings_from
 
 __all__ = ["prune_command"]
 

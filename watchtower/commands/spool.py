@@ -7,11 +7,11 @@ import json
 import click
 import peewee
 
-from .context import settings_from
 from ..errors import DatabaseUnavailable
 from ..recorder import Recorder
 from ..spool import describe, spool_directory
 from ..store import redact_url
+from .context import settings_from
 
 __all__ = ["spool_command"]
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import click
 
-from .context import settings_from
 from ..errors import WatchtowerError, WorkerGone
 from ..models import Worker
 from ..statuses import WorkerStatus
+from .context import settings_from
 from .output import echo_json
 
 __all__ = ["pause", "resume", "stop", "restart"]

@@ -23,9 +23,9 @@ from typing import IO
 import click
 import psutil
 
-from .context import State, import_path_option, settings_from, worker_option_flags
 from ..config import Settings, as_text, env_name, pool_key, value_of
 from ..errors import ConfigError, WatchtowerError
+from .context import State, import_path_option, settings_from, worker_option_flags
 
 __all__ = ["supervise", "worker_environment"]
 

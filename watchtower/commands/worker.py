@@ -6,8 +6,8 @@ import os
 
 import click
 
-from .context import import_path_option, settings_from, worker_option_flags
 from ..errors import AppImportError, BusError, ConfigError, DatabaseUnavailable, WatchtowerError
+from .context import import_path_option, settings_from, worker_option_flags
 
 
 @click.command("worker")

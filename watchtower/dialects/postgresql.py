@@ -59,7 +59,7 @@ class PostgresqlDialect(Dialect):
             f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
             + self.on_conflict(table, key, assignments)
         )
-        db.execute_sql(sql, [list(column) for column in zip(*rows)])
+        db.execute_sql(sql, [list(column) for column in zip(*rows, strict=True)])
 
     def contains_ascii_folded(self, column: peewee.ColumnBase, text: str) -> peewee.ColumnBase:
         # ILIKE under the "C" collation folds ASCII letters alone, at a

@@ -250,7 +250,7 @@ def _delete_all_jobs(loop: BatchLoop, result: PruneResult, progress: Callable[[i
         high = top if row is None else int(row[0])
         counts: list[tuple[str, int]] = []
 
-        def delete_range() -> int:
+        def delete_range(low: int = low, high: int = high, counts: list[tuple[str, int]] = counts) -> int:
             counts[:] = db.execute_sql(
                 f"SELECT status, COUNT(*) FROM {_JOBS} WHERE id > {param} AND id <= {param} GROUP BY status",
                 (low, high),

@@ -47,8 +47,8 @@ from ..errors import (
 from .auth import Authorization, is_console
 from .console import Console, ConsoleEntry, add_console_routes
 from .context import Services
-from .params import KnownParams
 from .jobs import FailedJobResource, FailedJobsResource, JobResource, JobsResource, RetryResource
+from .params import KnownParams
 from .system import HealthResource, MetricsResource, OpenApiResource, PollResource
 from .workers import StartWorkerResource, WorkerCommandResource, WorkersResource
 

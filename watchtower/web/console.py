@@ -35,7 +35,7 @@ import hmac
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -45,8 +45,8 @@ import jinja2
 
 from ..errors import AppImportError
 from ..options import WORKER_OPTIONS
-from ..statuses import JobStatus, WorkerStatus
 from ..scrape import queue_depths_for
+from ..statuses import JobStatus, WorkerStatus
 from . import jobs, params, session, workers
 from .auth import CONSOLE, CONSOLE_LOGIN, wants_html
 from .context import Services
@@ -102,7 +102,7 @@ def _ago(value: datetime | str | None) -> str:
     moment = _parse_time(value)
     if moment is None:
         return "–"
-    seconds = (datetime.now(timezone.utc) - moment).total_seconds()
+    seconds = (datetime.now(UTC) - moment).total_seconds()
     if abs(seconds) < 1:
         return "just now"
     return "in " + _span(-seconds) if seconds < 0 else _span(seconds) + " ago"
@@ -226,7 +226,7 @@ class Console:
             "grafana": self.grafana,
             "static": lambda name: f"{console}/static/{name}?v={self._versions[name]}",
             "refresh": REFRESH_SECONDS,
-            "now": datetime.now(timezone.utc),
+            "now": datetime.now(UTC),
         }
 
     def render(self, req: falcon.Request, resp: falcon.Response, name: str, *,

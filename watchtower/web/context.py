@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     from ..bus import CommandBus
     from ..collector import MetricsCollector
-    from ..manager import WorkerManager
     from ..config import Settings
+    from ..manager import WorkerManager
 
 __all__ = ["Services"]
 
