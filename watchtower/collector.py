@@ -54,7 +54,7 @@ class MetricsCollector:
         self.db: peewee.Database = open_database(source) if isinstance(source, str) else source
         self._clock = clock
 
-    # The seed's methods ----------------------------------------------------
+    # Horizon's dashboard methods ------------------------------------------
 
     def get_stats(self) -> dict[str, int]:
         """Job counts by status, jobs finished in the last hour, live workers.

@@ -8,11 +8,11 @@ that connects and sends nothing, trickles half a request, or never reads
 its answer therefore holds one file descriptor, never a thread, and
 ``/health`` and ``/metrics`` answer beside hundreds of them.
 
-Issue 16 measured the two servers this replaces: with waitress's defaults
-(at most 100 connections, kept for 120 s when silent) 100 idle connections
-stopped every route of ``watchtower serve`` for two minutes; the
-supervisor's wsgiref server started a thread per connection (400 threads
-for 400 idle connections) and never closed one.
+Why these limits: with waitress's defaults (at most 100 connections, kept
+for 120 s when silent) 100 idle connections stop every route for two
+minutes, and a wsgiref server starts a thread per connection and never
+closes an idle one.  tests/test_http_servers.py holds that ``watchtower
+serve`` and a supervisor answer beside 500 idle connections and close them.
 
 What a client can expect (the README says the same for reverse proxies):
 

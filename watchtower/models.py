@@ -263,7 +263,7 @@ class Job(BaseModel):
 
     @property
     def job_id(self) -> str:
-        """The seed's name for the message id."""
+        """The message id, under the name Horizon's job records use."""
         return str(self.message_id)
 
     def is_completed(self) -> bool:

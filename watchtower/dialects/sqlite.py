@@ -33,10 +33,10 @@ class SqliteDialect(Dialect):
 
     name = "sqlite"
     # The whole database is locked for a batch: short batches, and a pause
-    # that lets waiting writers in (measured: 0.2 s batches let a recorder's
-    # write wait up to 0.86 s on a loaded machine, 0.12 s ones 0.28 s, in
-    # about the same total time).  SQLite's busy handler retries a waiting
-    # writer at most 50 ms apart during its first 0.2 s of waiting.
+    # that lets waiting writers in: shorter batches cut how long a
+    # recorder's write waits behind a prune at about the same total time
+    # (benchmarks/RESULTS.md, third pass).  SQLite's busy handler retries a
+    # waiting writer at most 50 ms apart during its first 0.2 s of waiting.
     prune_tuning = (0.12, 0.05)
     keeps_free_pages = True
 

@@ -12,9 +12,9 @@ tables just now).  Otherwise ``PRAGMA incremental_vacuum`` runs in short
 steps; the ledger's file is in incremental auto-vacuum mode (set by
 :mod:`watchtower.store` when it creates the file).  Each of those steps
 searches SQLite's free list for every page it takes off the end of the
-file, so their time grows with the free list: a million rows' 79,000 free
-pages took 2-3 s of steps, where one VACUUM of the 3,600 pages left took
-0.13 s.  A file created before that (auto_vacuum = NONE) reuses its free
+file, so their time grows with the free list: for a first prune of a
+big ledger they take many times longer than one VACUUM of the few pages
+left (benchmarks/RESULTS.md, fifth pass, has the numbers).  A file created before that (auto_vacuum = NONE) reuses its free
 pages and shrinks only through the whole VACUUM, which also switches it to
 incremental mode (every connection asks for it).  PostgreSQL reuses the
 space after (auto)vacuum; MySQL/InnoDB reuses it inside the table's file.
@@ -66,9 +66,9 @@ def give_back(loop: BatchLoop, free_before: int) -> None:
     freed = free - free_before
     if freed > 0 and loop.busy > 0:
         # VACUUM copies the pages that stay; the batches freed ``freed``
-        # pages in ``busy`` seconds of writing.  (Measured on a million
-        # rows: VACUUM copied a page in about 0.7 of the time the batches
-        # took per page they freed, so the estimate errs long.)
+        # pages in ``busy`` seconds of writing.  VACUUM copies a page faster
+        # than a batch frees one (benchmarks/RESULTS.md, fifth pass), so the
+        # estimate errs long.
         estimate = (pages - free) * loop.busy / freed
         if estimate <= WHOLE_VACUUM_BATCHES * loop.batch_seconds:
             loop.result.vacuum = "whole"
