@@ -9,9 +9,10 @@ hours, the large one 6 more days of history before), then every stored message
 is given a realistic payload (about 250 bytes of JSON with two arguments and
 a keyword argument).  Requests go through the real WSGI app in this process
 (falcon.testing), token and all; each is made ``--runs`` times, in 5 blocks in which
-the two ledgers take turns (each block after two warm-up calls).  The table gives p50 / p95 in milliseconds and the ratio of the
-large to the small p50.  Budget: poll and the job list under
-50 ms at one million rows, their cost not growing with the table.
+the two ledgers take turns (each block after two warm-up calls).  The table
+gives p50 / p95 in milliseconds and the ratio of the large to the small
+p50.  Budget: poll and the job list under 50 ms at one million rows, their
+cost not growing with the table.
 
 Deep pages: "page 100 x 100" (with the default sizes) is an OFFSET of 9,900
 rows, the last full page the small ledger has: an OFFSET costs the rows it
@@ -71,8 +72,10 @@ def give_payloads(url: str) -> None:
     db = connect(url)
     concat = (
         "'{\"queue_name\":\"' || queue || '\",\"actor_name\":\"' || actor || '\",\"args\":[' || id || "
-        "',\"customer-' || (id - (id / 1000) * 1000) || '@example.com\"],\"kwargs\":{\"template\":\"welcome\",\"locale\":\"en\"},"
-        "\"options\":{\"redis_message_id\":\"0b1c5f4e-8c5a-4d6e-9f0a-1b2c3d4e5f60\"},\"message_id\":\"' || message_id || "
+        "',\"customer-' || (id - (id / 1000) * 1000) || '@example.com\"],"
+        "\"kwargs\":{\"template\":\"welcome\",\"locale\":\"en\"},"
+        "\"options\":{\"redis_message_id\":\"0b1c5f4e-8c5a-4d6e-9f0a-1b2c3d4e5f60\"},"
+        "\"message_id\":\"' || message_id || "
         "'\",\"message_timestamp\":' || queued_at || '}'"
     )
     started = time.perf_counter()

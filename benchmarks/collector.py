@@ -19,9 +19,9 @@ activity, up to 60 minutes x queues x actors x kinds, whatever the table's
 size.)  The counting triggers are live while the rows go in, as in
 production.  Both ledgers exist at once, and each method is called
 ``--runs`` times in 5 blocks in which the two take turns (each block after
-two warm-up calls), so that the machine's drift falls on both; the table gives p50 / p95 in milliseconds and the ratio of
-the large to the small p50.  Budget: under 50 ms at one million rows, ratio
-at most 1.5.
+two warm-up calls), so that the machine's drift falls on both; the table
+gives p50 / p95 in milliseconds and the ratio of the large to the small
+p50.  Budget: under 50 ms at one million rows, ratio at most 1.5.
 
 PostgreSQL at WT_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/postgres),
 where a database of the benchmark's own is created and dropped.
@@ -162,7 +162,8 @@ def fill(url: str, kind: str, rows: int, recent: int) -> None:
             status = ("running", "running", "running", "paused")[n % 4]
             db.execute_sql(
                 f"INSERT INTO watchtower_workers (worker_id, supervisor, hostname, status, restarts, jobs_processed, "
-                f"jobs_failed, queues, options) VALUES ({db.param}, 'default', 'bench', {db.param}, 0, 0, 0, '[]', '{{}}')",
+                f"jobs_failed, queues, options) "
+                f"VALUES ({db.param}, 'default', 'bench', {db.param}, 0, 0, 0, '[]', '{{}}')",
                 (f"w{n}", status),
             )
     # Settle as a live database would be: statistics current, nothing left
@@ -194,7 +195,9 @@ def timings(url: str, runs: int) -> dict[str, list[float]]:
 @contextmanager
 def ledger_pair(kind: str, small: int, large: int,
                 then: Callable[[str], None] | None = None) -> Iterator[dict[int, str]]:
-    """Two filled ledgers of ``kind`` at once, {size: url}, both holding the same last day (``then(url)`` after each fill)."""
+    """Two filled ledgers of ``kind`` at once, {size: url}, both holding the
+    same last day (``then(url)`` after each fill).
+    """
     with ledger(kind) as small_url, ledger(kind) as large_url:
         urls = {small: small_url, large: large_url}
         for size, url in urls.items():

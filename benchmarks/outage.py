@@ -210,7 +210,8 @@ def main() -> None:
               + (f" --spool-bytes {args.spool_bytes}" if args.spool_bytes is not None else "") + "`\n")
         print(f"{args.rate:g} jobs/s; PostgreSQL away for {args.outage:g} s after {args.warmup:g} s; "
               f"{sent:,} jobs sent in all\n")
-        print("| process | RSS before (MB) | at the outage's end | max during | slope during (MB/min) | after catching up |")
+        print("| process | RSS before (MB) | at the outage's end | max during | slope during (MB/min) "
+              "| after catching up |")
         print("|---|---|---|---|---|---|")
         for name in processes:
             values = [v for _, v in samples[name]]

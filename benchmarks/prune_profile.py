@@ -148,8 +148,8 @@ def main() -> None:
           "| longest batch |")
     print("|---|---|---|---|---|---|---|")
     for name, n in rows:
-        print(f"| {name} | {n['total']:.1f} | {n['transactions']:.1f} | {n['steps back']:.1f} | {n['vacuum']:.1f} ({n['way']}) "
-              f"| {n['batches']:.0f} | {n['longest']:.3f} |")
+        print(f"| {name} | {n['total']:.1f} | {n['transactions']:.1f} | {n['steps back']:.1f} "
+              f"| {n['vacuum']:.1f} ({n['way']}) | {n['batches']:.0f} | {n['longest']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ def supervised(kind: str, rounds: int) -> list[float]:
                 tokens = [uuid.uuid4().hex for _ in range(2)]
                 for token in tokens:
                     send(token)
-                wait_for(lambda tokens=tokens: all(starts(client, namespace, t) for t in tokens), what="both jobs running")
+                wait_for(lambda tokens=tokens: all(starts(client, namespace, t) for t in tokens),
+                         what="both jobs running")
                 victim = starts(client, namespace, tokens[0])[0]
                 assert victim in pids
                 held = [t for t in tokens if starts(client, namespace, t)[0] == victim]
@@ -126,7 +127,8 @@ def supervised(kind: str, rounds: int) -> list[float]:
                 wait_for(lambda held=held: all(len(starts(client, namespace, t)) >= 2 for t in held), 300,
                          "the killed worker's jobs to start again")
                 seconds.append(time.perf_counter() - killed)
-                wait_for(lambda tokens=tokens: all(client.get(f"{namespace}:t:runs:{t}") for t in tokens), what="both jobs done")
+                wait_for(lambda tokens=tokens: all(client.get(f"{namespace}:t:runs:{t}") for t in tokens),
+                         what="both jobs done")
         finally:
             stop_process(supervisor)
             log.close()
@@ -163,7 +165,8 @@ def bare(rounds: int) -> list[float]:
                 tokens = [uuid.uuid4().hex for _ in range(2)]
                 for token in tokens:
                     send(token)
-                wait_for(lambda tokens=tokens: all(starts(client, namespace, t) for t in tokens), what="both jobs running")
+                wait_for(lambda tokens=tokens: all(starts(client, namespace, t) for t in tokens),
+                         what="both jobs running")
                 victim = starts(client, namespace, tokens[0])[0]
                 held = [t for t in tokens if starts(client, namespace, t)[0] == victim]
                 killed = time.perf_counter()
@@ -171,7 +174,8 @@ def bare(rounds: int) -> list[float]:
                 wait_for(lambda held=held: all(len(starts(client, namespace, t)) >= 2 for t in held), 900,
                          "the broker to redeliver the killed worker's jobs")
                 seconds.append(time.perf_counter() - killed)
-                wait_for(lambda tokens=tokens: all(client.get(f"{namespace}:t:runs:{t}") for t in tokens), what="both jobs done")
+                wait_for(lambda tokens=tokens: all(client.get(f"{namespace}:t:runs:{t}") for t in tokens),
+                         what="both jobs done")
                 for process in list(commands):
                     if process.poll() is not None:
                         commands.remove(process)

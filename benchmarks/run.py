@@ -147,7 +147,8 @@ def budgets(name: str, output: str) -> list[tuple[str, str, str]]:
     elif name == "supervisor" and found:
         for cells in found[0][1:]:
             worst = float(cells[2])
-            rows.append((f"{cells[0]} within 2 s", f"median {float(cells[1]):.2f} s, max {worst:.2f} s", met(worst < 2)))
+            rows.append((f"{cells[0]} within 2 s", f"median {float(cells[1]):.2f} s, max {worst:.2f} s",
+                         met(worst < 2)))
     elif name == "rescue" and found:
         for cells in found[0][1:]:
             if "supervised" in cells[0]:

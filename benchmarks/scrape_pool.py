@@ -181,7 +181,8 @@ def main() -> None:
     print(f"\nA supervisor with {found['workers']} one-thread worker processes (min_processes={args.processes}), "
           f"SQLite ledger, Redis bus, {args.rate:g} no-op jobs/s flowing; {args.runs} scrapes of "
           f"{found['bytes'] / 1024:.0f} KiB\n")
-    print("| scrape of the supervisor's /metrics | p50 (ms) | p95 (ms) | supervisor RSS (MiB) | worker RSS, median (MiB) |")
+    print("| scrape of the supervisor's /metrics | p50 (ms) | p95 (ms) | supervisor RSS (MiB) "
+          "| worker RSS, median (MiB) |")
     print("|---|---|---|---|---|")
     print(f"| {args.processes} live workers | {p50:.1f} | {p95:.1f} | {found['supervisor_mb']:.0f} "
           f"| {found['worker_mb']:.0f} |")

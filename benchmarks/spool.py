@@ -185,7 +185,8 @@ def main() -> None:
         print(f"{len(events):,} events ({files['bytes_per_event']:.0f} bytes each in the spool)\n")
         print("| step | events/s |")
         print("|---|---|")
-        print(f"| spool file: append (16 batches of 1,000 per fsync) | {files['append']:,.0f} ({files['mb_per_s']:.0f} MB/s) |")
+        print(f"| spool file: append (16 batches of 1,000 per fsync) | {files['append']:,.0f} "
+              f"({files['mb_per_s']:.0f} MB/s) |")
         print(f"| spool file: read back | {files['read']:,.0f} |")
         bare, spooled, untouched = hot_path(workdir, events[:30_000])
         print(f"\nrecord() while the database keeps up (SQLite): {bare:.2f} µs a call without a spool, "

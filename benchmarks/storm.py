@@ -197,7 +197,8 @@ def main() -> None:
 
     def child_args(retries: str) -> Any:
         def arguments(variant: str, sqlite_url: str) -> list[str]:
-            url = {"bare": None, "sqlite": sqlite_url, "postgresql": postgres_url, "sqlite baseline": sqlite_url}[variant]
+            url = {"bare": None, "sqlite": sqlite_url, "postgresql": postgres_url,
+                   "sqlite baseline": sqlite_url}[variant]
             return ["--messages", str(args.messages), "--threads", str(args.threads), "--retries", str(retries),
                     "--logging", args.logging, "--log-path", sqlite_url.removeprefix("sqlite:///") + ".log",
                     *(["--database-url", url] if url else []),

@@ -10,8 +10,9 @@ threads.  Rates are messages per second; ratios are against bare Dramatiq
 in the same run: for each round, the variant's rate over bare's in that
 round, and the median of those (a child's rate moves by 10 % or more from
 one child to the next on a shared 2-core machine; pairing within a round
-cancels the drift between rounds).  The ratio of the medians is printed too.  The ledger variants also report how long after the drain
-the ledger was complete (every row written), which is not part of the rate.
+cancels the drift between rounds).  The ratio of the medians is printed
+too.  The ledger variants also report how long after the drain the ledger
+was complete (every row written), which is not part of the rate.
 
 Servers: Redis at WT_BENCH_REDIS (default redis://127.0.0.1:6379/0) and
 PostgreSQL at WT_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/postgres,

@@ -1,4 +1,5 @@
-"""A stream of demo jobs: ``python examples/demo_stream.py [--rate 4] [--duration S] [--kinds K,...] [--metrics-port P]``.
+"""A stream of demo jobs:
+``python examples/demo_stream.py [--rate 4] [--duration S] [--kinds K,...] [--metrics-port P]``.
 
 Sends the demo app's jobs (see ``demo_app.py``) at ``--rate`` jobs a second
 in a fixed cycle of twenty, so that every kind shows up within the first

@@ -160,7 +160,8 @@ def variables(*, supervisor: bool = False) -> list[dict[str, Any]]:
                        "Dramatiq queues, as the supervisors read them from the broker."),
     ]
     if supervisor:
-        found.append(query_variable("supervisor", "Supervisor", 'label_values(watchtower_workers{job=~"$job"}, supervisor)',
+        found.append(query_variable("supervisor", "Supervisor",
+                                    'label_values(watchtower_workers{job=~"$job"}, supervisor)',
                                     "Watchtower supervisors (the [supervisors.NAME] pools)."))
     return found
 
@@ -347,7 +348,8 @@ def overview() -> dict[str, Any]:
               [target('sum (watchtower_recorder_events_buffered{job=~"$job"})', "buffered"),
                target('sum (watchtower_recorder_events_spooled{job=~"$job"})', "spooled")], width=6),
         panel("Ledger batch write time", "95th percentile of one batch write of the ledger (one transaction).",
-              "s", [target('histogram_quantile(0.95, sum by (le) (rate(watchtower_recorder_flush_duration_seconds_bucket'
+              "s", [target('histogram_quantile(0.95, sum by (le) '
+                           '(rate(watchtower_recorder_flush_duration_seconds_bucket'
                            '{job=~"$job"}' + RATE + ")))", "p95")], width=6),
         panel("Scrape targets up", "Targets of the chosen jobs that Prometheus scraped successfully "
               "(a supervisor down: WatchtowerExporterDown).", "short",

@@ -21,7 +21,8 @@ def test_the_runner_prints_a_filled_table_for_a_part() -> None:
     assert re.search(r"\d+\.\d+ / \d+\.\d+", rows[0]), rows[0]
     # The budgets are set against what the part measured (numbers, not judged here).
     assert "| budget | measured | met |" in result.stdout
-    assert re.search(r"^\| 2b collector: every p50 under 50 ms at 5,000 rows \| slowest \d+\.\d+ ms .*\| (yes|\*\*no\*\*) \|$",
+    assert re.search(r"^\| 2b collector: every p50 under 50 ms at 5,000 rows "
+                     r"\| slowest \d+\.\d+ ms .*\| (yes|\*\*no\*\*) \|$",
                      result.stdout, re.M), result.stdout
 
 
@@ -49,13 +50,17 @@ def test_write_refuses_a_partial_or_quick_run() -> None:
 
 
 def test_the_storm_part_drains_failing_jobs_into_a_complete_ledger() -> None:
-    """Each ledger child checks that every failed row holds its traceback, so a run that prints its table had them all."""
+    """Each ledger child checks that every failed row holds its traceback, so
+    a run that prints its table had them all.
+    """
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "storm"],
         capture_output=True, text=True, timeout=300, env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "## 8. A storm of failing jobs" in result.stdout
-    assert re.search(r"^\| 0 \| sqlite \| \d+ \| \d+ \| \d+\.\d\d \| \d+ \| \d+ \| \d+\.\d\d \|$", result.stdout, re.M), result.stdout
-    assert re.search(r"^\| 8 storm: sqlite drain rate \(max_retries=0\) ≥ 0.90 of bare \| \d+\.\d\d \| (yes|\*\*no\*\*) \|$",
+    assert re.search(r"^\| 0 \| sqlite \| \d+ \| \d+ \| \d+\.\d\d \| \d+ \| \d+ \| \d+\.\d\d \|$",
+                     result.stdout, re.M), result.stdout
+    assert re.search(r"^\| 8 storm: sqlite drain rate \(max_retries=0\) ≥ 0.90 of bare "
+                     r"\| \d+\.\d\d \| (yes|\*\*no\*\*) \|$",
                      result.stdout, re.M), result.stdout

@@ -1,4 +1,5 @@
-"""``watchtower jobs``, ``failed``, ``show``, ``status``, ``pause``, ``resume``, ``restart`` and ``stop`` as a user runs them.
+"""``watchtower jobs``, ``failed``, ``show``, ``status``, ``pause``, ``resume``, ``restart`` and ``stop``
+as a user runs them.
 
 One user's directory per test (tests/support/cli_project.py), one real supervisor
 started from flags, real jobs through a real Redis broker into a SQLite
@@ -161,7 +162,8 @@ def test_pause_resume_restart_and_stop_one_worker_and_all_of_them(project: Proje
     restarted = project.json("restart", "--all", "--wait")
     assert sorted(restarted["workers"]) == sorted(r.worker_id for r in fresh)
     assert set(restarted["statuses"].values()) == {"stopped"}
-    after = wait_until(lambda: len(running()) == 2 and not {r.worker_id for r in fresh} & {r.worker_id for r in running()}
+    after = wait_until(lambda: len(running()) == 2
+                       and not {r.worker_id for r in fresh} & {r.worker_id for r in running()}
                        and running(), 90, message="two fresh workers after restart --all")
     assert {r.pid for r in after}.isdisjoint({r.pid for r in fresh})
     project.send("greet", "after-restart")

@@ -57,7 +57,9 @@ def test_a_pool_of_two_processes_of_three_threads_on_two_queues_from_flags_alone
         ids = [project.send("greet", f"g{n}") for n in range(6)] + [project.send("tally", f"t{n}") for n in range(6)]
 
         def completed() -> set[str]:
-            done = Job.select(Job.message_id, Job.queue).where(Job.message_id.in_(ids) & (Job.status == JobStatus.COMPLETED))
+            done = Job.select(Job.message_id, Job.queue).where(
+                Job.message_id.in_(ids) & (Job.status == JobStatus.COMPLETED)
+            )
             return {job.queue for job in done} if done.count() == len(ids) else set()
 
         assert wait_until(completed, 90, message="the jobs of both queues completed") == {first, second}

@@ -100,7 +100,8 @@ def check_against_sql(db: peewee.Database, collector: MetricsCollector) -> None:
     assert stats["total_jobs"] == sql(db, "SELECT COUNT(*) FROM watchtower_jobs")[0][0]
     hour_ago = (minute - 59) * 60_000
     for status in ("completed", "failed"):
-        expected = sql(db, "SELECT COUNT(*) FROM watchtower_jobs WHERE status = ? AND completed_at >= ?", status, hour_ago)
+        expected = sql(db, "SELECT COUNT(*) FROM watchtower_jobs WHERE status = ? AND completed_at >= ?",
+                       status, hour_ago)
         assert stats[f"{status}_last_hour"] == expected[0][0], status
     workers = dict(sql(db, "SELECT status, COUNT(*) FROM watchtower_workers GROUP BY status"))
     assert stats["active_workers"] == workers.get("running", 0)

@@ -187,7 +187,9 @@ queues = ["urgent"]
     assert settings.supervisor("high-prio").threads == 16
     reports = settings.supervisor("reports")
     assert (reports.min_processes, reports.max_processes, reports.queues) == (2, 4, ("default",))
-    assert settings.sources["supervisors.default.max_processes"] == "environment variable WATCHTOWER_SUPERVISORS_DEFAULT_MAX_PROCESSES"
+    assert settings.sources["supervisors.default.max_processes"] == (
+        "environment variable WATCHTOWER_SUPERVISORS_DEFAULT_MAX_PROCESSES"
+    )
     assert settings.sources["supervisors.default.threads"] == str(tmp_path / "watchtower.toml")
 
     flags = {"supervisors.default.min_processes": 3, "supervisors.default.max_processes": 3,
@@ -283,7 +285,9 @@ def test_a_bad_file_value_names_the_key_and_the_file(tmp_path: Path, toml: str, 
         ({"WATCHTOWER_SUPERVISORS_DEFAULT_QUEUES": " , "}, ["[supervisors.default]", "at least one queue"]),
     ],
 )
-def test_a_bad_environment_value_names_the_key_and_the_variable(tmp_path: Path, env: dict[str, str], words: list[str]) -> None:
+def test_a_bad_environment_value_names_the_key_and_the_variable(
+    tmp_path: Path, env: dict[str, str], words: list[str]
+) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(env=env, cwd=tmp_path)
     for word in words:

@@ -43,7 +43,8 @@ def test_the_upsert_keeps_the_newer_value(db: peewee.Database) -> None:
         dialect.upsert_rows(db, table, columns, [("a", "first", "t", 10, 0)], key=("name",),
                             assignments=newer_expiry, types={"expires_at": "bigint", "next_at": "bigint"})
         dialect.upsert_rows(db, table, columns, [("a", "second", "t", 20, 0), ("b", "other", "t", 5, 0)],
-                            key=("name",), assignments=newer_expiry, types={"expires_at": "bigint", "next_at": "bigint"})
+                            key=("name",), assignments=newer_expiry,
+                            types={"expires_at": "bigint", "next_at": "bigint"})
         dialect.upsert_rows(db, table, columns, [("a", "stale", "t", 15, 0)], key=("name",),
                             assignments=newer_expiry, types={"expires_at": "bigint", "next_at": "bigint"})
     rows = db.execute_sql(f"SELECT name, owner, expires_at FROM {table} ORDER BY name").fetchall()

@@ -181,7 +181,8 @@ def test_rates_use_rate_interval() -> None:
         expr = expand(target["expr"], expansion(dashboards()[uid], {}, rate=SENTINEL_RATE))
         calls: list[Any] = []
         promql_parser.walk(promql_parser.parse(expr),
-                           lambda node, calls=calls: calls.append(node) if isinstance(node, promql_parser.Call) else None)
+                           lambda node, calls=calls: calls.append(node)
+                           if isinstance(node, promql_parser.Call) else None)
         for call in calls:
             if call.func.name in ("rate", "irate", "increase"):
                 [window] = [arg for arg in call.args if isinstance(arg, promql_parser.MatrixSelector)]

@@ -130,6 +130,7 @@ print("\\n".join(failed))
 
 def test_each_module_imports_alone() -> None:
     modules = sorted(name for name in package_modules() if not name.endswith(".__main__"))
-    result = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *modules], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *modules],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", result.stdout

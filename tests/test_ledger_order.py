@@ -262,7 +262,8 @@ def stages(stories: list[Story], rnd: random.Random) -> tuple[list[list[JobEvent
 
         def earliest(event: JobEvent, story: Story = story, moments: list[int] = moments) -> int:
             """The first write after every mark that came before ``event`` happened."""
-            return max((moment + 1 for mark, moment in zip(story.marks, moments, strict=True) if mark.at < event.at), default=0)
+            return max((moment + 1 for mark, moment in zip(story.marks, moments, strict=True) if mark.at < event.at),
+                       default=0)
 
         for mark, moment in zip(story.marks, moments, strict=True):
             marks[moment].append(mark)
@@ -366,7 +367,8 @@ def test_two_recorders_at_once_converge(ledger_db: tuple[str, Any]) -> None:
                 rnd.shuffle(events)
                 for event in events:
                     shares[rnd.randrange(2)].append(event)
-                feeders = [threading.Thread(target=_feed, args=(r, share)) for r, share in zip(recorders, shares, strict=True)]
+                feeders = [threading.Thread(target=_feed, args=(r, share))
+                           for r, share in zip(recorders, shares, strict=True)]
                 for thread in feeders:
                     thread.start()
                 for thread in feeders:

@@ -46,7 +46,8 @@ def test_four_producers_and_four_workers_share_one_sqlite_file(
         log = tmp_path / f"{name}.log"
         logs.append(log)
         with log.open("wb") as out:
-            return subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
 
     children: list[subprocess.Popen[bytes]] = []
     try:

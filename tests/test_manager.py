@@ -41,7 +41,9 @@ def make_settings(tmp_path: Path, database_url: str, bus: str, prefix: str, **su
 
 
 @pytest.fixture(params=["database", "redis"])
-def manager(request: pytest.FixtureRequest, tmp_path: Path, sqlite_url: str, redis_namespace: str) -> Iterator[WorkerManager]:
+def manager(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_url: str, redis_namespace: str
+) -> Iterator[WorkerManager]:
     settings = make_settings(tmp_path, sqlite_url, request.param, redis_namespace)
     store.connect(settings.database_url)
     manager = WorkerManager(settings)
@@ -60,7 +62,9 @@ def add_worker(worker_id: str, status: str = WorkerStatus.RUNNING, *, beat_age: 
 def test_start_worker_asks_the_supervisor_through_its_inbox(manager: WorkerManager) -> None:
     worker_id = manager.start_worker("emails", {"tries": 5, "timeout": 120})
     [entry] = manager.bus.pop_all(supervisor_inbox_key("default"))
-    assert json.loads(entry) == {"worker_id": worker_id, "queues": ["emails"], "options": {"tries": 5, "timeout": 120.0}}
+    assert json.loads(entry) == {
+        "worker_id": worker_id, "queues": ["emails"], "options": {"tries": 5, "timeout": 120.0},
+    }
     row = Worker.get(Worker.worker_id == worker_id)
     assert (row.status, row.supervisor, row.get_queues()) == (WorkerStatus.STARTING, "default", ["emails"])
 
@@ -78,7 +82,9 @@ def test_start_worker_refuses_bad_requests_before_sending_anything(manager: Work
     assert Worker.select().count() == 0
 
 
-def test_the_default_supervisor_is_the_only_one_or_default(tmp_path: Path, sqlite_url: str, redis_namespace: str) -> None:
+def test_the_default_supervisor_is_the_only_one_or_default(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str
+) -> None:
     two = make_settings(tmp_path, sqlite_url, "redis", redis_namespace, a={}, b={})
     with pytest.raises(WorkerError, match=r"several supervisors are configured \(a, b\)"):
         WorkerManager(two).start_worker("q")
@@ -165,7 +171,9 @@ def started(message_id: str, worker_id: str) -> JobEvent:
                     connection="redis", queued_at=now, worker_id=worker_id, started_at=now)
 
 
-def test_stale_workers_and_their_jobs_are_marked_lost_once(tmp_path: Path, database_url: str, redis_namespace: str) -> None:
+def test_stale_workers_and_their_jobs_are_marked_lost_once(
+    tmp_path: Path, database_url: str, redis_namespace: str
+) -> None:
     settings = make_settings(tmp_path, database_url, "database", redis_namespace)
     db = store.connect(settings.database_url)
     add_worker("vanished", beat_age=120, hostname="dead-host", supervisor="other")
@@ -176,8 +184,10 @@ def test_stale_workers_and_their_jobs_are_marked_lost_once(tmp_path: Path, datab
 
     # Two cleaners at once (two supervisors): each row and each job is claimed once.
     results: list[int] = []
-    threads = [threading.Thread(target=lambda: results.append(WorkerManager(settings, database=db).cleanup_stale_workers(60)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(WorkerManager(settings, database=db).cleanup_stale_workers(60)))
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -19,7 +19,9 @@ def test_the_files_come_from_this_process_cgroup_v1_and_v2(tmp_path: Path) -> No
         tmp_path / "memory" / "pods" / "worker-7" / "memory.oom_control", tmp_path / "memory" / "memory.oom_control",
     ]
     proc.write_text("0::/system.slice/app.service\n")
-    assert next(iter(cgroup_oom_files(str(proc), tmp_path))) == tmp_path / "system.slice" / "app.service" / "memory.events"
+    assert next(iter(cgroup_oom_files(str(proc), tmp_path))) == (
+        tmp_path / "system.slice" / "app.service" / "memory.events"
+    )
     assert list(cgroup_oom_files(str(tmp_path / "missing"), tmp_path)) == []
 
 
@@ -37,7 +39,9 @@ def test_the_count_rising_between_two_looks_is_an_oom_kill(tmp_path: Path) -> No
 
 def test_a_sigkill_is_named_out_of_memory_only_when_the_count_rose() -> None:
     assert _describe_exit(-signal.SIGKILL, None) == "killed by SIGKILL"
-    assert _describe_exit(-signal.SIGKILL, None, oom=True) == "killed by SIGKILL: out of memory (the kernel's OOM killer)"
+    assert _describe_exit(-signal.SIGKILL, None, oom=True) == (
+        "killed by SIGKILL: out of memory (the kernel's OOM killer)"
+    )
 
 
 def test_this_machine_has_a_count_to_read_when_its_cgroup_shows_one() -> None:

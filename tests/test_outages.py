@@ -239,7 +239,8 @@ def test_a_host_cut_off_from_the_ledger_and_judged_lost_by_another_comes_back_wh
             path_b = outage_config(tmp_path / "b.toml", url, redis_namespace, b={"queues": [other_queue]})
             manager = WorkerManager(load_settings(path_b, env={}))
             log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-            with running(start_supervisor(path_a, "a", log_a, **app_env(redis_namespace, queue_name)), log_a) as sup_a, \
+            with running(start_supervisor(path_a, "a", log_a, **app_env(redis_namespace, queue_name)),
+                         log_a) as sup_a, \
                     running(start_supervisor(path_b, "b", log_b, WATCHTOWER_HOSTNAME="host-b",
                                              **app_env(redis_namespace, other_queue)), log_b) as sup_b:
                 wait_until(lambda: len(rows("a", WorkerStatus.RUNNING)) == 2
@@ -315,7 +316,8 @@ def test_the_outage_warning_counts_what_waits_in_the_process(
                                          actor="a", connection="redis", queued_at=at // 1000))
             recorder.record_worker(WorkerEvent("w-1", {"last_heartbeat": now_ms()}))
             said = wait_until(lambda: [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()
-                                       and r.getMessage().endswith(": 300 job events (0 more in the spool), 1 worker rows")], 60,
+                                       and r.getMessage().endswith(
+                                           ": 300 job events (0 more in the spool), 1 worker rows")], 60,
                               message="the outage warning")
             assert f"waiting in process {os.getpid()}:" in said[0]
             assert recorder.stats().buffered == 300

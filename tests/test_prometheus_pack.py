@@ -112,7 +112,9 @@ def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_is_silent()
 @pytest.mark.parametrize("window", ["5m", "30m", "1h", "2h", "6h", "1d"])
 def test_the_queue_wait_threshold_is_one_bucket_boundary_used_everywhere(window: str) -> None:
     by_name = {rule["record"]: rule["expr"] for rule in rules() if "record" in rule}
-    threshold = float(re.fullmatch(r"vector\((.+)\)", by_name["watchtower:slo_queue_wait_seconds:threshold"].strip())[1])
+    threshold = float(
+        re.fullmatch(r"vector\((.+)\)", by_name["watchtower:slo_queue_wait_seconds:threshold"].strip())[1]
+    )
     assert threshold in DURATION_BUCKETS, "the queue-wait threshold must be a bucket boundary of the histogram"
     expr = by_name[f"watchtower:job_queue_wait_slow_ratio:rate{window}"]
     # prometheus-client writes bucket boundaries as Python floats: le="30.0".

@@ -77,7 +77,8 @@ def test_prune_by_age_keeps_exactly_the_rows_inside_their_retention(database_url
 
     worker_cutoff = now - 7 * DAY_MS
     workers = {
-        "w-old-stopped": dict(status=WorkerStatus.STOPPED, stopped_at=worker_cutoff - 1, last_heartbeat=worker_cutoff - 5),
+        "w-old-stopped": dict(status=WorkerStatus.STOPPED, stopped_at=worker_cutoff - 1,
+                              last_heartbeat=worker_cutoff - 5),
         "w-at-stopped": dict(status=WorkerStatus.STOPPED, stopped_at=worker_cutoff, last_heartbeat=worker_cutoff - 5),
         "w-old-lost": dict(status=WorkerStatus.LOST, last_heartbeat=worker_cutoff - 1),
         "w-old-running": dict(status=WorkerStatus.RUNNING, last_heartbeat=worker_cutoff - DAY_MS),
@@ -166,7 +167,9 @@ def test_the_job_counts_follow_every_batch_across_queues_and_statuses(
     assert derived.read_counts(db)[0] == {}
 
 
-def test_a_cancelled_prune_leaves_whole_rows_and_a_consistent_table(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cancelled_prune_leaves_whole_rows_and_a_consistent_table(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _batches_of(monkeypatch, 500)
     db = store.connect(sqlite_url)
     now = now_ms()
@@ -217,7 +220,8 @@ def test_a_prune_killed_midway_leaves_an_intact_database(sqlite_url: str) -> Non
     assert 0 < left < total, "the prune was not caught midway"
     # Whole batches went, oldest first: the survivors are exactly the newest ones.
     if left:
-        oldest = Job.select(Job.completed_at).where(Job.status == JobStatus.COMPLETED).order_by(Job.completed_at).first()
+        oldest = (Job.select(Job.completed_at).where(Job.status == JobStatus.COMPLETED)
+                  .order_by(Job.completed_at).first())
         assert oldest.completed_at.timestamp() * 1000 == pytest.approx(now - 20 * DAY_MS + total - left, abs=1)
     # A second prune finishes the job.
     prune(db, Retention())

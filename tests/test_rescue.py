@@ -40,7 +40,9 @@ def client() -> Iterator[redis.Redis]:
 
 def broker_named(namespace: str, worker_id: str) -> RedisBroker:
     broker = RedisBroker(url=REDIS_URL, namespace=namespace, middleware=[])
-    assert (broker.heartbeat_timeout, broker.maintenance_chance) == (DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAINTENANCE_CHANCE)
+    assert (broker.heartbeat_timeout, broker.maintenance_chance) == (
+        DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAINTENANCE_CHANCE,
+    )
     name_consumers(broker, worker_id)
     return broker
 
@@ -74,7 +76,8 @@ def test_the_dead_consumers_messages_go_back_first_and_no_one_elses(
     redis_namespace: str, queue_name: str, client: redis.Redis
 ) -> None:
     producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
-    dead, alive = broker_named(redis_namespace, "host-a-default-1-aaaaaa"), broker_named(redis_namespace, "host-a-default-2-bbbbbb")
+    dead, alive = (broker_named(redis_namespace, "host-a-default-1-aaaaaa"),
+                   broker_named(redis_namespace, "host-a-default-2-bbbbbb"))
     sent = send(producer, queue_name, 6)
     held_by_dead = fetch(dead, queue_name, 3)
     held_by_alive = fetch(alive, queue_name, 2)
@@ -127,7 +130,8 @@ def test_jobs_lost_max_lost_times_are_dead_lettered_as_a_nack_would_and_failed(
     lost = mark_lost("w-poisoned", "killed by SIGKILL")
 
     before = int(time.time() * 1000)
-    result = Rescuer(broker=producer, max_lost=3).rescue("w-poisoned", [queue_name], lost, last_exit="killed by SIGKILL")
+    result = Rescuer(broker=producer, max_lost=3).rescue("w-poisoned", [queue_name], lost,
+                                                         last_exit="killed by SIGKILL")
 
     assert result == PutBack(requeued=2, dead=(redis_id(bad),))
     assert sorted(ready_ids(client, redis_namespace, queue_name)) == sorted([redis_id(unlucky), redis_id(good)])
@@ -174,7 +178,9 @@ def test_a_consumer_the_broker_heard_from_lately_keeps_its_messages_until_it_goe
     other_host.close()
 
 
-def test_messages_whose_body_is_gone_are_not_put_back(redis_namespace: str, queue_name: str, client: redis.Redis) -> None:
+def test_messages_whose_body_is_gone_are_not_put_back(
+    redis_namespace: str, queue_name: str, client: redis.Redis
+) -> None:
     producer = RedisBroker(url=REDIS_URL, namespace=redis_namespace, middleware=[])
     dead = broker_named(redis_namespace, "w-acked")
     send(producer, queue_name, 2)
@@ -190,7 +196,9 @@ def test_brokers_that_redeliver_by_themselves_need_nothing() -> None:
     assert Rescuer(broker=StubBroker(middleware=[])).put_back("w", ["default"]) == PutBack()
 
 
-def test_a_rescue_the_broker_cannot_take_now_is_tried_again(redis_namespace: str, queue_name: str, client: redis.Redis) -> None:
+def test_a_rescue_the_broker_cannot_take_now_is_tried_again(
+    redis_namespace: str, queue_name: str, client: redis.Redis
+) -> None:
     unreachable = RedisBroker(url="redis://127.0.0.1:1/0", namespace=redis_namespace, middleware=[])
     now = [0.0]
     rescuer = Rescuer(broker=unreachable, clock=lambda: now[0])

@@ -165,7 +165,8 @@ def test_a_hung_worker_is_killed_before_its_jobs_go_back(
                    message="the hung worker's job to start again")
         again = time.monotonic() - frozen
         assert pid_gone(hung.pid)  # killed before its job was handed out again
-        print(f"\nhung worker (SIGSTOP) -> killed and its job running again after {again:.1f} s (heartbeat_timeout 4 s)")
+        print(f"\nhung worker (SIGSTOP) -> killed and its job running again after {again:.1f} s "
+              f"(heartbeat_timeout 4 s)")
         wait_until(lambda: status_of(message_id) == JobStatus.COMPLETED, 60, message="the job done")
         assert runs(redis_namespace, token) == 1  # the frozen run never went on
         dead = Worker.get(Worker.worker_id == hung.worker_id)
@@ -360,7 +361,9 @@ def test_a_job_that_kills_its_worker_is_given_up_after_max_lost_while_the_others
                 # It finished in a worker the poison job killed a moment later,
                 # before that worker's ledger buffer was written: its row shows
                 # the attempt lost (the broker has no copy left to run again).
-                assert (other.status, other.lost_attempts, len(starts(redis_namespace, other_token))) == (JobStatus.PENDING, 1, 1)
+                assert (other.status, other.lost_attempts, len(starts(redis_namespace, other_token))) == (
+                    JobStatus.PENDING, 1, 1,
+                )
         print(f"\n{kind}: {sum(status_of(i) == JobStatus.COMPLETED for i in good)} of {len(good)} ordinary jobs "
               f"recorded completed; the rest finished but their worker died before writing it")
         wait_until(lambda: len(rows("default", WorkerStatus.RUNNING)) == 2, 60, message="the pool running again")

@@ -103,7 +103,8 @@ def test_a_newer_schema_is_refused(database_url: str) -> None:
     Meta.update(value=str(store.SCHEMA_VERSION + 1)).where(Meta.key == "schema_version").execute()
     Job.drop_table()  # as if the newer release had reshaped it
     db.close()
-    with pytest.raises(SchemaError, match=f"version {store.SCHEMA_VERSION + 1}, newer than this release's {store.SCHEMA_VERSION}"):
+    with pytest.raises(SchemaError,
+                       match=f"version {store.SCHEMA_VERSION + 1}, newer than this release's {store.SCHEMA_VERSION}"):
         store.connect(database_url)
     assert Job._meta.table_name not in store.open_database(database_url).get_tables()  # not recreated
 
@@ -268,5 +269,7 @@ def test_scopes_and_methods_read_the_ledger(sqlite_url: str) -> None:
     assert [w.worker_id for w in Worker.for_supervisor("mail")] == ["w2"]
     assert [w.worker_id for w in Worker.stale(60)] == ["w2"]
     assert not Worker.get(Worker.worker_id == "w2").is_healthy(60)
-    assert [w.worker_id for w in Worker.with_status(WorkerStatus.RUNNING).where(Worker.supervisor == "default")] == ["w1"]
+    assert [
+        w.worker_id for w in Worker.with_status(WorkerStatus.RUNNING).where(Worker.supervisor == "default")
+    ] == ["w1"]
     db.close()

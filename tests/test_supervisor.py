@@ -84,7 +84,8 @@ def test_a_pool_of_three_heals_a_killed_worker_and_its_job_is_rerun(
         print(f"\nkill -9 -> replacement process started in {replaced:.2f} s, "
               f"its row running {replaced + running_again:.2f} s after the kill")
 
-        job = wait_until(lambda: Job.get_or_none((Job.message_id == holder.message_id) & (Job.status == JobStatus.COMPLETED)),
+        job = wait_until(lambda: Job.get_or_none((Job.message_id == holder.message_id)
+                                                 & (Job.status == JobStatus.COMPLETED)),
                          60, message="the job to be re-run and complete")
         assert job.lost_attempts == 1
         assert job.worker_id != victim.worker_id
@@ -379,7 +380,8 @@ def run_supervise(path: Path, *args: str, **env: str) -> subprocess.CompletedPro
         ({"timeout": -5}, (), 2, "Error: setting 'supervisors.default.timeout' from"),
         ({"min_processes": -1}, (), 2, "must not be negative, not -1"),
         ({"redis_url": "redis://127.0.0.1:1/0"}, (), 1, "Error: "),
-        ({"database_url": "postgresql://postgres@127.0.0.1:2/nothing"}, (), 1, "Error: cannot open the ledger database"),
+        ({"database_url": "postgresql://postgres@127.0.0.1:2/nothing"}, (), 1,
+         "Error: cannot open the ledger database"),
     ],
     ids=["unknown-supervisor", "unknown-app", "negative-timeout", "negative-processes", "unreachable-redis",
          "unreachable-database"],
@@ -404,7 +406,9 @@ def test_bad_input_is_one_clear_line_and_a_failing_exit(
             assert address in lines[0]
 
 
-def test_workers_get_the_supervisors_config_file_and_flags(tmp_path: Path, sqlite_url: str, redis_namespace: str) -> None:
+def test_workers_get_the_supervisors_config_file_and_flags(
+    tmp_path: Path, sqlite_url: str, redis_namespace: str
+) -> None:
     from watchtower.commands.supervise import worker_environment
 
     path = config(tmp_path, sqlite_url, redis_namespace)
@@ -496,7 +500,8 @@ def test_the_pool_keeps_healing_while_the_ledger_is_down_and_records_it_afterwar
                               message="the dead worker's record, once the ledger is back")
             assert (dead.exit_code, dead.exit_reason) == (-9, "killed by SIGKILL")
             assert "the ledger is unavailable" in log.read_text()
-            wait_until(lambda: read(lambda: rows("default", WorkerStatus.RUNNING)), 90, message="a running worker again")
+            wait_until(lambda: read(lambda: rows("default", WorkerStatus.RUNNING)), 90,
+                       message="a running worker again")
             sup.send_signal(signal.SIGTERM)
             assert wait_exit(sup, 90) == 0
     finally:

@@ -205,7 +205,9 @@ class MarkRetriesText(dramatiq.Middleware):
 
 @pytest.fixture
 def run_jobs(sqlite_url: str, tmp_path: Path, redis_namespace: str, queue_name: str) -> Iterator[Any]:
-    """Declare actors on a Redis broker with Watchtower and a marker after Retries; run them; give the rows and events."""
+    """Declare actors on a Redis broker with Watchtower and a marker after
+    Retries; run them; give the rows and events.
+    """
     broker = RedisBroker(url=REDIS_URL, namespace=redis_namespace)
     broker.add_middleware(MarkRetriesText(), before=Retries)
     settings = load_settings(env={}, cwd=tmp_path, overrides={"database_url": sqlite_url,

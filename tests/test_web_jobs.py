@@ -89,7 +89,9 @@ def test_page_counts_from_the_cursor_and_search_looks_below_it(api: Any) -> None
     first = api.simulate_get("/watchtower/jobs", params={"search": "cursor_actor", "per_page": 2}).json
     assert ids(first) == [job.message_id for job in reversed(matches)][:2]
     cursor = first["next_cursor"]
-    after = api.simulate_get("/watchtower/jobs", params={"search": "cursor_actor", "per_page": 2, "before": cursor}).json
+    after = api.simulate_get(
+        "/watchtower/jobs", params={"search": "cursor_actor", "per_page": 2, "before": cursor}
+    ).json
     skipped = api.simulate_get(
         "/watchtower/jobs", params={"search": "cursor_actor", "per_page": 2, "before": cursor, "page": 2}
     ).json
@@ -186,7 +188,9 @@ def test_search_looks_through_a_bounded_window_and_says_so(api: Any, monkeypatch
     answer = api.simulate_get("/watchtower/jobs", params={"search": "needle"}).json
     assert ids(answer) == [newest.message_id]  # the oldest is outside the 5 newest rows
     assert answer["search_complete"] is False
-    narrowed = api.simulate_get("/watchtower/jobs", params={"search": "needle", "queue": "default", "status": "completed"}).json
+    narrowed = api.simulate_get(
+        "/watchtower/jobs", params={"search": "needle", "queue": "default", "status": "completed"}
+    ).json
     assert oldest.message_id not in ids(narrowed)
 
 

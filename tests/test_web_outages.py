@@ -27,7 +27,9 @@ def no_bugs_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
 
 
-def test_an_unreachable_database_is_503_and_health_says_so(redis_namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unreachable_database_is_503_and_health_says_so(
+    redis_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
     api = client(create_app(web_settings(NOWHERE_DB, redis_namespace)))
     for path in ("/watchtower/jobs", "/watchtower/api/poll", "/watchtower/jobs/abc", "/watchtower/workers"):
         answer = api.simulate_get(path)

@@ -100,7 +100,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Any]:
-    """Start a private nginx proxying to ``upstream`` as an nginx site usually does (X-Forwarded-For); yields a starter."""
+    """Start a private nginx proxying to ``upstream`` as an nginx site usually
+    does (X-Forwarded-For); yields a starter.
+    """
     started: list[subprocess.Popen[bytes]] = []
 
     def start(upstream: str) -> str:

@@ -122,7 +122,8 @@ def api_app(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     print("status codes per operation:", {label: sorted(codes) for label, codes in sorted(SEEN.items())})
     assert 202 in SEEN["POST /failed/{job_id}/retry"] and 200 in SEEN["DELETE /failed/{job_id}"]
     assert 200 in SEEN["GET /jobs/{job_id}"] and 202 in SEEN["POST /workers/start"]
-    assert all(202 in SEEN[f"POST /workers/{{worker_id}}/{command}"] for command in ("stop", "restart", "pause", "resume"))
+    assert all(202 in SEEN[f"POST /workers/{{worker_id}}/{command}"]
+               for command in ("stop", "restart", "pause", "resume"))
 
 
 @schema.parametrize()

@@ -51,8 +51,10 @@ def test_a_worker_started_through_the_supervisors_api_is_spawned_and_stopped(
 
             # A restart gives the pool's slot a fresh process.
             pool = listed[0]
-            assert http.post(f"/watchtower/workers/{pool['id']}/restart").json() == {"id": pool["id"], "command": "restart"}
-            fresh = wait_until(lambda: [w for w in rows("default", WorkerStatus.RUNNING) if w.worker_id != pool["id"]], 60,
-                               message="the restarted worker's new process")[0]
+            assert http.post(f"/watchtower/workers/{pool['id']}/restart").json() == {
+                "id": pool["id"], "command": "restart",
+            }
+            fresh = wait_until(lambda: [w for w in rows("default", WorkerStatus.RUNNING) if w.worker_id != pool["id"]],
+                               60, message="the restarted worker's new process")[0]
             assert fresh.pid != pool["pid"] and fresh.restarts == 1
             assert Worker.get(Worker.worker_id == pool["id"]).exit_reason == "command: restart"

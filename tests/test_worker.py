@@ -121,7 +121,8 @@ def steering(lab: Lab, via: str, bus_kind: str) -> tuple[Callable[[str, str], No
     return post, lambda: None
 
 
-_STEPS = re.compile(r"worker (\S+) (?:received the command (\w+)|(paused|resumed)\b|is stopping: ignores the command (\w+))")
+_STEPS = re.compile(r"worker (\S+) (?:received the command (\w+)|(paused|resumed)\b"
+                    r"|is stopping: ignores the command (\w+))")
 
 
 def steps(log: str, worker_id: str) -> tuple[list[str], list[str], list[str]]:
@@ -399,9 +400,10 @@ def _alive(pid: int) -> bool:
          r"Error: cannot import app module 'apps.nowhere' \(setting 'app'\): ModuleNotFoundError: .*"
          r"; added to sys.path: /\S+ \(--path changes it\)$"),
         (["--app", "apps.broken"], {}, EXIT_USAGE,
-         r"Error: cannot import app module 'apps.broken' \(setting 'app'\): RuntimeError: this app is broken on purpose "
-         r"at \S+broken.py:3; added to sys.path: .*"),
-        (["--supervisor", "nosuch"], {}, EXIT_USAGE, r"Error: unknown supervisor 'nosuch': the configuration declares default"),
+         r"Error: cannot import app module 'apps.broken' \(setting 'app'\): "
+         r"RuntimeError: this app is broken on purpose at \S+broken.py:3; added to sys.path: .*"),
+        (["--supervisor", "nosuch"], {}, EXIT_USAGE,
+         r"Error: unknown supervisor 'nosuch': the configuration declares default"),
     ],
     ids=["negative-memory", "zero-tries", "unknown-app", "app-raises", "unknown-supervisor"],
 )
@@ -419,4 +421,6 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     assert len(lines) == 1, result.stderr
     assert re.fullmatch(pattern, lines[0]), lines[0]
     row = lab.row(worker_id)  # the database is reachable: the row says why
-    assert (row.status, row.exit_code, row.exit_reason) == (WorkerStatus.STOPPED, code, lines[0].removeprefix("Error: "))
+    assert (row.status, row.exit_code, row.exit_reason) == (
+        WorkerStatus.STOPPED, code, lines[0].removeprefix("Error: "),
+    )

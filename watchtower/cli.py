@@ -22,7 +22,8 @@ __all__ = ["main", "cli"]
 
 @click.group()
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="Settings file (default: WATCHTOWER_CONFIG, ./watchtower.toml or [tool.watchtower] in ./pyproject.toml).")
+              help="Settings file (default: WATCHTOWER_CONFIG, ./watchtower.toml or [tool.watchtower] "
+                   "in ./pyproject.toml).")
 @click.option("--database-url", default=None, help="The ledger's database URL (setting database_url).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))

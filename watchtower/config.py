@@ -41,8 +41,8 @@ from typing import Any
 from .errors import ConfigError
 from .options import MEMORY, REST, SLEEP, THREADS, TIMEOUT, TRIES, WORKER_OPTIONS
 
-__all__ = ["Settings", "SupervisorSettings", "load_settings", "KEYS", "SUPERVISOR_KEYS", "pool_key", "env_name", "value_of",
-           "as_text"]
+__all__ = ["Settings", "SupervisorSettings", "load_settings", "KEYS", "SUPERVISOR_KEYS", "pool_key", "env_name",
+           "value_of", "as_text"]
 
 COMMAND_BUSES = ("database", "redis")
 
@@ -379,10 +379,14 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return items
 
 
-def _set(values: dict[str, Any], sources: dict[str, str], key: str, value: Any, source: str, *, from_text: bool) -> None:
+def _set(
+    values: dict[str, Any], sources: dict[str, str], key: str, value: Any, source: str, *, from_text: bool
+) -> None:
     if key not in KEYS:
         known = ", ".join(sorted(KEYS))
-        raise ConfigError(f"unknown setting {key!r} in {source}: the known settings are {known}, and [supervisors.NAME]")
+        raise ConfigError(
+            f"unknown setting {key!r} in {source}: the known settings are {known}, and [supervisors.NAME]"
+        )
     attribute, kind = KEYS[key]
     values[attribute] = _coerce(key, value, kind, source, from_text=from_text)
     sources[key] = source
@@ -541,7 +545,9 @@ def _check(settings: Settings) -> None:
                 f"must list IP addresses or networks (127.0.0.1, 10.0.0.0/8), not {proxy!r}"
             ) from None
     grafana = settings.grafana_url
-    if grafana is not None and (not grafana.startswith(("http://", "https://")) or len(grafana.split("://", 1)[1]) == 0):
+    if grafana is not None and (
+        not grafana.startswith(("http://", "https://")) or len(grafana.split("://", 1)[1]) == 0
+    ):
         raise ConfigError(
             f"setting 'grafana_url' from {settings.sources.get('grafana_url', 'the defaults')} must be the address "
             f"of a Grafana such as http://grafana.example:3000, not {grafana!r}"

@@ -32,7 +32,8 @@ from enum import Enum
 from .clock import day_of
 from .statuses import JobStatus
 
-__all__ = ["Kind", "JobEvent", "WorkerEvent", "ALIVE_AS", "PHASE_ENQUEUED", "PHASE_LOST", "PHASE_STARTED", "PHASE_FINISHED"]
+__all__ = ["Kind", "JobEvent", "WorkerEvent", "ALIVE_AS", "PHASE_ENQUEUED", "PHASE_LOST", "PHASE_STARTED",
+           "PHASE_FINISHED"]
 
 PHASE_ENQUEUED = 1
 PHASE_LOST = 2

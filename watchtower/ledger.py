@@ -45,8 +45,8 @@ from .models import Job, LostMark, Rollup, Worker
 from .statuses import JobStatus, WorkerStatus
 
 __all__ = [
-    "coalesce", "write_batch", "mark_lost", "mark_attempt_lost", "give_up", "LOSS_FIELDS", "LOST_PREFIX", "ROLLUP_KINDS",
-    "DEADLOCK_TRIES",
+    "coalesce", "write_batch", "mark_lost", "mark_attempt_lost", "give_up", "LOSS_FIELDS", "LOST_PREFIX",
+    "ROLLUP_KINDS", "DEADLOCK_TRIES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -247,7 +247,9 @@ def _rollup_assignments(old: Speller, new: Speller) -> list[str]:
     ]
 
 
-def _upsert_rollups(db: peewee.Database, dialect: Dialect, totals: dict[tuple[int, str, str, str], list[float]]) -> None:
+def _upsert_rollups(
+    db: peewee.Database, dialect: Dialect, totals: dict[tuple[int, str, str, str], list[float]]
+) -> None:
     param = db.param
     table = Rollup._meta.table_name
     values: list[Any] = []

@@ -111,10 +111,12 @@ class ProcessMetrics:
         def counter(name: str, help: str, labels: Sequence[str] = _JOB_LABELS) -> Counter:
             return Counter(values, name, help, labels)
 
-        self.enqueued = counter("watchtower_jobs_enqueued_total", "Messages sent to a queue (a retry is not counted again).")
+        self.enqueued = counter("watchtower_jobs_enqueued_total",
+                                "Messages sent to a queue (a retry is not counted again).")
         self.started = counter("watchtower_jobs_started_total", "Attempts started by a worker.")
         self.completed = counter("watchtower_jobs_completed_total", "Jobs that completed.")
-        self.failed = counter("watchtower_jobs_failed_total", "Jobs that failed for good (retries exhausted, throws, dead-lettered).")
+        self.failed = counter("watchtower_jobs_failed_total",
+                              "Jobs that failed for good (retries exhausted, throws, dead-lettered).")
         self.retried = counter("watchtower_jobs_retried_total", "Attempts that raised and were scheduled to run again.")
         self.skipped = counter("watchtower_jobs_skipped_total", "Jobs skipped by a middleware (AgeLimit).")
         self.lost = counter("watchtower_jobs_lost_total", "Attempts lost because their worker process died.")
@@ -135,7 +137,9 @@ class ProcessMetrics:
             "watchtower_worker_restarts_total", "Worker processes restarted by their supervisor, by reason.",
             ("supervisor", "reason"),
         )
-        self.recorder_buffered = Gauge(values, "watchtower_recorder_events_buffered", "Ledger events waiting to be written.")
+        self.recorder_buffered = Gauge(
+            values, "watchtower_recorder_events_buffered", "Ledger events waiting to be written.",
+        )
         self.recorder_spooled = Gauge(
             values, "watchtower_recorder_events_spooled",
             "Ledger events waiting in the recorders' spool files on local disk for the database.",
@@ -151,7 +155,8 @@ class ProcessMetrics:
             "(a driver or programming error, a missing privilege).",
         )
         self.recorder_flush = Histogram(
-            values, "watchtower_recorder_flush_duration_seconds", "How long one batch write of the ledger took, seconds.",
+            values, "watchtower_recorder_flush_duration_seconds",
+            "How long one batch write of the ledger took, seconds.",
             buckets=FLUSH_BUCKETS,
         )
         self._children: dict[tuple[str, str], _JobChildren] = {}

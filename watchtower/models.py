@@ -28,7 +28,8 @@ from .dialects import dialect_of
 from .payload import decode_message
 from .statuses import JobStatus, WorkerStatus
 
-__all__ = ["Job", "queued_days", "JobCount", "HourlyRollup", "Worker", "LostMark", "Command", "CommandEntry", "Rollup", "Meta", "Lease", "database"]
+__all__ = ["Job", "queued_days", "JobCount", "HourlyRollup", "Worker", "LostMark", "Command", "CommandEntry", "Rollup",
+           "Meta", "Lease", "database"]
 
 #: Every model is bound to this proxy; ``store.connect`` initialises it.
 database = peewee.DatabaseProxy()

@@ -73,7 +73,9 @@ def check_queues(queues: Any) -> tuple[str, ...]:
     return tuple(q.strip() for q in queues)
 
 
-def worker_options(supervisor: SupervisorSettings, options: Mapping[str, int | float] | None = None) -> dict[str, int | float]:
+def worker_options(
+    supervisor: SupervisorSettings, options: Mapping[str, int | float] | None = None
+) -> dict[str, int | float]:
     """The limits a worker of ``supervisor`` runs with: the pool's, overridden by ``options``."""
     merged: dict[str, int | float] = {name: getattr(supervisor, name) for name in WORKER_OPTIONS}
     merged.update(options or {})

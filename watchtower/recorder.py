@@ -376,7 +376,8 @@ class Recorder:
             )
         if lost:
             why = self._spool_problem or ("the spool is full" if self._spool_full else "there is no spool")
-            _report(logging.ERROR, "watchtower recorder closing with %d unwritten events: they are lost (%s)", lost, why)
+            _report(logging.ERROR, "watchtower recorder closing with %d unwritten events: they are lost (%s)",
+                    lost, why)
         self._log_drops(force=True)
         for listener in self.close_listeners:
             try:
@@ -497,7 +498,8 @@ class Recorder:
         self._refusal = cause
         logger.critical(
             "watchtower recorder: the ledger database refuses its writes for a reason that retrying cannot fix "
-            "(%s); events wait in memory (%d now, at most %d) and the write is tried again every %.0f s: mend the cause",
+            "(%s); events wait in memory (%d now, at most %d) and the write is tried again every %.0f s: "
+            "mend the cause",
             cause, self._waiting(), self.buffer_size, MAX_BACKOFF, exc_info=error,
         )
 

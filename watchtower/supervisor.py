@@ -433,7 +433,8 @@ class Supervisor:
                 slot.crashloop_row = None
             last = max(beats.get(worker_id) or 0, wall - int((now - child.started) * 1000))
             silent = (wall - last) / 1000
-            if trust and silent > self.settings.heartbeat_timeout and child.kill_reason is None and not child.terminated:
+            if (trust and silent > self.settings.heartbeat_timeout
+                    and child.kill_reason is None and not child.terminated):
                 child.kill_reason = f"hung: no heartbeat for {silent:.0f} s, killed by its supervisor"
                 logger.warning("worker %s (pid %d) is %s", worker_id, child.pid, child.kill_reason)
                 child.popen.kill()

@@ -272,6 +272,8 @@ def worker_rows(*, status: str | None = None, supervisor: str | None = None, ali
     return list(query.order_by(Worker.started_at.desc(nulls="LAST"), Worker.worker_id).limit(MAX_WORKERS))
 
 
-def list_workers(*, status: str | None = None, supervisor: str | None = None, alive: bool = False) -> list[dict[str, Any]]:
+def list_workers(
+    *, status: str | None = None, supervisor: str | None = None, alive: bool = False
+) -> list[dict[str, Any]]:
     """Worker records as the API shows them, newest first."""
     return [worker_record(worker) for worker in worker_rows(status=status, supervisor=supervisor, alive=alive)]

@@ -1,4 +1,5 @@
-"""Sends ``COUNT`` ``add`` and ``COUNT // 10`` ``refuse`` messages of :mod:`apps.driver_app`, then one ``report_driver``.
+"""Sends ``COUNT`` ``add`` and ``COUNT // 10`` ``refuse`` messages of :mod:`apps.driver_app`,
+then one ``report_driver``.
 
     python -m apps.driver_producer COUNT
 """

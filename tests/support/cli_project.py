@@ -94,7 +94,9 @@ class Project:
         env.update(changes)
         return env
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
         """``watchtower ARGS`` in the directory, to its end."""
         return subprocess.run([str(WATCHTOWER), *args], cwd=self.root, env=env or self.env(), capture_output=True,
                               text=True, timeout=timeout)

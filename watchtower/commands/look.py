@@ -134,7 +134,8 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         ("queue", detail["queue"]),
         ("actor", detail["actor"]),
         ("status", detail["status"]),
-        ("attempts", f"{detail['attempts']}" + (f" ({detail['lost_attempts']} lost)" if detail["lost_attempts"] else "")),
+        ("attempts", f"{detail['attempts']}"
+         + (f" ({detail['lost_attempts']} lost)" if detail["lost_attempts"] else "")),
         ("worker", detail["worker_id"]),
         *((name, f"{detail[name]} ({age(detail[name])})" if detail[name] else None)
           for name in ("queued_at", "eta", "started_at", "completed_at")),
@@ -199,7 +200,8 @@ def _print_status(report: dict[str, Any], settings: Settings) -> None:
     for pool in pools:
         counts = ", ".join(f"{count} {name}" for name, count in pool["workers"].items() if count) or "no workers"
         who = f"supervisor {pool['supervisor']}" if pool["supervisor"] else "no supervisor"
-        click.echo(f"{pool['hostname'] or '?'}  {who}: {counts}; {pool['failed_last_hour']} jobs failed in the last hour")
+        click.echo(f"{pool['hostname'] or '?'}  {who}: {counts}; "
+                   f"{pool['failed_last_hour']} jobs failed in the last hour")
     click.echo()
     broker = report["broker"]
     queues = report["queues"]

@@ -43,7 +43,9 @@ def prune_command(
     halfway leaves a consistent ledger.
     """
     if all_jobs and any(days is not None for days in (completed_days, failed_days, skipped_days)):
-        raise click.UsageError("--all deletes every job record: it cannot be combined with --completed, --failed or --skipped")
+        raise click.UsageError(
+            "--all deletes every job record: it cannot be combined with --completed, --failed or --skipped"
+        )
     settings = settings_from(ctx, **{
         "retention.completed_days": completed_days,
         "retention.failed_days": failed_days,

@@ -12,9 +12,11 @@ from .context import import_path_option, settings_from, worker_option_flags
 
 @click.command("worker")
 @click.argument("queues", nargs=-1)
-@click.option("--app", "app", default=None, help="The app module that sets the broker and declares the actors (setting app).")
+@click.option("--app", "app", default=None,
+              help="The app module that sets the broker and declares the actors (setting app).")
 @click.option("--worker-id", default=None, help="This worker's id (default HOSTNAME-PID).")
-@click.option("--supervisor", default=None, help="The supervisor this worker belongs to; its [supervisors.NAME] gives the defaults.")
+@click.option("--supervisor", default=None,
+              help="The supervisor this worker belongs to; its [supervisors.NAME] gives the defaults.")
 @worker_option_flags
 @click.option("--parent-pid", type=int, default=None, help="Stop when this process is gone (the supervisor).")
 @click.option("--hostname", default=None, help="The host name to record (setting hostname).")

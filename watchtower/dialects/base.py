@@ -103,7 +103,9 @@ class Dialect:
         """
         raise NotImplementedError
 
-    def upsert_query(self, query: peewee.Insert, key: list[peewee.Field], preserve: list[peewee.Field]) -> peewee.Insert:
+    def upsert_query(
+        self, query: peewee.Insert, key: list[peewee.Field], preserve: list[peewee.Field]
+    ) -> peewee.Insert:
         """Peewee's ``query`` made an upsert: on a conflict on ``key``, the row takes the new ``preserve`` values."""
         return query.on_conflict(conflict_target=key, preserve=preserve)
 

@@ -64,7 +64,9 @@ class MysqlDialect(Dialect):
         with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
             db.cursor().executemany(sql, rows)
 
-    def upsert_query(self, query: peewee.Insert, key: list[peewee.Field], preserve: list[peewee.Field]) -> peewee.Insert:
+    def upsert_query(
+        self, query: peewee.Insert, key: list[peewee.Field], preserve: list[peewee.Field]
+    ) -> peewee.Insert:
         # Peewee refuses a conflict target on MySQL: any unique key conflicts.
         return query.on_conflict(preserve=preserve)
 
@@ -108,7 +110,8 @@ class MysqlDialect(Dialect):
                 f"INSERT INTO {hourly} (hour, queue, actor, kind, count, duration_sum) "
                 f"VALUES ({row}.minute DIV 60, {row}.queue, {row}.actor, {row}.kind, {sign}{row}.count, "
                 f"{sign}{row}.duration_sum) "
-                "ON DUPLICATE KEY UPDATE count = count + VALUES(count), duration_sum = duration_sum + VALUES(duration_sum)"
+                "ON DUPLICATE KEY UPDATE count = count + VALUES(count), "
+                "duration_sum = duration_sum + VALUES(duration_sum)"
             )
 
         jobs_changed = "NOT (NEW.status <=> OLD.status) OR NOT (NEW.queue <=> OLD.queue)"

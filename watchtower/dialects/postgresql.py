@@ -75,7 +75,8 @@ class PostgresqlDialect(Dialect):
         # through the locale, pick the matching ones among the few distinct
         # values, folded as Python folds them.
         needle = text.casefold()
-        matching = [value for value in self.distinct_values(db, table, column.column_name) if needle in value.casefold()]
+        matching = [value for value in self.distinct_values(db, table, column.column_name)
+                    if needle in value.casefold()]
         return column.in_(matching) if matching else None
 
     def create_triggers(self, db: peewee.Database, tables: DerivedTables) -> None:

@@ -84,7 +84,8 @@ class SqliteDialect(Dialect):
         head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start:start + _CHUNK]
-            db.execute_sql(head + ", ".join([placeholders] * len(chunk)) + tail, list(itertools.chain.from_iterable(chunk)))
+            db.execute_sql(head + ", ".join([placeholders] * len(chunk)) + tail,
+                           list(itertools.chain.from_iterable(chunk)))
 
     def insert_ignore(self, table: str, columns: str, values: str, *, key: str) -> str:
         return f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})"

@@ -71,8 +71,9 @@ def prune(
     ``between_batches`` after every batch, and returning False stops the
     prune there, as does setting ``cancel``.  ``batch_seconds`` is how long
     a batch should hold its locks, ``pause`` the time given to other writers
-    between batches (defaults: the dialect's ``prune_tuning``).  ``vacuum`` lets SQLite hand freed pages back to the file
-    system afterwards when they are a large part of the file.
+    between batches (defaults: the dialect's ``prune_tuning``).  ``vacuum``
+    lets SQLite hand freed pages back to the file system afterwards when they
+    are a large part of the file.
     """
     now = now_ms() if now is None else now
     dialect = dialect_of(db)

@@ -142,7 +142,8 @@ def plan(db: peewee.Database, retention: Retention, *, now: int | None = None, a
         db, f"SELECT COUNT(*) FROM {_ROLLUPS} WHERE minute < {{p}}", (rollup_cutoff(now, retention),)
     )
     result.workers = scalar(
-        db, f"SELECT COUNT(*) FROM {_WORKERS} WHERE {WORKERS_GONE}", (*GONE_WORKERS, cutoff_ms(now, retention.workers_days))
+        db, f"SELECT COUNT(*) FROM {_WORKERS} WHERE {WORKERS_GONE}",
+        (*GONE_WORKERS, cutoff_ms(now, retention.workers_days)),
     )
     result.finished_at = time.time()
     return result

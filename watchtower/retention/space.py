@@ -14,9 +14,10 @@ steps; the ledger's file is in incremental auto-vacuum mode (set by
 searches SQLite's free list for every page it takes off the end of the
 file, so their time grows with the free list: for a first prune of a
 big ledger they take many times longer than one VACUUM of the few pages
-left (benchmarks/RESULTS.md, fifth pass, has the numbers).  A file created before that (auto_vacuum = NONE) reuses its free
-pages and shrinks only through the whole VACUUM, which also switches it to
-incremental mode (every connection asks for it).  PostgreSQL reuses the
+left (benchmarks/RESULTS.md, fifth pass, has the numbers).  A file created
+before that (auto_vacuum = NONE) reuses its free pages and shrinks only
+through the whole VACUUM, which also switches it to incremental mode (every
+connection asks for it).  PostgreSQL reuses the
 space after (auto)vacuum; MySQL/InnoDB reuses it inside the table's file.
 """
 

@@ -70,7 +70,9 @@ def normalize_prefix(prefix: str) -> str:
     """``prefix`` as ``/a/b`` (or ``""``), or a ConfigError saying how to write it."""
     cleaned = prefix.strip().rstrip("/")
     if cleaned and not cleaned.startswith("/"):
-        raise ConfigError(f"setting 'http.prefix' must start with '/' (such as /watchtower) or be empty, not {prefix!r}")
+        raise ConfigError(
+            f"setting 'http.prefix' must start with '/' (such as /watchtower) or be empty, not {prefix!r}"
+        )
     if any(part in (".", "..") for part in cleaned.split("/")) or "//" in cleaned:
         raise ConfigError(f"setting 'http.prefix' must be a plain path such as /watchtower, not {prefix!r}")
     return cleaned
@@ -154,7 +156,8 @@ class PrefixRouter:
         if path == "/metrics":
             req.context.base_path = mount
             return
-        raise falcon.HTTPNotFound(title="Not Found", description=f"the Watchtower API answers under {mount + self.prefix}/")
+        raise falcon.HTTPNotFound(title="Not Found",
+                                  description=f"the Watchtower API answers under {mount + self.prefix}/")
 
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError, console: Console) -> None:

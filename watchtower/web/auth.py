@@ -232,7 +232,9 @@ class Authorization:
                 f"and {why}: set http.token (WATCHTOWER_API_TOKEN)",
             )
         if self._token is None:
-            raise falcon.HTTPForbidden(title="Forbidden", description="the host application's authorize hook refused this request")
+            raise falcon.HTTPForbidden(
+                title="Forbidden", description="the host application's authorize hook refused this request",
+            )
         raise falcon.HTTPUnauthorized(
             title="Unauthorized",
             description="send the API token as 'Authorization: Bearer <token>'",

@@ -66,7 +66,9 @@ class KnownParams:
     return every job, which looks like an answer.
     """
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]) -> None:
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
+    ) -> None:
         if resource is None:
             return
         allowed: tuple[str, ...] = getattr(resource, "query_params", ())
