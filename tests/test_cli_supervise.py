@@ -45,7 +45,7 @@ def any_project(request: pytest.FixtureRequest, tmp_path: Path, redis_namespace:
 
 def test_a_pool_of_two_processes_of_three_threads_on_two_queues_from_flags_alone(any_project: Project) -> None:
     project = any_project
-    _, second = project.queues
+    first, second = project.queues
     store.connect(project.database_url)
     with project.supervise("tasks", "-p", "2", "-t", "3", "-Q", first, "-Q", second, "--sleep", "0.2") as sup:
         rows = wait_until(lambda: len(live()) == 2 and live(), 90, message="two running workers")
@@ -76,7 +76,7 @@ def test_a_pool_of_two_processes_of_three_threads_on_two_queues_from_flags_alone
 
 
 def test_flags_override_the_environment_and_the_environment_shapes_the_pool(project: Project) -> None:
-    first, second = project.queues
+    _, second = project.queues
     store.connect(project.database_url)
     env = project.env(WATCHTOWER_SUPERVISORS_DEFAULT_THREADS="5", WATCHTOWER_SUPERVISORS_DEFAULT_QUEUES=second,
                       WATCHTOWER_SUPERVISORS_DEFAULT_MIN_PROCESSES="1")

@@ -47,7 +47,7 @@ def new_spool(tmp_path: Path, max_bytes: int = 10_000_000) -> tuple[Path, SpoolF
 
 
 def test_batches_come_back_in_order_with_their_worker_values_and_a_written_file_starts_again(tmp_path: Path) -> None:
-    _, spool = new_spool(tmp_path)
+    directory, spool = new_spool(tmp_path)
     first, second, third = events("a", 3), events("b", 2), events("c", 1)
     first[0].exception = "Traceback ... ünïcode"
     first[1].kind, first[1].started_at, first[1].duration = Kind.COMPLETED, 123, 0.5
@@ -86,7 +86,7 @@ def test_the_header_remembers_what_was_written_for_whoever_replays_next(tmp_path
 
 @pytest.mark.parametrize("damage", ["cut in the middle", "cut in the frame header", "a flipped byte"])
 def test_a_torn_last_batch_ends_the_file_and_the_batches_before_it_are_read(tmp_path: Path, damage: str) -> None:
-    directory, spool = new_spool(tmp_path)
+    _, spool = new_spool(tmp_path)
     assert spool.append([(events("a", 5), [])])
     whole = spool.size
     assert spool.append([(events("b", 5), [])])
