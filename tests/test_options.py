@@ -79,7 +79,7 @@ def test_the_table_gives_the_settings_their_keys_types_and_defaults() -> None:
     assert worker_options(defaults) == {name: option.default for name, option in WORKER_OPTIONS.items()}
 
 
-def test_the_api_document_states_the_tables_ranges() -> None:
+def test_the_api_document_takes_the_tables_ranges() -> None:
     properties = openapi_document()["components"]["schemas"]["StartRequest"]["properties"]
     assert set(WORKER_OPTIONS) <= set(properties)
     for name, option in WORKER_OPTIONS.items():

@@ -13,6 +13,7 @@ import falcon
 from ..errors import DatabaseUnavailable, WatchtowerError
 from ..models import Job, database
 from ..multiproc import read_metrics
+from ..options import WORKER_OPTIONS
 from ..recorder import refusals
 from .context import Services
 from .jobs import SUMMARY_COLUMNS, job_summary
@@ -127,11 +128,26 @@ _DOCUMENT: dict[str, Any] | None = None
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document kept beside this module (``openapi.json``), parsed once."""
+    """The OpenAPI document kept beside this module (``openapi.json``), parsed once.
+
+    A start request's worker options are not written there: they are added
+    from :data:`watchtower.options.WORKER_OPTIONS`, where each option's
+    type, range and meaning are declared.
+    """
     global _DOCUMENT
     if _DOCUMENT is None:
         text = resources.files(__package__).joinpath("openapi.json").read_text(encoding="utf-8")
-        _DOCUMENT = json.loads(text)
+        document = json.loads(text)
+        start = document["components"]["schemas"]["StartRequest"]["properties"]
+        for name, option in WORKER_OPTIONS.items():
+            start[name] = {
+                "type": "integer" if option.whole else "number",
+                "minimum": option.smallest,
+                "maximum": option.largest,
+                "description": option.help + (f" ({option.unit})" if option.unit else "")
+                + "; absent: the supervisor's setting",
+            }
+        _DOCUMENT = document
     return _DOCUMENT
 
 
