@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from tests.support.polling import wait_until  # noqa: E402 (importable once the root is on sys.path)
+
 POSTGRES_ADMIN = os.environ.get("WT_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 MYSQL_ADMIN = os.environ.get("WT_BENCH_MYSQL", "mysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("WT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -38,17 +40,14 @@ RABBITMQ_URL = os.environ.get("WT_BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "", interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it is truthy; returns its value (SystemExit after ``timeout`` s).
 
-    Polled every 10 ms by default: the latencies measured with it are the time
-    until a predicate first holds.
+    The tests' :func:`~tests.support.polling.wait_until`, polled every 10 ms by
+    default (the latencies measured with it are the time until a predicate
+    first holds), and ending a script with one line instead of a traceback.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    try:
+        return wait_until(predicate, timeout=timeout, interval=interval, message=what)
+    except AssertionError as error:
+        raise SystemExit(str(error)) from None
 
 
 def time_get(client: Any, path: str, runs: int, headers: dict[str, str] | None = None) -> list[float]:

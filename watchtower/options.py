@@ -14,27 +14,16 @@ takes or passes these options derives from the table:
 - the API's start request (``web.workers.start_request``) and the console's
   start form, which sends the same request;
 - the flags of ``watchtower worker`` and ``watchtower supervise``
-  (``cli.worker_option_flags``) and the worker's own check of those flags;
+  (``commands.context.worker_option_flags``) and the worker's own check of
+  those flags;
 - the argv a supervisor starts a worker with (:func:`as_flags`), which the
-  worker's flags parse back to the same values.
+  worker's flags parse back to the same values;
+- the start request's schema in ``/openapi.json``.
 
-The range is the same wherever a value comes from.  It is the range the
-API's start request always had; 0 for ``timeout`` or ``memory`` means no
-limit.  What this changed for the other entry points, which had no upper
-bound before:
-
-- the settings (``[supervisors.NAME]``, its environment variables, the flags
-  of ``watchtower supervise``), ``WorkerManager.start_worker`` and the flags
-  of ``watchtower worker`` refuse a value above the largest: more than 256
-  threads, 1000 tries, a timeout of 7 days, 1 TiB of memory, or a sleep or
-  rest of an hour;
-- ``WorkerManager.start_worker`` (and a supervisor's inbox) refuses a float
-  such as ``2.0`` for a whole-number option, as the API and the settings did;
-- one wording everywhere: a value out of range "must be from 1 to 256",
-  one of the wrong kind "must be a whole number from 1 to 256" (this was
-  "must be at least 1" / "must not be negative" / "must be non-negative"
-  outside the API; the API's largest memory now reads 1048576, not
-  1.04858e+06).
+The range is the same wherever a value comes from; 0 for ``timeout`` or
+``memory`` means no limit.  A value out of range "must be from 1 to 256",
+one of the wrong kind (a string, a fraction for a whole-number option)
+"must be a whole number from 1 to 256", in every entry point's error.
 """
 
 from __future__ import annotations
